@@ -1,0 +1,295 @@
+//! Installs the index layout of [`crate::search`] on a search engine, idempotently.
+//!
+//! Order: detect the engine (`GET /`), put the template if it is missing or differs (so drift is
+//! reverted and an unchanged template is not rewritten), then make sure the alias exists: create
+//! `<alias>-000001` with the alias as its write alias, or add the alias to that index if it exists
+//! without it. An alias that already exists is never moved, whichever indices it points at.
+//! The operator calls this in production; tests and the demo call it directly.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::search::{
+    EngineInfo, IndexLayout, IndexSettings, UnsupportedEngine, index_template, template_matches,
+};
+
+/// Where the engine is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct SearchEndpoint {
+    base_url: String,
+    basic_auth: Option<(String, String)>,
+}
+
+impl SearchEndpoint {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
+        Self {
+            base_url,
+            basic_auth: None,
+        }
+    }
+
+    pub fn with_basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.basic_auth = Some((user.into(), password.into()));
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+}
+
+/// What happened to one part of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// What the installer found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallReport {
+    pub engine: EngineInfo,
+    pub template: Change,
+    /// `Created` when this run created `<alias>-000001`.
+    pub first_index: Change,
+    /// `Created` when this run added the alias; `Unchanged` when it already existed.
+    pub alias: Change,
+    /// The indices the alias points at after the run.
+    pub alias_indices: Vec<String>,
+}
+
+impl InstallReport {
+    /// Whether the run changed anything on the engine.
+    pub fn changed(&self) -> bool {
+        [self.template, self.first_index, self.alias]
+            .iter()
+            .any(|c| *c != Change::Unchanged)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{step}: request to the search engine failed: {source}")]
+    Request {
+        step: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{step}: search engine answered {status}: {body}")]
+    Status {
+        step: &'static str,
+        status: StatusCode,
+        body: String,
+    },
+    #[error(transparent)]
+    UnsupportedEngine(#[from] UnsupportedEngine),
+    #[error("alias {alias:?} cannot be created: a concrete index has that name")]
+    AliasTakenByIndex { alias: String },
+}
+
+struct Engine<'a> {
+    client: &'a reqwest::Client,
+    endpoint: &'a SearchEndpoint,
+}
+
+impl Engine<'_> {
+    /// Sends a request; returns the status and the JSON body (Null when empty or not JSON).
+    async fn send(
+        &self,
+        step: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), InstallError> {
+        let url = format!(
+            "{}/{}",
+            self.endpoint.base_url,
+            path.trim_start_matches('/')
+        );
+        let mut request = self.client.request(method, url);
+        if let Some((user, password)) = &self.endpoint.basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let request_error = |source| InstallError::Request { step, source };
+        let response = request.send().await.map_err(request_error)?;
+        let status = response.status();
+        let text = response.text().await.map_err(request_error)?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 429) {
+            return Err(InstallError::Status {
+                step,
+                status,
+                body: text,
+            });
+        }
+        Ok((status, value))
+    }
+
+    async fn expect_ok(
+        &self,
+        step: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, InstallError> {
+        match self.send(step, method, path, body).await? {
+            (status, value) if status.is_success() => Ok(value),
+            (status, value) => Err(InstallError::Status {
+                step,
+                status,
+                body: value.to_string(),
+            }),
+        }
+    }
+}
+
+/// Installs template, first index and write alias. Safe to run any number of times, and
+/// concurrently with itself: a second run against an unchanged engine changes nothing.
+pub async fn install(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+    settings: &IndexSettings,
+) -> Result<InstallReport, InstallError> {
+    let engine = Engine { client, endpoint };
+    let info = EngineInfo::from_root(
+        &engine
+            .expect_ok("detect engine", Method::GET, "/", None)
+            .await?,
+    )?;
+
+    let wanted = index_template(layout, info.distribution, settings);
+    let template_path = format!("_index_template/{}", layout.template_name());
+    let template = match engine
+        .send("read template", Method::GET, &template_path, None)
+        .await?
+    {
+        (StatusCode::NOT_FOUND, _) => Change::Created,
+        (status, body) if status.is_success() => {
+            let installed = &body["index_templates"][0]["index_template"];
+            if template_matches(installed, &wanted) {
+                Change::Unchanged
+            } else {
+                Change::Updated
+            }
+        }
+        (status, body) => {
+            return Err(InstallError::Status {
+                step: "read template",
+                status,
+                body: body.to_string(),
+            });
+        }
+    };
+    if template != Change::Unchanged {
+        engine
+            .expect_ok("put template", Method::PUT, &template_path, Some(&wanted))
+            .await?;
+    }
+
+    let mut first_index = Change::Unchanged;
+    let mut alias = Change::Unchanged;
+    // Two passes at most: a concurrent installer may create the index between our check and put.
+    for _ in 0..2 {
+        if let Some(indices) = alias_indices(&engine, layout).await? {
+            return Ok(InstallReport {
+                engine: info,
+                template,
+                first_index,
+                alias,
+                alias_indices: indices,
+            });
+        }
+        if engine
+            .send("check alias name", Method::HEAD, layout.alias(), None)
+            .await?
+            .0
+            .is_success()
+        {
+            return Err(InstallError::AliasTakenByIndex {
+                alias: layout.alias().to_owned(),
+            });
+        }
+        let index_exists = engine
+            .send(
+                "check first index",
+                Method::HEAD,
+                &layout.first_index(),
+                None,
+            )
+            .await?
+            .0
+            .is_success();
+        if index_exists {
+            let actions = json!({"actions": [{"add": {
+                "index": layout.first_index(), "alias": layout.alias(), "is_write_index": true
+            }}]});
+            engine
+                .expect_ok("add alias", Method::POST, "_aliases", Some(&actions))
+                .await?;
+            alias = Change::Created;
+        } else {
+            let body = json!({"aliases": {layout.alias(): {"is_write_index": true}}});
+            match engine
+                .send(
+                    "create first index",
+                    Method::PUT,
+                    &layout.first_index(),
+                    Some(&body),
+                )
+                .await?
+            {
+                (status, _) if status.is_success() => {
+                    first_index = Change::Created;
+                    alias = Change::Created;
+                }
+                // Created concurrently: the next pass finds it.
+                (_, body) if body["error"]["type"] == "resource_already_exists_exception" => {}
+                (status, body) => {
+                    return Err(InstallError::Status {
+                        step: "create first index",
+                        status,
+                        body: body.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let indices = alias_indices(&engine, layout).await?.unwrap_or_default();
+    Ok(InstallReport {
+        engine: info,
+        template,
+        first_index,
+        alias,
+        alias_indices: indices,
+    })
+}
+
+/// The indices the alias points at, sorted; `None` when there is no such alias.
+async fn alias_indices(
+    engine: &Engine<'_>,
+    layout: &IndexLayout,
+) -> Result<Option<Vec<String>>, InstallError> {
+    let path = format!("_alias/{}", layout.alias());
+    match engine.send("read alias", Method::GET, &path, None).await? {
+        (StatusCode::NOT_FOUND, _) => Ok(None),
+        (status, body) if status.is_success() => {
+            let mut indices: Vec<String> = body
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            indices.sort();
+            Ok(Some(indices))
+        }
+        (status, body) => Err(InstallError::Status {
+            step: "read alias",
+            status,
+            body: body.to_string(),
+        }),
+    }
+}

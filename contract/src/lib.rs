@@ -1,0 +1,25 @@
+//! `pipeline-contract`: everything two components of message-pipeline must agree on.
+//!
+//! The api-server produces what the indexer consumes, the operator configures both, and the tests
+//! check all three; each agreement lives here exactly once so none of them can drift apart. The
+//! crate holds types, names and pure functions, plus (feature `installer`) the one function that
+//! installs the search index layout. It never links Kafka, MongoDB or Kubernetes clients.
+
+/// DLQ record headers and the error classes that explain why a record was dead-lettered.
+pub mod dlq;
+/// The change events on the topic: envelope, payloads, decoding with typed errors.
+pub mod event;
+/// Installs the index template, first index and write alias idempotently (feature `installer`).
+#[cfg(feature = "installer")]
+pub mod install;
+/// Kafka names: default topic and group, record key, headers and the `message-id` rule.
+pub mod kafka;
+/// The search document, the index layout (template, first index, alias) and its template body.
+pub mod search;
+/// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.
+pub mod time;
+/// Environment variable names and Lease labels/annotations shared by workers and the operator.
+pub mod worker;
+
+pub use event::{DecodeError, DeletedPayload, EventType, MessageEvent, MessagePayload};
+pub use time::Timestamp;

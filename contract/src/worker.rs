@@ -1,0 +1,99 @@
+//! What the operator and the workers (api-server, indexer) must agree on: the environment a
+//! worker is configured through, and the Lease each worker holds to report its health.
+
+/// Environment variable names read by the workers (each also a `clap` flag) and set by the
+/// operator on their Deployments.
+pub mod env {
+    // Which pipeline and pod a worker belongs to (downward API; set by hand when run locally).
+    pub const PIPELINE_NAME: &str = "MP_PIPELINE_NAME";
+    pub const PIPELINE_NAMESPACE: &str = "MP_PIPELINE_NAMESPACE";
+    pub const POD_NAME: &str = "POD_NAME";
+
+    // Kafka.
+    pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KAFKA_BOOTSTRAP_SERVERS";
+    pub const KAFKA_TOPIC: &str = "KAFKA_TOPIC";
+    pub const KAFKA_DLQ_TOPIC: &str = "KAFKA_DLQ_TOPIC";
+    pub const KAFKA_CONSUMER_GROUP: &str = "KAFKA_CONSUMER_GROUP";
+    pub const KAFKA_SECURITY_PROTOCOL: &str = "KAFKA_SECURITY_PROTOCOL";
+    pub const KAFKA_SASL_MECHANISM: &str = "KAFKA_SASL_MECHANISM";
+    pub const KAFKA_SASL_USERNAME: &str = "KAFKA_SASL_USERNAME";
+    pub const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
+    pub const KAFKA_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
+
+    // MongoDB.
+    pub const MONGODB_URI: &str = "MONGODB_URI";
+    pub const MONGODB_DATABASE: &str = "MONGODB_DATABASE";
+    pub const MONGODB_COLLECTION: &str = "MONGODB_COLLECTION";
+
+    // Search engine.
+    pub const ELASTICSEARCH_URL: &str = "ELASTICSEARCH_URL";
+    pub const ELASTICSEARCH_USERNAME: &str = "ELASTICSEARCH_USERNAME";
+    pub const ELASTICSEARCH_PASSWORD: &str = "ELASTICSEARCH_PASSWORD";
+    pub const ELASTICSEARCH_CA_CERT: &str = "ELASTICSEARCH_CA_CERT";
+    pub const ELASTICSEARCH_ALIAS: &str = "ELASTICSEARCH_ALIAS";
+
+    // api-server.
+    pub const API_KEYS_FILE: &str = "API_KEYS_FILE";
+    pub const HTTP_ADDR: &str = "HTTP_ADDR";
+
+    // indexer.
+    pub const BATCH_MAX_COUNT: &str = "INDEXER_BATCH_MAX_COUNT";
+    pub const BATCH_MAX_BYTES: &str = "INDEXER_BATCH_MAX_BYTES";
+    pub const BATCH_LINGER_MS: &str = "INDEXER_BATCH_LINGER_MS";
+    pub const RETRY_MAX_ATTEMPTS: &str = "INDEXER_RETRY_MAX_ATTEMPTS";
+    pub const RETRY_BACKOFF_MS: &str = "INDEXER_RETRY_BACKOFF_MS";
+    pub const BREAKER_FAILURE_THRESHOLD: &str = "INDEXER_BREAKER_FAILURE_THRESHOLD";
+    pub const BREAKER_COOLDOWN_MS: &str = "INDEXER_BREAKER_COOLDOWN_MS";
+    pub const TOMBSTONE_HORIZON_DAYS: &str = "INDEXER_TOMBSTONE_HORIZON_DAYS";
+}
+
+/// A worker's role in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Api,
+    Indexer,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Indexer => "indexer",
+        }
+    }
+}
+
+/// Labels and annotations on worker Leases.
+pub mod lease {
+    /// Label: the MessagePipeline the worker belongs to.
+    pub const LABEL_PIPELINE: &str = "messagepipeline.io/pipeline";
+    /// Label: `api` or `indexer`.
+    pub const LABEL_ROLE: &str = "messagepipeline.io/role";
+    /// Annotation: `"true"` / `"false"`; changed only on transitions.
+    pub const ANNOTATION_READY: &str = "messagepipeline.io/ready";
+    /// Annotation: `closed`, `open` or `half-open`; changed only on transitions.
+    pub const ANNOTATION_BREAKER: &str = "messagepipeline.io/breaker";
+    /// How often a worker renews its Lease.
+    pub const RENEW_SECONDS: u32 = 10;
+    /// The Lease's `leaseDurationSeconds`: a Lease not renewed for this long is expired.
+    pub const DURATION_SECONDS: u32 = 30;
+}
+
+/// The name of the Lease a worker holds: `<pipeline>-<role>-<pod>`.
+pub fn lease_name(pipeline: &str, role: Role, pod: &str) -> String {
+    format!("{pipeline}-{}-{pod}", role.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_follow_the_contract() {
+        assert_eq!(
+            lease_name("prod", Role::Indexer, "indexer-7d9f-x2"),
+            "prod-indexer-indexer-7d9f-x2"
+        );
+        assert_eq!(lease_name("prod", Role::Api, "api-0"), "prod-api-api-0");
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared helpers of the end-to-end tests: where the rig is, and how to wait for a condition.
+//!
+//! Every test here talks to the real servers `devstack/up` starts. When one is not there, the
+//! test fails (never skips) with one line saying how to start the rig.
+
+/// Finding the rig's endpoints and failing clearly when it is down.
+pub mod rig;
+/// Waiting on a condition with a deadline instead of sleeping and hoping.
+pub mod wait;
+
+/// A name no other test run uses: `<prefix>-<8 hex digits>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}

@@ -1,0 +1,131 @@
+use std::collections::HashMap;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const HOW_TO_START: &str = "start it with `make up` (or `devstack/up`)";
+
+/// The endpoints `devstack/up` wrote to its env file. Variables already set in the environment
+/// win, so a test run can be pointed at other servers.
+#[derive(Debug, Clone)]
+pub struct Rig {
+    vars: HashMap<String, String>,
+    env_file: PathBuf,
+}
+
+/// The env file: `$MP_RIG_ENV`, else `$MP_CACHE_DIR/run/rig.env` (default cache
+/// `~/.cache/message-pipeline`).
+pub fn env_file() -> PathBuf {
+    if let Ok(path) = std::env::var("MP_RIG_ENV") {
+        return path.into();
+    }
+    let cache = std::env::var("MP_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/message-pipeline")
+        });
+    cache.join("run/rig.env")
+}
+
+/// The rig, loaded once per test binary.
+pub fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(Rig::load)
+}
+
+impl Rig {
+    fn load() -> Self {
+        let env_file = env_file();
+        let mut vars: HashMap<String, String> = match std::fs::read_to_string(&env_file) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        for key in [
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "MONGODB_URI",
+            "ELASTICSEARCH_URL",
+            "KUBECONFIG",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                vars.insert(key.to_owned(), value);
+            }
+        }
+        Self { vars, env_file }
+    }
+
+    fn var(&self, key: &str) -> &str {
+        self.vars.get(key).map(String::as_str).unwrap_or_else(|| {
+            panic!(
+                "the rig is not running: {key} is not in {} nor in the environment; {HOW_TO_START}",
+                self.env_file.display()
+            )
+        })
+    }
+
+    /// Kafka bootstrap servers, after checking the first one accepts connections.
+    pub fn kafka(&self) -> &str {
+        let servers = self.var("KAFKA_BOOTSTRAP_SERVERS");
+        let first = servers.split(',').next().unwrap_or_default();
+        ensure_reachable("Kafka", first);
+        servers
+    }
+
+    /// The MongoDB connection string, after checking its host accepts connections.
+    pub fn mongodb_uri(&self) -> &str {
+        let uri = self.var("MONGODB_URI");
+        let host = uri
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', '?', ',']).next())
+            .map(|h| h.rsplit('@').next().unwrap_or(h))
+            .unwrap_or_default();
+        let host = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:27017")
+        };
+        ensure_reachable("MongoDB", &host);
+        uri
+    }
+
+    /// The search engine's base URL, after checking it accepts connections.
+    pub fn search_url(&self) -> &str {
+        let url = self.var("ELASTICSEARCH_URL").trim_end_matches('/');
+        let authority = url
+            .split("://")
+            .nth(1)
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let default_port = if url.starts_with("https") { 443 } else { 80 };
+        let host = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        ensure_reachable("the search engine", &host);
+        url
+    }
+}
+
+fn ensure_reachable(service: &str, address: &str) {
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if !reachable {
+        panic!(
+            "the rig is not running: {service} at {address} does not accept connections; {HOW_TO_START}"
+        );
+    }
+}
