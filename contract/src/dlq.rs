@@ -213,7 +213,7 @@ mod tests {
             redrive_count: 0,
         };
         let mut pairs = vec![("message-id", "x:1".to_owned())];
-        pairs.extend(h.pairs().into_iter().map(|(n, v)| (n, v)));
+        pairs.extend(h.pairs());
         pairs.push((header::REDRIVE_COUNT, "3".into()));
         let parsed =
             DlqHeaders::parse(pairs.iter().map(|(n, v)| (*n, Some(v.as_bytes())))).unwrap();

@@ -618,7 +618,8 @@ mod tests {
         returned["template"]["settings"] = json!({"index.number_of_shards": 1, "index": {"number_of_replicas": "1", "refresh_interval": "1s"}});
         assert!(template_matches(&returned, &wanted));
 
-        let drifts: Vec<Box<dyn Fn(&mut Value)>> = vec![
+        type Drift = Box<dyn Fn(&mut Value)>;
+        let drifts: Vec<Drift> = vec![
             Box::new(|t| t["template"]["settings"]["index"]["number_of_shards"] = json!("3")),
             Box::new(|t| t["template"]["settings"]["index"]["codec"] = json!("best_compression")),
             Box::new(|t| {

@@ -1,0 +1,34 @@
+# The commands of the README. The rig (devstack/) keeps its builds, data and logs in
+# $(MP_CACHE_DIR), outside the repo, and writes its endpoints to $(MP_CACHE_DIR)/run/rig.env,
+# which the tests read.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
+export MP_CACHE_DIR
+
+.PHONY: up down status test check lint fmt
+
+## Start the rig (installs and builds what is missing, returns when every service answers).
+up:
+	devstack/up
+
+## Stop exactly what the rig started.
+down:
+	devstack/down
+
+## Each service of the rig: address, health, pid, log file.
+status:
+	devstack/status
+
+## The test command: rig up, formatting, clippy with warnings denied, every test of the workspace.
+test: up check
+	cargo test --workspace
+
+## Static checks only (no rig needed).
+check: fmt lint
+
+fmt:
+	cargo fmt --all -- --check
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
