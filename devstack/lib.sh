@@ -1,0 +1,266 @@
+# shellcheck shell=bash
+# devstack/lib.sh: shared helpers of the local service rig. Sourced by devstack/up, down, status
+# (and by nothing else); it sources every devstack/services/<name>.sh itself.
+#
+# ------------------------------------------------------------------------------------------------
+# Conventions
+# ------------------------------------------------------------------------------------------------
+# Layout (nothing is ever written into the repo):
+#   MP_CACHE_DIR            cache root, default $HOME/.cache/message-pipeline
+#   $MP_CACHE_DIR/build/<service>-<version>/   builds and downloads; a version bump = a new dir.
+#                           A `.inputs` stamp (hash of the repo's build inputs) inside it makes
+#                           `<service>_install` rebuild when those inputs change.
+#   $MP_CACHE_DIR/run/<service>/               runtime state: data dirs, configs rendered from
+#                           templates, `<service>.log`, `<service>.pid` (the main process).
+#                           Extra processes of a service get their own `<proc>.pid`/`<proc>.log`
+#                           in the same dir (e.g. run/ferretdb/postgres.pid).
+#   $MP_CACHE_DIR/run/rig.env                  KEY=VALUE lines, written by `up` once all the
+#                           services it brought up are healthy (readable by make's `include` and
+#                           by `set -a; . file; set +a`).
+#
+# Services: SERVICES below lists them in start order. Adding one = add its name to SERVICES and
+# write devstack/services/<name>.sh defining these functions (all addresses on 127.0.0.1):
+#   <name>_install   idempotent: build/download only what is missing into mp_build_dir.
+#   <name>_start     start as a daemon (mp_daemon_start) unless already running; returns at once
+#                    (up then calls mp_wait_for_health).
+#   <name>_running   cheap: are its processes alive (pid files + /proc cmdline, mp_pid_running)?
+#   <name>_health    one real request to the service, quick (a few seconds at most), exit 0/1.
+#   <name>_stop      stop what <name>_start started, by pid files only (mp_daemon_stop).
+#   <name>_env       print its KEY=VALUE lines for rig.env.
+#   <name>_address   print its address (e.g. 127.0.0.1:9092).
+#   <name>_log       print its main log file path.
+# and may set <NAME>_START_TIMEOUT (seconds, upper case name; default 180) for mp_wait_for_health.
+# `up` calls <name>_install and <name>_start outside any condition, so `set -e` stops at a failing
+# step; still end critical steps with `|| return 1` (a function called as `f || ...` runs without
+# errexit). Return non-zero on failure; never exit 0 half-done.
+#
+# Helpers (all prefixed mp_):
+#   mp_log MSG... / mp_die MSG...           messages on stderr ("devstack: ...")
+#   mp_build_dir SERVICE VERSION            prints $MP_CACHE_DIR/build/SERVICE-VERSION
+#   mp_run_dir SERVICE                      prints (and creates) $MP_CACHE_DIR/run/SERVICE
+#   mp_inputs_hash FILE...                  sha256 over the files' contents
+#   mp_stamp_ok DIR HASH / mp_stamp_write DIR HASH   DIR/.inputs stamp check / write
+#   mp_run_logged LOGFILE CMD...            run CMD with output to LOGFILE; on failure print
+#                                           its last 40 lines and return non-zero
+#   mp_render TEMPLATE OUT KEY=VALUE...     copy TEMPLATE to OUT replacing @KEY@ by VALUE
+#   mp_require_cmd CMD [DEBIAN_PACKAGE]     apt-get install the package if CMD is missing (root)
+#   mp_daemon_start PIDFILE LOGFILE CMD...  start CMD detached (setsid, stdin /dev/null, output
+#                                           appended to LOGFILE), its pid written to PIDFILE
+#   mp_pid_running PIDFILE MARKER           0 if PIDFILE's pid is alive and its /proc cmdline
+#                                           contains MARKER (guards against reused pids)
+#   mp_pid PIDFILE                          print the pid in PIDFILE (empty if none)
+#   mp_daemon_stop PIDFILE MARKER [SIGNAL] [TIMEOUT]  signal (default TERM), wait up to TIMEOUT
+#                                           (default 30 s), then KILL; removes PIDFILE.
+#                                           Never stops anything by name.
+#   mp_tcp_open HOST PORT                   0 if something accepts TCP connections there
+#   mp_require_port_free HOST PORT WHO      die if the port is already taken (by someone else)
+#   mp_wait_for_health SERVICE TIMEOUT      poll <service>_health until OK; fail early when
+#                                           <service>_running says it died; on failure print the
+#                                           last 40 lines of <service>_log and return 1
+#   mp_load_service NAME                    source services/NAME.sh
+# ------------------------------------------------------------------------------------------------
+
+MP_DEVSTACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MP_CACHE_DIR=${MP_CACHE_DIR:-$HOME/.cache/message-pipeline}
+MP_BUILD_ROOT=$MP_CACHE_DIR/build
+MP_RUN_ROOT=$MP_CACHE_DIR/run
+MP_ENV_FILE=$MP_RUN_ROOT/rig.env
+export MP_DEVSTACK_DIR MP_CACHE_DIR MP_BUILD_ROOT MP_RUN_ROOT MP_ENV_FILE
+
+# Start order; `down` stops in reverse order.
+SERVICES=(kafka ferretdb opensearch kube)
+
+mp_log() { printf 'devstack: %s\n' "$*" >&2; }
+mp_die() {
+  mp_log "ERROR: $*"
+  exit 1
+}
+
+mp_build_dir() { printf '%s/%s-%s\n' "$MP_BUILD_ROOT" "$1" "$2"; }
+
+mp_run_dir() {
+  mkdir -p "$MP_RUN_ROOT/$1"
+  printf '%s/%s\n' "$MP_RUN_ROOT" "$1"
+}
+
+mp_inputs_hash() { cat -- "$@" | sha256sum | cut -c1-16; }
+mp_stamp_ok() { [[ -f $1/.inputs && $(<"$1/.inputs") == "$2" ]]; }
+mp_stamp_write() { printf '%s\n' "$2" >"$1/.inputs"; }
+
+mp_run_logged() {
+  local logfile=$1
+  shift
+  mkdir -p "$(dirname "$logfile")"
+  if ! "$@" >"$logfile" 2>&1; then
+    mp_log "command failed: $* (last 40 lines of $logfile follow)"
+    tail -n 40 "$logfile" >&2
+    return 1
+  fi
+}
+
+mp_render() {
+  local template=$1 out=$2 content kv
+  shift 2
+  content=$(<"$template")
+  for kv in "$@"; do
+    content=${content//@${kv%%=*}@/${kv#*=}}
+  done
+  mkdir -p "$(dirname "$out")"
+  printf '%s\n' "$content" >"$out.tmp"
+  mv -f "$out.tmp" "$out"
+}
+
+MP_APT_UPDATED=
+mp_require_cmd() {
+  local cmd=$1 pkg=${2:-}
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [[ -x $cmd ]] && return 0
+  [[ -n $pkg ]] || mp_die "'$cmd' is required and not installed"
+  [[ $(id -u) -eq 0 ]] || mp_die "'$cmd' is missing: run 'apt-get install -y $pkg' as root"
+  mp_log "installing Debian package $pkg (for $cmd)"
+  if [[ -z $MP_APT_UPDATED ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || mp_die "apt-get update failed"
+    MP_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 || mp_die "apt-get install $pkg failed"
+}
+
+mp_pid() {
+  local pid=
+  [[ -r $1 ]] && pid=$(<"$1")
+  [[ $pid =~ ^[0-9]+$ ]] && printf '%s\n' "$pid"
+  return 0
+}
+
+mp_pid_running() {
+  local pidfile=$1 marker=$2 pid cmdline
+  pid=$(mp_pid "$pidfile")
+  [[ -n $pid ]] || return 1
+  # A zombie or a reused pid has an empty or different command line.
+  cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
+  [[ $cmdline == *"$marker"* ]]
+}
+
+mp_daemon_start() {
+  local pidfile=$1 logfile=$2 i
+  shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+  rm -f "$pidfile"
+  printf '\n==== devstack: starting at %s: %s\n' "$(date '+%F %T')" "$*" >>"$logfile"
+  # The inner bash records its own pid then execs the command, so the pid file is right whether
+  # or not setsid had to fork. fd 9 (up's lock) is closed so the daemon does not hold the lock.
+  # shellcheck disable=SC2016 # $$ and $@ are for the inner shell
+  setsid bash -c 'echo "$$" >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
+    </dev/null >>"$logfile" 2>&1 9>&- &
+  for ((i = 0; i < 100; i++)); do
+    [[ -s $pidfile ]] && return 0
+    sleep 0.05
+  done
+  mp_log "could not start: $* (see $logfile)"
+  return 1
+}
+
+mp_daemon_stop() {
+  local pidfile=$1 marker=$2 sig=${3:-TERM} timeout=${4:-30} pid deadline
+  if ! mp_pid_running "$pidfile" "$marker"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid=$(mp_pid "$pidfile")
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + timeout))
+  while mp_pid_running "$pidfile" "$marker"; do
+    if ((SECONDS >= deadline)); then
+      mp_log "pid $pid ($pidfile) still running after ${timeout}s: KILL"
+      kill -s KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
+
+mp_tcp_open() {
+  # The subshell keeps the descriptor out of the caller; timeout bounds a hanging connect.
+  # shellcheck disable=SC2016 # $0 and $1 are for the inner shell
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+mp_require_port_free() {
+  if mp_tcp_open "$1" "$2"; then
+    mp_die "$3: $1:$2 is already in use by another process (not started by devstack, or its pid file is gone); free it first"
+  fi
+}
+
+mp_wait_for_health() {
+  local name=$1 timeout=$2 deadline log
+  deadline=$((SECONDS + timeout))
+  log=$("${name}_log")
+  while ! "${name}_health" >/dev/null 2>&1; do
+    if ! "${name}_running"; then
+      mp_log "$name exited during start-up; last 40 lines of $log:"
+      tail -n 40 "$log" >&2
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      mp_log "$name not healthy after ${timeout}s; last 40 lines of $log:"
+      tail -n 40 "$log" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+mp_load_service() {
+  local file=$MP_DEVSTACK_DIR/services/$1.sh
+  [[ -f $file ]] || mp_die "unknown service '$1' (no $file)"
+  # shellcheck source=/dev/null
+  . "$file"
+}
+
+# Take the rig lock on fd 9 (up and down must not interleave). Daemons close fd 9.
+mp_lock() {
+  mkdir -p "$MP_RUN_ROOT"
+  exec 9>"$MP_RUN_ROOT/.lock"
+  flock 9
+}
+
+# Selected services: the arguments (validated) or all of SERVICES.
+mp_select_services() {
+  local s known
+  if (($# == 0)); then
+    printf '%s\n' "${SERVICES[@]}"
+    return 0
+  fi
+  for s in "$@"; do
+    for known in "${SERVICES[@]}"; do
+      [[ $s == "$known" ]] && continue 2
+    done
+    mp_die "unknown service '$s' (known: ${SERVICES[*]})"
+  done
+  printf '%s\n' "$@"
+}
+
+# Write rig.env from the services whose processes are running (after `up` that is every service
+# it brought up); remove it when none is.
+mp_write_env() {
+  local s lines=()
+  for s in "${SERVICES[@]}"; do
+    if "${s}_running"; then
+      mapfile -t -O "${#lines[@]}" lines < <("${s}_env")
+    fi
+  done
+  mkdir -p "$MP_RUN_ROOT"
+  if ((${#lines[@]} == 0)); then
+    rm -f "$MP_ENV_FILE"
+    return 0
+  fi
+  printf '%s\n' "${lines[@]}" >"$MP_ENV_FILE.tmp"
+  mv -f "$MP_ENV_FILE.tmp" "$MP_ENV_FILE"
+}
+
+mp_load_all_services() {
+  local s
+  for s in "${SERVICES[@]}"; do mp_load_service "$s"; done
+}
