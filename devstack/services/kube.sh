@@ -69,7 +69,7 @@ _kube_proc_running() { mp_pid_running "$(_kube_pidfile "$1")" "$(_kube_marker "$
 
 kube_address() { printf '127.0.0.1:%s\n' "$KUBE_PORT"; }
 kube_log() { _kube_logfile apiserver; }
-kube_env() { printf 'KUBECONFIG=%s\n' "$(_kube_kubeconfig)"; }
+kube_env() { printf 'KUBECONFIG=%s\nKUBECTL=%s\n' "$(_kube_kubeconfig)" "$(_kube_bin kubectl)"; }
 
 kube_install() {
   local build etcd_build hash src=$MP_DEVSTACK_DIR/kube etcd_src=$MP_DEVSTACK_DIR/etcd

@@ -117,6 +117,33 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// A client of the rig's Kubernetes API server, as the admin identity of its kubeconfig.
+    pub async fn kube_client(&self) -> kube::Client {
+        let path = self.var("KUBECONFIG");
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap_or_else(|e| {
+            panic!("the rig is not running: cannot read kubeconfig {path}: {e}; {HOW_TO_START}")
+        });
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a usable kubeconfig");
+        let server = config
+            .cluster_url
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        ensure_reachable("the Kubernetes API server", &server);
+        kube::Client::try_from(config).expect("Kubernetes client")
+    }
+
+    /// `kubectl` of the rig's Kubernetes release, pointed at its API server.
+    pub fn kubectl(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(self.var("KUBECTL"));
+        command.env("KUBECONFIG", self.var("KUBECONFIG"));
+        command
+    }
+}
+
 fn ensure_reachable(service: &str, address: &str) {
     let reachable = address
         .to_socket_addrs()
