@@ -3,6 +3,8 @@
 //! Every test here talks to the real servers `devstack/up` starts. When one is not there, the
 //! test fails (never skips) with one line saying how to start the rig.
 
+/// A TCP proxy a test can cut, to make a server unreachable for one client only.
+pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.
 pub mod rig;
 /// Waiting on a condition with a deadline instead of sleeping and hoping.
