@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status test check lint fmt
+.PHONY: up down status test check lint fmt bench
 
 ## Start the rig (installs and builds what is missing, returns when every service answers).
 up:
@@ -23,6 +23,11 @@ status:
 ## The test command: rig up, formatting, clippy with warnings denied, every test of the workspace.
 test: up check
 	cargo test --workspace
+
+## Benchmarks against the rig (release build): indexer throughput vs the raw _bulk ceiling,
+## freshness, peak RSS. BENCH_EVENTS (default 200000), BENCH_RATE, BENCH_STEADY_SECS tune it.
+bench: up
+	cargo bench -p indexer --bench throughput
 
 ## Static checks only (no rig needed).
 check: fmt lint

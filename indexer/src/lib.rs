@@ -1,3 +1,38 @@
 //! indexer: Kafka to the search engine with retries, a DLQ and a circuit breaker.
 //!
-//! Not built yet: issue #5 fills this crate. It has no code so that nothing pretends to work.
+//! The decision core is pure and table-tested: how batches are bounded and encoded, what a bulk
+//! response means for each record, how long to back off, and when the breaker opens. The I/O parts
+//! sit around it: the consume loop (`pipeline`), the search engine (`sink`), the DLQ producer
+//! (`dlq`) and its `dlq inspect|replay` tools (`dlq_tools`), metrics and the health server. Not
+//! built yet: the worker Lease.
+
+/// The batch accumulator (count, bytes, linger) and the halving of a batch refused with 413.
+pub mod batch;
+/// The circuit breaker's state machine: closed, open, half-open, with the reason of every transition.
+pub mod breaker;
+/// The NDJSON body of a `_bulk` request: external-version `index` actions with whole documents.
+pub mod bulk;
+/// What a bulk response means: per request (items, split, breaker) and per item (done, retry, DLQ).
+pub mod classify;
+/// Flags and env vars of the binary.
+pub mod config;
+/// Writes dead letters (original record + DLQ headers), awaited, retried until acknowledged.
+pub mod dlq;
+/// `indexer dlq inspect|replay`: reads the DLQ to its end, summarizes it, re-drives selected records.
+pub mod dlq_tools;
+/// Prometheus metrics and the readiness flags.
+pub mod metrics;
+/// The consume loop: batches, flushes, commits after durability, pauses while the breaker is open.
+pub mod pipeline;
+/// Deletes tombstones older than the horizon, periodically.
+pub mod purge;
+/// A consumed Kafka record, owned.
+pub mod record;
+/// Exponential backoff with full jitter, the random draw injected.
+pub mod retry;
+/// Builds the clients from the configuration and runs the loop beside the health server.
+pub mod run;
+/// `/live`, `/ready`, `/metrics`.
+pub mod server;
+/// Sends one `_bulk` body and reports its outcome as plain data; checks the alias at start.
+pub mod sink;

@@ -1,0 +1,385 @@
+//! Indexer throughput against the raw `_bulk` ceiling, measured in the same run on the rig.
+//!
+//! 1. Preloads BENCH_EVENTS (default 200,000) events into a fresh topic.
+//! 2. Ceiling: the same documents sent by this program with plain `_bulk` requests and the same
+//!    external versions, at the best batch size × concurrency it finds on a sample.
+//! 3. The indexer binary (release) from the earliest offset until it has consumed and settled
+//!    every event: throughput, and its peak RSS (VmHWM).
+//! 4. Freshness at a steady offered rate (BENCH_RATE events/s for BENCH_STEADY_SECS), from the
+//!    indexer's own histogram (event `timestamp` header → engine acknowledgement).
+//!
+//! Run with `make bench` (= `cargo bench -p indexer --bench throughput`) while the rig is up.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{rig::rig, unique};
+use futures::StreamExt;
+use pipeline_contract::install::{SearchEndpoint, install};
+use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
+use pipeline_contract::search::{IndexLayout, IndexSettings, SearchDocument};
+use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use uuid::Uuid;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `total` events: creates of fresh messages, and every fourth an update of an earlier one.
+fn events(total: usize, conversations: &[Uuid]) -> Vec<MessageEvent> {
+    let mut out = Vec::with_capacity(total);
+    let mut states: Vec<MessagePayload> = Vec::new();
+    for i in 0..total {
+        if i % 4 == 3 && !states.is_empty() {
+            let pick = fastrand::usize(..states.len());
+            let s = &mut states[pick];
+            s.version = Some(s.version.unwrap() + 1);
+            s.content = format!("edited {i}: {}", s.content);
+            s.updated_at = Some(Timestamp::now());
+            out.push(MessageEvent::Updated(s.clone()));
+        } else {
+            let p = MessagePayload {
+                id: Uuid::new_v4(),
+                conversation_id: Some(conversations[i % conversations.len()]),
+                sender_id: Some(Uuid::new_v4()),
+                content: format!(
+                    "message {i} about the quarterly planning of team {}",
+                    i % 97
+                ),
+                tenant_id: format!("tenant-{}", i % 7),
+                timestamp: Some(Timestamp::now()),
+                updated_at: None,
+                metadata: serde_json::json!({"channel": format!("c{}", i % 13), "priority": i % 3})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                version: Some(1),
+            };
+            states.push(p.clone());
+            out.push(MessageEvent::Created(p));
+        }
+    }
+    out
+}
+
+fn headers(event: &MessageEvent, at: Timestamp) -> OwnedHeaders {
+    let h = EventHeaders {
+        correlation_id: "bench".into(),
+        message_id: MessageId::of(event).unwrap(),
+        timestamp: at,
+        traceparent: None,
+    };
+    h.pairs()
+        .into_iter()
+        .fold(OwnedHeaders::new(), |acc, (k, v)| {
+            acc.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        })
+}
+
+async fn produce_all(producer: &FutureProducer, topic: &str, events: &[MessageEvent]) {
+    let sends = futures::stream::iter(events.iter().map(|e| {
+        let key = record_key(e).unwrap();
+        let value = e.encode();
+        let headers = headers(e, e.changed_at().unwrap());
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    }))
+    .buffer_unordered(10_000);
+    let results: Vec<_> = sends.collect().await;
+    assert!(results.iter().all(Result::is_ok), "a produce failed");
+}
+
+async fn fresh_layout(http: &reqwest::Client, prefix: &str) -> IndexLayout {
+    let layout = IndexLayout::new(unique(prefix)).unwrap();
+    let settings = IndexSettings {
+        replicas: 0,
+        ..IndexSettings::default()
+    };
+    install(
+        http,
+        &SearchEndpoint::new(rig().search_url()),
+        &layout,
+        &settings,
+    )
+    .await
+    .expect("install");
+    layout
+}
+
+/// Sends `docs` with plain `_bulk` requests of `batch` items, `concurrency` at a time; docs/s.
+async fn raw_bulk(
+    http: &reqwest::Client,
+    layout: &IndexLayout,
+    docs: &[SearchDocument],
+    batch: usize,
+    concurrency: usize,
+) -> f64 {
+    let bodies: Vec<Vec<u8>> = docs
+        .chunks(batch)
+        .map(|c| indexer::bulk::encode(layout, c).body)
+        .collect();
+    let url = format!("{}/_bulk", rig().search_url());
+    let started = Instant::now();
+    let results: Vec<bool> = futures::stream::iter(bodies.into_iter().map(|body| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["errors"] == false
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        results.iter().all(|ok| *ok),
+        "the ceiling run had item errors"
+    );
+    docs.len() as f64 / elapsed
+}
+
+/// Parses `name value` lines of the Prometheus text format into a map.
+async fn scrape(http: &reqwest::Client, port: u16) -> Option<HashMap<String, f64>> {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+fn quantile(before: &HashMap<String, f64>, after: &HashMap<String, f64>, q: f64) -> f64 {
+    let prefix = "indexer_freshness_seconds_bucket{le=\"";
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or(f64::NAN, |b| b.0)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let total: usize = env_or("BENCH_EVENTS", 200_000);
+    let rate: usize = env_or("BENCH_RATE", 1_000);
+    let steady_secs: u64 = env_or("BENCH_STEADY_SECS", 20);
+    let http = reqwest::Client::new();
+
+    let topic = unique("bench-events");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .create()
+        .unwrap();
+    for t in [topic.clone(), format!("{topic}.dlq")] {
+        admin
+            .create_topics(
+                [&NewTopic::new(&t, 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap()[0]
+            .clone()
+            .expect("topic");
+    }
+    let conversations: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
+    let events = events(total, &conversations);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .create()
+        .unwrap();
+    let t = Instant::now();
+    produce_all(&producer, &topic, &events).await;
+    println!(
+        "preloaded {total} events into {topic} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Ceiling: the best batch size × concurrency on a sample, then all documents with it.
+    let docs: Vec<SearchDocument> = events
+        .iter()
+        .map(|e| SearchDocument::from_event(e).unwrap())
+        .collect();
+    let sample = &docs[..docs.len().min(30_000)];
+    let mut best = (0.0, 0, 0);
+    for batch in [500, 1000, 2000] {
+        for concurrency in [1, 2, 4] {
+            let layout = fresh_layout(&http, "bench-ceiling").await;
+            let rate = raw_bulk(&http, &layout, sample, batch, concurrency).await;
+            println!(
+                "  ceiling trial: batch {batch:>4} × {concurrency} concurrent: {rate:>8.0} docs/s"
+            );
+            if rate > best.0 {
+                best = (rate, batch, concurrency);
+            }
+        }
+    }
+    let layout = fresh_layout(&http, "bench-ceiling").await;
+    let ceiling = raw_bulk(&http, &layout, &docs, best.1, best.2).await;
+
+    // The indexer, from the earliest offset until every event is settled.
+    let layout = fresh_layout(&http, "bench-indexer").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_indexer"))
+        .arg("run")
+        .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
+        .env("KAFKA_TOPIC", &topic)
+        .env("KAFKA_CONSUMER_GROUP", unique("bench-group"))
+        .env("ELASTICSEARCH_URL", rig().search_url())
+        .env("ELASTICSEARCH_ALIAS", layout.alias())
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the indexer");
+    let settled = |m: &HashMap<String, f64>| {
+        ["indexer_indexed_total", "indexer_already_newer_total"]
+            .iter()
+            .map(|k| m.get(*k).copied().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    loop {
+        if let Some(m) = scrape(&http, port).await
+            && settled(&m) >= total as f64
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the indexer did not catch up in 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let throughput = total as f64 / started.elapsed().as_secs_f64();
+
+    // Freshness at a steady offered rate.
+    let before = scrape(&http, port).await.unwrap();
+    let steady = events_at(rate, steady_secs, &conversations);
+    let tick = Duration::from_secs(1) / rate as u32;
+    let t0 = Instant::now();
+    for (i, e) in steady.iter().enumerate() {
+        let due = t0 + tick * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (key, value) = (record_key(e).unwrap(), e.encode());
+        let _ = producer.send_result(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers(e, Timestamp::now())),
+        );
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    let want = total as f64 + steady.len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        let m = scrape(&http, port).await.unwrap();
+        if settled(&m) >= want || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (p50, p99) = (
+        quantile(&before, &after, 0.5),
+        quantile(&before, &after, 0.99),
+    );
+    let peak_rss = vm_hwm_kib(child.id());
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+
+    println!();
+    println!("events                       {total}");
+    println!(
+        "ceiling (_bulk, batch {} × {}) {ceiling:>10.0} docs/s",
+        best.1, best.2
+    );
+    println!("indexer (earliest → settled) {throughput:>10.0} events/s");
+    println!(
+        "ratio indexer / ceiling      {:>10.2}   (target ≥ 0.85)",
+        throughput / ceiling
+    );
+    println!(
+        "freshness at {rate}/s         p50 ≤ {p50:.3} s, p99 ≤ {p99:.3} s (histogram bucket bounds)"
+    );
+    println!(
+        "indexer peak RSS (VmHWM)     {:>10.1} MiB (target < 64 MiB)",
+        peak_rss as f64 / 1024.0
+    );
+}
+
+/// `rate × secs` creates of fresh messages for the steady phase.
+fn events_at(rate: usize, secs: u64, conversations: &[Uuid]) -> Vec<MessageEvent> {
+    events(rate * secs as usize, conversations)
+        .into_iter()
+        .filter(|e| matches!(e, MessageEvent::Created(_)))
+        .collect()
+}

@@ -1,0 +1,100 @@
+//! Writing dead letters: the original key, value and headers plus the contract's DLQ headers,
+//! produced with acks=all and awaited.
+//!
+//! A DLQ write that fails is retried until it succeeds or the indexer shuts down: the partition
+//! stalls rather than skip a record (property 3). It never decides what is dead (`classify` does).
+
+use std::time::Duration;
+
+use pipeline_contract::dlq::DlqHeaders;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Record;
+
+/// Writes dead letters to one topic.
+pub struct DlqWriter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for DlqWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlqWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The DLQ write was abandoned because the indexer is shutting down; nothing was committed.
+#[derive(Debug, thiserror::Error)]
+#[error("DLQ write abandoned at shutdown")]
+pub struct Abandoned;
+
+impl DlqWriter {
+    pub fn new(
+        mut config: ClientConfig,
+        topic: String,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self { producer, topic })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes one dead letter and waits for the broker's acknowledgement; retries (with a capped
+    /// backoff) until it is acknowledged or `shutdown` fires.
+    pub async fn write(
+        &self,
+        record: &Record,
+        dlq: &DlqHeaders,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 8);
+            for (name, value) in &record.headers {
+                // The DLQ headers of an earlier failure are replaced, not repeated.
+                if pipeline_contract::dlq::header::ALL.contains(&name.as_str()) {
+                    continue;
+                }
+                headers = headers.insert(Header {
+                    key: name,
+                    value: value.as_deref(),
+                });
+            }
+            for (name, value) in dlq.pairs() {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut out = FutureRecord::to(&self.topic).headers(headers);
+            if let Some(key) = &record.key {
+                out = out.key(key);
+            }
+            if let Some(payload) = &record.payload {
+                out = out.payload(payload);
+            }
+            match self.producer.send(out, Duration::from_secs(5)).await {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => {
+                    tracing::warn!(topic = %self.topic, %error, "DLQ write failed; the partition waits and retries");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(Abandoned),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

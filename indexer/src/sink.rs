@@ -1,0 +1,195 @@
+//! The search engine at the edge: sends one `_bulk` body and turns the answer into the plain data
+//! `classify` decides on. Also checks at start that the write alias exists.
+//!
+//! It never decides what a status means (that is `classify`'s job) and never retries: one call,
+//! one request.
+
+use std::time::Duration;
+
+use pipeline_contract::install::SearchEndpoint;
+use pipeline_contract::search::IndexLayout;
+use serde_json::Value;
+
+use crate::classify::{ItemResult, RequestOutcome};
+
+/// Writes bulk bodies to the alias of one index layout.
+#[derive(Debug, Clone)]
+pub struct SearchSink {
+    http: reqwest::Client,
+    endpoint: SearchEndpoint,
+    basic_auth: Option<(String, String)>,
+    layout: IndexLayout,
+}
+
+/// The alias the indexer writes to is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum AliasCheckError {
+    #[error(
+        "alias {alias:?} does not exist on {url}: install the index layout first (the operator does; \
+         locally use pipeline_contract::install)"
+    )]
+    Missing { alias: String, url: String },
+    #[error("cannot check alias {alias:?} on {url}: {detail}")]
+    Unreachable {
+        alias: String,
+        url: String,
+        detail: String,
+    },
+}
+
+impl SearchSink {
+    pub fn new(
+        endpoint: SearchEndpoint,
+        basic_auth: Option<(String, String)>,
+        layout: IndexLayout,
+        request_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            endpoint,
+            basic_auth,
+            layout,
+        })
+    }
+
+    pub fn layout(&self) -> &IndexLayout {
+        &self.layout
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}/{path}", self.endpoint.base_url()));
+        match &self.basic_auth {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
+    /// Checks that the alias exists, so a missing layout is one clear error at start rather than
+    /// a breaker that opens for a reason the operator has to dig out of the logs.
+    pub async fn check_alias(&self) -> Result<(), AliasCheckError> {
+        let alias = self.layout.alias().to_owned();
+        let url = self.endpoint.base_url().to_owned();
+        let response = self
+            .request(reqwest::Method::GET, &format!("_alias/{alias}"))
+            .send()
+            .await
+            .map_err(|e| AliasCheckError::Unreachable {
+                alias: alias.clone(),
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            404 => Err(AliasCheckError::Missing { alias, url }),
+            status => Err(AliasCheckError::Unreachable {
+                alias,
+                url,
+                detail: format!("HTTP {status}"),
+            }),
+        }
+    }
+
+    /// Sends one bulk body. Returns the request's outcome and, for a 2xx answer, the result of
+    /// every item in the order of the body.
+    pub async fn bulk(&self, body: Vec<u8>) -> (RequestOutcome, Vec<ItemResult>) {
+        let sent = self
+            .request(reqwest::Method::POST, "_bulk")
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return (RequestOutcome::Timeout, Vec::new()),
+            Err(e) => {
+                return (
+                    RequestOutcome::Transport {
+                        message: error_chain(&e),
+                    },
+                    Vec::new(),
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        let value: Value = match response.bytes().await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(e) if e.is_timeout() => return (RequestOutcome::Timeout, Vec::new()),
+            Err(e) => {
+                return (
+                    RequestOutcome::Transport {
+                        message: error_chain(&e),
+                    },
+                    Vec::new(),
+                );
+            }
+        };
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        let outcome = RequestOutcome::Response {
+            status,
+            error_type: text(&value["error"]["type"]),
+            reason: text(&value["error"]["reason"]).or_else(|| text(&value["error"])),
+        };
+        let items = value["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        // Each item is keyed by its action: `index` is all we send.
+                        let result = item
+                            .as_object()
+                            .and_then(|o| o.values().next())
+                            .unwrap_or(&Value::Null);
+                        ItemResult {
+                            status: result["status"]
+                                .as_u64()
+                                .and_then(|s| u16::try_from(s).ok())
+                                .unwrap_or(0),
+                            error_type: text(&result["error"]["type"]),
+                            reason: text(&result["error"]["reason"]),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (outcome, items)
+    }
+}
+
+impl SearchSink {
+    /// Runs `_delete_by_query` on the alias; returns how many documents it deleted.
+    pub async fn delete_by_query(&self, query: &Value) -> Result<u64, String> {
+        let path = format!(
+            "{}/_delete_by_query?conflicts=proceed&refresh=true",
+            self.layout.alias()
+        );
+        let response = self
+            .request(reqwest::Method::POST, &path)
+            .json(query)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| error_chain(&e))?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        Ok(body["deleted"].as_u64().unwrap_or(0))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,249 @@
+//! What the indexer's tests against the rig share: a unique topic, DLQ and index layout, an
+//! in-process indexer, event histories, and reading the index back.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{rig::rig, unique, wait};
+use indexer::config::{KafkaArgs, RunArgs};
+use indexer::metrics::Metrics;
+use pipeline_contract::install::{SearchEndpoint, install};
+use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
+use pipeline_contract::search::{IndexLayout, IndexSettings};
+use pipeline_contract::{DeletedPayload, MessageEvent, MessagePayload, Timestamp};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A topic, its DLQ and an installed index layout, all unique to one test.
+pub struct Fixture {
+    pub topic: String,
+    pub dlq: String,
+    pub layout: IndexLayout,
+    http: reqwest::Client,
+}
+
+impl Fixture {
+    pub async fn new(gc_deletes: Option<&str>) -> Self {
+        let topic = unique("idx-events");
+        let dlq = format!("{topic}.dlq");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", rig().kafka())
+            .create()
+            .unwrap();
+        let topics = [
+            NewTopic::new(&topic, 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+        ];
+        for result in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            result.expect("topic created");
+        }
+        let layout = IndexLayout::new(unique("idx-messages")).unwrap();
+        let http = reqwest::Client::new();
+        let settings = IndexSettings {
+            replicas: 0,
+            gc_deletes: gc_deletes.map(str::to_owned),
+            ..IndexSettings::default()
+        };
+        install(
+            &http,
+            &SearchEndpoint::new(rig().search_url()),
+            &layout,
+            &settings,
+        )
+        .await
+        .expect("install");
+        Self {
+            topic,
+            dlq,
+            layout,
+            http,
+        }
+    }
+
+    pub fn args(&self, group: &str) -> RunArgs {
+        RunArgs {
+            kafka: KafkaArgs {
+                bootstrap_servers: rig().kafka().to_owned(),
+                topic: self.topic.clone(),
+                dlq_topic: Some(self.dlq.clone()),
+                security_protocol: None,
+                sasl_mechanism: None,
+                sasl_username: None,
+                sasl_password: None,
+                ssl_ca_location: None,
+            },
+            group: group.to_owned(),
+            search_url: rig().search_url().to_owned(),
+            search_username: None,
+            search_password: None,
+            alias: self.layout.alias().to_owned(),
+            batch_max_count: 50,
+            batch_max_bytes: 1 << 20,
+            batch_linger_ms: 50,
+            retry_max_attempts: 3,
+            retry_backoff_ms: 50,
+            breaker_failure_threshold: 3,
+            breaker_cooldown_ms: 1000,
+            request_timeout_ms: 10_000,
+            tombstone_horizon_days: 21,
+            purge_interval_seconds: 3600,
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+
+    /// Starts an indexer in this process; stop it with the returned token.
+    pub fn start(
+        &self,
+        group: &str,
+    ) -> (Arc<Metrics>, CancellationToken, tokio::task::JoinHandle<()>) {
+        self.start_with(self.args(group))
+    }
+
+    /// Starts an indexer in this process with `args`.
+    pub fn start_with(
+        &self,
+        args: RunArgs,
+    ) -> (Arc<Metrics>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let metrics = Arc::new(Metrics::new());
+        let token = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, token) = (metrics.clone(), token.clone());
+            async move {
+                indexer::run::run(args, metrics, token)
+                    .await
+                    .expect("indexer run")
+            }
+        });
+        (metrics, token, task)
+    }
+
+    pub async fn produce(&self, records: &[(Option<String>, Vec<u8>, OwnedHeaders)]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", rig().kafka())
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for (key, value, headers) in records {
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(value)
+                .headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .expect("produce");
+        }
+    }
+
+    /// Every document of the index by id: (version, deleted).
+    pub async fn documents(&self) -> HashMap<Uuid, (u64, bool)> {
+        let url = format!(
+            "{}/{}/_search?size=10000&version=true",
+            rig().search_url(),
+            self.layout.alias()
+        );
+        let _ = self
+            .http
+            .post(format!(
+                "{}/{}/_refresh",
+                rig().search_url(),
+                self.layout.alias()
+            ))
+            .send()
+            .await;
+        let body: Value = self
+            .http
+            .post(url)
+            .json(&json!({"query": {"match_all": {}}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["hits"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let id = h["_id"].as_str().unwrap().parse().unwrap();
+                (
+                    id,
+                    (
+                        h["_version"].as_u64().unwrap(),
+                        h["_source"]["deleted"].as_bool().unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn event_record(event: &MessageEvent) -> (Option<String>, Vec<u8>, OwnedHeaders) {
+    let headers = EventHeaders {
+        correlation_id: "test".into(),
+        message_id: MessageId::of(event).unwrap(),
+        timestamp: event.changed_at().unwrap(),
+        traceparent: None,
+    };
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers.pairs() {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    (record_key(event), event.encode(), owned)
+}
+
+/// The history of one message: versions 1..=n, then maybe a delete.
+pub fn history(conversation: Uuid, updates: u64, delete: bool) -> Vec<MessageEvent> {
+    let id = Uuid::new_v4();
+    let created = Timestamp::now();
+    let state = |version: u64| MessagePayload {
+        id,
+        conversation_id: Some(conversation),
+        sender_id: Some(Uuid::new_v4()),
+        content: format!("content v{version}"),
+        tenant_id: "tenant-a".into(),
+        timestamp: Some(created),
+        updated_at: (version > 1).then(Timestamp::now),
+        metadata: serde_json::Map::new(),
+        version: Some(version),
+    };
+    let mut events = vec![MessageEvent::Created(state(1))];
+    events.extend((2..=updates + 1).map(|v| MessageEvent::Updated(state(v))));
+    if delete {
+        events.push(MessageEvent::Deleted(DeletedPayload {
+            id,
+            conversation_id: Some(conversation),
+            tenant_id: "tenant-a".into(),
+            version: Some(updates + 2),
+            deleted_at: Some(Timestamp::now()),
+        }));
+    }
+    events
+}
+
+/// Waits until the index holds exactly `expected`.
+pub async fn converge(fixture: &Fixture, expected: &HashMap<Uuid, (u64, bool)>, what: &str) {
+    wait::until(what, Duration::from_secs(90), || async {
+        let docs = fixture.documents().await;
+        (docs == *expected).then_some(())
+    })
+    .await;
+}
