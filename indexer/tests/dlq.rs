@@ -3,28 +3,25 @@
 //! DLQ headers gone, the tombstone horizon enforced unless forced, and a dead letter re-driven
 //! while an indexer runs ending up in the index.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use common::Fixture;
 use e2e::{rig::rig, unique, wait};
-use indexer::config::{Cli, Command, KafkaArgs, RunArgs};
+use indexer::config::KafkaArgs;
 use indexer::dlq::DlqWriter;
 use indexer::dlq_tools::{self, EXIT_REFUSED, Selection, TopicReader};
-use indexer::metrics::Metrics;
 use indexer::record::Record;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
-use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
-use pipeline_contract::search::{IndexLayout, IndexSettings};
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -395,72 +392,9 @@ async fn inspect_counts_by_class_and_replay_redrives_only_the_selected_within_th
     assert_eq!(dlq_tools::inspect(&kafka).await.unwrap().total, 7);
 }
 
-/// The arguments of an in-process indexer, parsed like the binary's so new flags keep defaults.
-fn run_args(topics: &Topics, alias: &str) -> RunArgs {
-    let cli = Cli::try_parse_from([
-        "indexer",
-        "run",
-        "--bootstrap-servers",
-        rig().kafka(),
-        "--topic",
-        &topics.topic,
-        "--dlq-topic",
-        &topics.dlq,
-        "--group",
-        &unique("dlqt-group"),
-        "--search-url",
-        rig().search_url(),
-        "--alias",
-        alias,
-        "--batch-linger-ms",
-        "50",
-        "--retry-backoff-ms",
-        "50",
-        "--http-addr",
-        "127.0.0.1:0",
-    ])
-    .expect("run arguments");
-    let Command::Run(args) = cli.command else {
-        unreachable!("parsed `run`")
-    };
-    args
-}
-
-/// The document's `_version`, once it is searchable.
-async fn indexed_version(http: &reqwest::Client, alias: &str, id: Uuid) -> Option<u64> {
-    let _ = http
-        .post(format!("{}/{alias}/_refresh", rig().search_url()))
-        .send()
-        .await;
-    let response = http
-        .get(format!("{}/{alias}/_doc/{id}", rig().search_url()))
-        .send()
-        .await
-        .ok()?;
-    let body: Value = response.json().await.ok()?;
-    body["found"]
-        .as_bool()?
-        .then(|| body["_version"].as_u64())?
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
-    let topics = Topics::new(3).await;
-    let layout = IndexLayout::new(unique("dlqt-messages")).unwrap();
-    let http = reqwest::Client::new();
-    let settings = IndexSettings {
-        replicas: 0,
-        ..IndexSettings::default()
-    };
-    install(
-        &http,
-        &SearchEndpoint::new(rig().search_url()),
-        &layout,
-        &settings,
-    )
-    .await
-    .expect("install");
-    let alias = layout.alias().to_owned();
+    let fixture = Fixture::new(None).await;
 
     // A valid event, dead-lettered as if the engine had been overloaded when it first came by.
     let conversation = Uuid::new_v4();
@@ -492,10 +426,10 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
             .map(|(n, v)| (n.to_owned(), Some(v.into_bytes())))
             .collect(),
     };
-    let kafka = topics.kafka();
-    let writer = DlqWriter::new(kafka.client_config(), topics.dlq.clone()).unwrap();
+    let kafka = fixture.args("unused").kafka;
+    let writer = DlqWriter::new(kafka.client_config(), fixture.dlq.clone()).unwrap();
     let dlq = DlqHeaders {
-        source_topic: topics.topic.clone(),
+        source_topic: fixture.topic.clone(),
         source_partition: record.partition,
         source_offset: record.offset,
         error_class: ErrorClass::RetriesExhausted,
@@ -509,17 +443,11 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
         .await
         .unwrap();
 
-    let metrics = Arc::new(Metrics::new());
-    let token = CancellationToken::new();
-    let task = tokio::spawn({
-        let (args, metrics, token) = (run_args(&topics, &alias), metrics.clone(), token.clone());
-        async move {
-            indexer::run::run(args, metrics, token)
-                .await
-                .expect("indexer run")
-        }
-    });
-    assert_eq!(indexed_version(&http, &alias, event.id()).await, None);
+    let (metrics, token, task) = fixture.start(&unique("dlqt-group"));
+    assert_eq!(
+        fixture.documents().await.get(&event.id()).map(|d| d.0),
+        None
+    );
 
     let selection = Selection {
         classes: BTreeSet::new(),
@@ -536,7 +464,9 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
     wait::until(
         "the re-driven event to be indexed",
         Duration::from_secs(90),
-        || async { (indexed_version(&http, &alias, event.id()).await == Some(1)).then_some(()) },
+        || async {
+            (fixture.documents().await.get(&event.id()).map(|d| d.0) == Some(1)).then_some(())
+        },
     )
     .await;
 
@@ -552,7 +482,10 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
     )
     .await;
     assert_eq!(metrics.indexed.get(), 1);
-    assert_eq!(indexed_version(&http, &alias, event.id()).await, Some(1));
+    assert_eq!(
+        fixture.documents().await.get(&event.id()).map(|d| d.0),
+        Some(1)
+    );
     assert_eq!(
         metrics.dead_lettered_total(),
         0,

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use e2e::{rig::rig, unique, wait};
-use indexer::config::{KafkaArgs, RunArgs};
+use indexer::config::{Cli, Command, RunArgs};
 use indexer::metrics::Metrics;
 use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
@@ -72,35 +73,46 @@ impl Fixture {
         }
     }
 
+    /// Arguments of an in-process indexer for this fixture, parsed like the binary's so that
+    /// every flag not named here keeps its default; small batches and short waits for tests.
     pub fn args(&self, group: &str) -> RunArgs {
-        RunArgs {
-            kafka: KafkaArgs {
-                bootstrap_servers: rig().kafka().to_owned(),
-                topic: self.topic.clone(),
-                dlq_topic: Some(self.dlq.clone()),
-                security_protocol: None,
-                sasl_mechanism: None,
-                sasl_username: None,
-                sasl_password: None,
-                ssl_ca_location: None,
-            },
-            group: group.to_owned(),
-            search_url: rig().search_url().to_owned(),
-            search_username: None,
-            search_password: None,
-            alias: self.layout.alias().to_owned(),
-            batch_max_count: 50,
-            batch_max_bytes: 1 << 20,
-            batch_linger_ms: 50,
-            retry_max_attempts: 3,
-            retry_backoff_ms: 50,
-            breaker_failure_threshold: 3,
-            breaker_cooldown_ms: 1000,
-            request_timeout_ms: 10_000,
-            tombstone_horizon_days: 21,
-            purge_interval_seconds: 3600,
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-        }
+        let cli = Cli::try_parse_from([
+            "indexer",
+            "run",
+            "--bootstrap-servers",
+            rig().kafka(),
+            "--topic",
+            &self.topic,
+            "--dlq-topic",
+            &self.dlq,
+            "--group",
+            group,
+            "--search-url",
+            rig().search_url(),
+            "--alias",
+            self.layout.alias(),
+            "--batch-max-count",
+            "50",
+            "--batch-linger-ms",
+            "50",
+            "--retry-max-attempts",
+            "3",
+            "--retry-backoff-ms",
+            "50",
+            "--breaker-failure-threshold",
+            "3",
+            "--breaker-cooldown-ms",
+            "1000",
+            "--request-timeout-ms",
+            "10000",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("run arguments");
+        let Command::Run(args) = cli.command else {
+            unreachable!("parsed `run`")
+        };
+        args
     }
 
     /// Starts an indexer in this process; stop it with the returned token.
