@@ -154,7 +154,16 @@ async fn raw_bulk(
                 .await
                 .unwrap();
             let v: serde_json::Value = r.json().await.unwrap();
-            v["errors"] == false
+            // With several requests in flight an older version can arrive after a newer one:
+            // a version conflict is the expected answer, as it is for the indexer.
+            v["items"].as_array().is_some_and(|items| {
+                items.iter().all(|i| {
+                    let status = i["index"]["status"].as_u64().unwrap_or(0);
+                    (200..300).contains(&status)
+                        || (status == 409
+                            && i["index"]["error"]["type"] == "version_conflict_engine_exception")
+                })
+            })
         }
     }))
     .buffer_unordered(concurrency)

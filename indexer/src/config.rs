@@ -138,12 +138,15 @@ pub struct RunArgs {
     /// The write alias (installed by the operator).
     #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
     pub alias: String,
-    /// Most records in one bulk request.
-    #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 1000)]
+    /// Most records in one batch (split over up to --max-in-flight concurrent bulk requests).
+    #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 4000)]
     pub batch_max_count: usize,
     /// Most bytes in one bulk request.
     #[arg(long, env = env::BATCH_MAX_BYTES, default_value_t = 5 * 1024 * 1024)]
     pub batch_max_bytes: usize,
+    /// Bulk requests in flight at once (one per group of partitions) while the breaker is closed.
+    #[arg(long, env = env::MAX_IN_FLIGHT, default_value_t = 4)]
+    pub max_in_flight: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, env = env::BATCH_LINGER_MS, default_value_t = 200)]
     pub batch_linger_ms: u64,

@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BatchLimits};
-use crate::breaker::{Breaker, BreakerConfig, Event};
+use crate::breaker::{Breaker, BreakerConfig, Event, Phase};
 use crate::bulk;
 use crate::classify::{RequestDecision, classify_request, partition};
 use crate::dlq::DlqWriter;
@@ -42,16 +42,14 @@ pub struct Settings {
     pub batch: BatchLimits,
     pub retry: RetryPolicy,
     pub breaker: BreakerConfig,
+    /// Bulk requests in flight at once while the breaker is closed.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("subscribing to {topic}: {source}")]
     Subscribe { topic: String, source: KafkaError },
-    #[error("committing offsets: {0}")]
-    Commit(KafkaError),
-    #[error("consuming: {0}")]
-    Consume(KafkaError),
 }
 
 /// Rebalance notices and statistics from librdkafka's threads, read by the loop.
@@ -197,9 +195,8 @@ pub struct Pipeline {
     dlq: DlqWriter,
     metrics: Arc<Metrics>,
     settings: Settings,
-    breaker: Breaker,
-    /// Next offset to commit per partition: one past every record taken into a batch.
-    consumed: BTreeMap<i32, i64>,
+    /// Locked only for a state check or transition, never across an await.
+    breaker: Mutex<Breaker>,
     paused: bool,
 }
 
@@ -219,7 +216,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
-        let breaker = Breaker::new(settings.breaker);
+        let breaker = Mutex::new(Breaker::new(settings.breaker));
         Self {
             consumer,
             sink,
@@ -227,13 +224,16 @@ impl Pipeline {
             metrics,
             settings,
             breaker,
-            consumed: BTreeMap::new(),
             paused: false,
         }
     }
 
     /// Runs until `shutdown` fires; then makes what it holds durable if the breaker allows,
     /// commits, and returns.
+    ///
+    /// While one batch is being flushed the next one is consumed, so decoding overlaps the
+    /// engine's work. Each flushed batch commits the offsets recorded when it was taken, never
+    /// those of records still waiting in the next batch.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), PipelineError> {
         self.consumer
             .subscribe(&[&self.settings.topic])
@@ -245,24 +245,48 @@ impl Pipeline {
             .running
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut batch: Batch<Item> = Batch::new(self.settings.batch);
+        // Next offset per partition of every record received, and of those in `pending`.
+        let mut consumed: BTreeMap<i32, i64> = BTreeMap::new();
         let mut pending: Vec<Item> = Vec::new();
-        let result = loop {
-            self.apply_rebalances(&mut batch, &mut pending);
+        let mut pending_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        loop {
+            self.apply_rebalances(
+                &mut batch,
+                &mut pending,
+                &mut [&mut consumed, &mut pending_offsets],
+            );
             if shutdown.is_cancelled() {
-                break Ok(());
+                break;
             }
             if pending.is_empty() && batch.is_due(Instant::now()) {
                 pending = batch.take();
+                pending_offsets = consumed.clone();
             }
             if !pending.is_empty() {
                 let now = Instant::now();
                 self.breaker_event(&Event::TimePassed, now);
-                if self.breaker.allows_request(now) {
-                    match self.flush(&mut pending, &shutdown).await {
-                        Ok(()) => {
-                            if let Err(e) = self.commit() {
-                                break Err(e);
+                if self.breaker_allows(now) {
+                    let flushed = {
+                        let flush = self.flush_concurrently(&mut pending, &shutdown);
+                        tokio::pin!(flush);
+                        loop {
+                            if batch.is_due(Instant::now()) {
+                                break (&mut flush).await;
                             }
+                            tokio::select! {
+                                r = &mut flush => break r,
+                                m = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => {
+                                    if let Ok(m) = m {
+                                        self.receive(m, &mut batch, &mut consumed);
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    match flushed {
+                        Ok(()) => {
+                            self.commit(&pending_offsets);
+                            pending_offsets.clear();
                             self.set_paused(false);
                         }
                         Err(Stalled) => self.set_paused(true),
@@ -279,46 +303,64 @@ impl Pipeline {
                     d.saturating_duration_since(Instant::now())
                 })
             };
-            let received = tokio::select! {
-                () = shutdown.cancelled() => continue,
-                r = tokio::time::timeout(wait, self.consumer.recv()) => r,
-            };
-            match received {
-                Err(_elapsed) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                }
-                Ok(Ok(message)) => {
-                    let record = Record::from_message(&message);
-                    drop(message);
-                    self.metrics.consumed.inc();
-                    self.consumed.insert(record.partition, record.offset + 1);
-                    let item = Item::from_record(record, self.sink.layout());
-                    let size = item.size();
-                    if batch.push(item, size, Instant::now()) && pending.is_empty() {
-                        pending = batch.take();
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                r = tokio::time::timeout(wait, self.consumer.recv()) => {
+                    if let Ok(m) = r {
+                        self.receive(m, &mut batch, &mut consumed);
                     }
                 }
             }
-        };
+        }
         // Shutdown: make what is held durable once, if the engine lets us; otherwise it stays
         // uncommitted and the next owner of the partitions repeats it.
         pending.extend(batch.take());
-        if result.is_ok() && !pending.is_empty() && self.breaker.allows_request(Instant::now()) {
+        if pending.is_empty() || self.breaker_allows(Instant::now()) {
             let drained = CancellationToken::new();
-            if self.flush(&mut pending, &drained).await.is_ok() {
-                self.commit()?;
+            if self
+                .flush_concurrently(&mut pending, &drained)
+                .await
+                .is_ok()
+            {
+                self.commit(&consumed);
             }
-        } else if result.is_ok() && pending.is_empty() {
-            self.commit()?;
         }
         self.metrics
             .running
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        result
+        Ok(())
     }
 
-    fn apply_rebalances(&mut self, batch: &mut Batch<Item>, pending: &mut Vec<Item>) {
+    /// Takes one received record into the batch.
+    fn receive(
+        &self,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+        batch: &mut Batch<Item>,
+        consumed: &mut BTreeMap<i32, i64>,
+    ) {
+        let message = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                return;
+            }
+        };
+        let record = Record::from_message(&message);
+        drop(message);
+        self.metrics.consumed.inc();
+        consumed.insert(record.partition, record.offset + 1);
+        let item = Item::from_record(record, self.sink.layout());
+        let size = item.size();
+        // A full batch is noticed by `is_due`.
+        let _ = batch.push(item, size, Instant::now());
+    }
+
+    fn apply_rebalances(
+        &mut self,
+        batch: &mut Batch<Item>,
+        pending: &mut Vec<Item>,
+        offsets: &mut [&mut BTreeMap<i32, i64>],
+    ) {
         for notice in self.consumer.context().take_notices() {
             match notice {
                 RebalanceNotice::Revoked(partitions) => {
@@ -340,7 +382,9 @@ impl Pipeline {
                         let size = item.size();
                         let _ = batch.push(item, size, now);
                     }
-                    self.consumed.retain(|p, _| !revoked.contains(p));
+                    for map in offsets.iter_mut() {
+                        map.retain(|p, _| !revoked.contains(p));
+                    }
                 }
                 RebalanceNotice::Assigned => {
                     // A new assignment starts resumed: pause it again while the breaker is open.
@@ -379,34 +423,77 @@ impl Pipeline {
         }
     }
 
-    fn breaker_event(&mut self, event: &Event, now: Instant) {
-        if let Some(transition) = self.breaker.record(event, now) {
+    fn breaker_event(&self, event: &Event, now: Instant) {
+        let transition = self.breaker.lock().expect("breaker").record(event, now);
+        if let Some(transition) = transition {
             tracing::warn!(from = %transition.from, to = %transition.to, reason = %transition.reason, "circuit breaker");
             self.metrics.set_breaker(transition.to);
         }
     }
 
-    fn commit(&mut self) -> Result<(), PipelineError> {
-        if self.consumed.is_empty() {
-            return Ok(());
+    fn breaker_allows(&self, now: Instant) -> bool {
+        self.breaker.lock().expect("breaker").allows_request(now)
+    }
+
+    fn breaker_closed(&self) -> bool {
+        self.breaker.lock().expect("breaker").state().phase() == Phase::Closed
+    }
+
+    /// Flushes `pending` as up to `max_in_flight` concurrent bulk requests, one per group of
+    /// partitions (a partition's records stay in one request, in order). A breaker that is not
+    /// closed gets a single request: half-open allows exactly one probe. Whatever did not become
+    /// durable is back in `pending`.
+    async fn flush_concurrently(
+        &self,
+        pending: &mut Vec<Item>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stalled> {
+        let lanes = self.settings.max_in_flight.max(1);
+        if lanes == 1 || !self.breaker_closed() {
+            return self.flush(pending, shutdown).await;
+        }
+        let mut groups: Vec<Vec<Item>> = (0..lanes).map(|_| Vec::new()).collect();
+        for item in std::mem::take(pending) {
+            let lane = usize::try_from(item.record.partition).unwrap_or(0) % lanes;
+            groups[lane].push(item);
+        }
+        groups.retain(|g| !g.is_empty());
+        let results =
+            futures::future::join_all(groups.iter_mut().map(|g| self.flush(g, shutdown))).await;
+        *pending = groups.into_iter().flatten().collect();
+        if results.iter().all(Result::is_ok) {
+            Ok(())
+        } else {
+            Err(Stalled)
+        }
+    }
+
+    /// Commits `offsets` (next offset per partition). A failed commit is logged, not fatal: the
+    /// records are durable already, and an uncommitted offset only means their next owner
+    /// repeats them, which external versions make harmless (e.g. after a rebalance).
+    fn commit(&self, offsets: &BTreeMap<i32, i64>) {
+        if offsets.is_empty() {
+            return;
         }
         let mut list = TopicPartitionList::new();
-        for (partition, next) in &self.consumed {
-            list.add_partition_offset(&self.settings.topic, *partition, Offset::Offset(*next))
-                .map_err(PipelineError::Commit)?;
+        for (partition, next) in offsets {
+            if let Err(e) =
+                list.add_partition_offset(&self.settings.topic, *partition, Offset::Offset(*next))
+            {
+                tracing::warn!(error = %e, partition, "invalid offset to commit");
+                return;
+            }
         }
-        self.consumer
-            .commit(&list, CommitMode::Sync)
-            .map_err(PipelineError::Commit)?;
-        self.consumed.clear();
-        Ok(())
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
+            tracing::warn!(error = %e, "commit failed; the next owner of these partitions repeats their records");
+        }
     }
 
     /// Makes `pending` durable: indexes what can be, dead-letters what cannot (awaited), retries
     /// item-level failures within the bound. Returns `Stalled` with the rest still in `pending`
     /// when the breaker opens.
     async fn flush(
-        &mut self,
+        &self,
         pending: &mut Vec<Item>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stalled> {
@@ -433,7 +520,7 @@ impl Pipeline {
             }
             let now = Instant::now();
             self.breaker_event(&Event::TimePassed, now);
-            if !self.breaker.allows_request(now) {
+            if !self.breaker_allows(now) {
                 return Err(Stalled);
             }
             let take = chunk.min(pending.len());
@@ -558,7 +645,7 @@ impl Pipeline {
                     },
                     Instant::now(),
                 );
-                if !self.breaker.allows_request(Instant::now()) {
+                if !self.breaker_allows(Instant::now()) {
                     return Err(Stalled);
                 }
                 let delay = self.settings.retry.delay(1, fastrand::f64());
