@@ -142,6 +142,14 @@ impl DecodeError {
 }
 
 #[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "type")]
     event_type: String,
@@ -150,10 +158,25 @@ struct Envelope {
 
 impl MessageEvent {
     /// Decodes a record value. Unknown fields are ignored at every level.
+    ///
+    /// The payload is parsed once, straight into its type: this runs for every record the
+    /// indexer reads, so it does not go through an intermediate `Value`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let envelope: Envelope =
+        let envelope: RawEnvelope<'_> =
             serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed { source })?;
-        Self::from_parts(&envelope.event_type, Value::Object(envelope.payload))
+        let event_type: EventType = envelope.event_type.parse()?;
+        let payload = envelope.payload.get();
+        if !payload.trim_start().starts_with('{') {
+            let source = serde_json::from_str::<Map<String, Value>>(payload)
+                .expect_err("a payload that is not an object fails to parse as one");
+            return Err(DecodeError::Malformed { source });
+        }
+        let invalid = |source| DecodeError::InvalidPayload { event_type, source };
+        Ok(match event_type {
+            EventType::Created => Self::Created(serde_json::from_str(payload).map_err(invalid)?),
+            EventType::Updated => Self::Updated(serde_json::from_str(payload).map_err(invalid)?),
+            EventType::Deleted => Self::Deleted(serde_json::from_str(payload).map_err(invalid)?),
+        })
     }
 
     fn from_parts(event_type: &str, payload: Value) -> Result<Self, DecodeError> {

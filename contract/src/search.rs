@@ -83,6 +83,16 @@ impl SearchDocument {
     /// The whole document an event leaves in the index: the message for created/updated, a
     /// tombstone for deleted.
     pub fn from_event(event: &MessageEvent) -> Result<Self, NotIndexable> {
+        Self::try_from(event.clone())
+    }
+}
+
+impl TryFrom<MessageEvent> for SearchDocument {
+    type Error = NotIndexable;
+
+    /// As [`SearchDocument::from_event`], moving the event's strings and metadata instead of
+    /// copying them: the indexer converts every record it reads.
+    fn try_from(event: MessageEvent) -> Result<Self, NotIndexable> {
         let version = event.version().ok_or(NotIndexable::MissingVersion)?;
         let conversation_id = event
             .conversation_id()
@@ -90,26 +100,26 @@ impl SearchDocument {
         Ok(match event {
             MessageEvent::Created(p) | MessageEvent::Updated(p) => Self {
                 id: p.id,
-                tenant_id: p.tenant_id.clone(),
                 conversation_id,
                 sender_id: Some(
                     p.sender_id
                         .ok_or(NotIndexable::MissingField(field::SENDER_ID))?,
                 ),
-                content: Some(p.content.clone()),
                 timestamp: Some(
                     p.timestamp
                         .ok_or(NotIndexable::MissingField(field::TIMESTAMP))?,
                 ),
+                tenant_id: p.tenant_id,
+                content: Some(p.content),
                 updated_at: p.updated_at,
                 deleted_at: None,
                 version,
                 deleted: false,
-                metadata: Some(p.metadata.clone()),
+                metadata: Some(p.metadata),
             },
             MessageEvent::Deleted(p) => Self {
                 id: p.id,
-                tenant_id: p.tenant_id.clone(),
+                tenant_id: p.tenant_id,
                 conversation_id,
                 sender_id: None,
                 content: None,

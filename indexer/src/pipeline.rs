@@ -157,7 +157,7 @@ impl Item {
             Some(bytes) => MessageEvent::decode(bytes)
                 .map_err(|e| (e.error_class(), e.to_string()))
                 .and_then(|event| {
-                    SearchDocument::from_event(&event).map_err(|e| (e.error_class(), e.to_string()))
+                    SearchDocument::try_from(event).map_err(|e| (e.error_class(), e.to_string()))
                 }),
         };
         let work = match decoded {
@@ -439,10 +439,10 @@ impl Pipeline {
         self.breaker.lock().expect("breaker").state().phase() == Phase::Closed
     }
 
-    /// Flushes `pending` as up to `max_in_flight` concurrent bulk requests, one per group of
-    /// partitions (a partition's records stay in one request, in order). A breaker that is not
-    /// closed gets a single request: half-open allows exactly one probe. Whatever did not become
-    /// durable is back in `pending`.
+    /// Flushes `pending` as up to `max_in_flight` concurrent bulk requests of equal share. Two
+    /// versions of one message may travel in different requests: external versions make the
+    /// order they land in irrelevant. A breaker that is not closed gets a single request:
+    /// half-open allows exactly one probe. Whatever did not become durable is back in `pending`.
     async fn flush_concurrently(
         &self,
         pending: &mut Vec<Item>,
@@ -452,10 +452,11 @@ impl Pipeline {
         if lanes == 1 || !self.breaker_closed() {
             return self.flush(pending, shutdown).await;
         }
-        let mut groups: Vec<Vec<Item>> = (0..lanes).map(|_| Vec::new()).collect();
-        for item in std::mem::take(pending) {
-            let lane = usize::try_from(item.record.partition).unwrap_or(0) % lanes;
-            groups[lane].push(item);
+        let share = pending.len().div_ceil(lanes).max(1);
+        let mut groups: Vec<Vec<Item>> = Vec::with_capacity(lanes);
+        let mut rest = std::mem::take(pending).into_iter().peekable();
+        while rest.peek().is_some() {
+            groups.push(rest.by_ref().take(share).collect());
         }
         groups.retain(|g| !g.is_empty());
         let results =
