@@ -139,7 +139,7 @@ pub struct RunArgs {
     #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
     pub alias: String,
     /// Most records in one batch (split over up to --max-in-flight concurrent bulk requests).
-    #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 4000)]
+    #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 6000)]
     pub batch_max_count: usize,
     /// Most bytes in one bulk request.
     #[arg(long, env = env::BATCH_MAX_BYTES, default_value_t = 5 * 1024 * 1024)]
