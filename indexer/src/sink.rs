@@ -105,28 +105,12 @@ impl SearchSink {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return (RequestOutcome::Timeout, Vec::new()),
-            Err(e) => {
-                return (
-                    RequestOutcome::Transport {
-                        message: error_chain(&e),
-                    },
-                    Vec::new(),
-                );
-            }
+            Err(e) => return (no_response(&e), Vec::new()),
         };
         let status = response.status().as_u16();
         let value: Value = match response.bytes().await {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            Err(e) if e.is_timeout() => return (RequestOutcome::Timeout, Vec::new()),
-            Err(e) => {
-                return (
-                    RequestOutcome::Transport {
-                        message: error_chain(&e),
-                    },
-                    Vec::new(),
-                );
-            }
+            Err(e) => return (no_response(&e), Vec::new()),
         };
         let text = |v: &Value| v.as_str().map(str::to_owned);
         let outcome = RequestOutcome::Response {
@@ -180,6 +164,17 @@ impl SearchSink {
             return Err(format!("HTTP {status}: {body}"));
         }
         Ok(body["deleted"].as_u64().unwrap_or(0))
+    }
+}
+
+/// The outcome of a request that got no (complete) response.
+fn no_response(error: &reqwest::Error) -> RequestOutcome {
+    if error.is_timeout() {
+        RequestOutcome::Timeout
+    } else {
+        RequestOutcome::Transport {
+            message: error_chain(error),
+        }
     }
 }
 

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Fixture, converge, event_record, history};
+use common::{Fixture, converge, event_record, history, newest};
 use e2e::{rig::rig, unique, wait};
-use pipeline_contract::MessageEvent;
 use uuid::Uuid;
 
 fn spawn_indexer(fixture: &Fixture, group: &str) -> Child {
@@ -35,20 +33,11 @@ fn spawn_indexer(fixture: &Fixture, group: &str) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_mid_batch_loses_nothing_and_regresses_nothing() {
     let fixture = Fixture::new(None).await;
-    let mut expected = HashMap::new();
     let mut events = Vec::new();
     for i in 0..400u64 {
-        let h = history(Uuid::new_v4(), i % 4, i % 7 == 0);
-        let last = h.last().unwrap();
-        expected.insert(
-            last.id(),
-            (
-                last.version().unwrap(),
-                matches!(last, MessageEvent::Deleted(_)),
-            ),
-        );
-        events.extend(h);
+        events.extend(history(Uuid::new_v4(), i % 4, i % 7 == 0));
     }
+    let expected = newest(&events);
     fixture
         .produce(&events.iter().map(event_record).collect::<Vec<_>>())
         .await;

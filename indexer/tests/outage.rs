@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, converge, event_record, history};
+use common::{Fixture, converge, event_record, history, newest};
 use e2e::proxy::TcpProxy;
 use e2e::{rig::rig, unique, wait};
 use indexer::breaker::Phase;
@@ -72,14 +72,11 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
 
     // Before: a first wave is indexed and committed.
     let conversation = Uuid::new_v4();
-    let mut expected = HashMap::new();
     let mut first = Vec::new();
     for i in 0..20 {
-        let h = history(conversation, i % 3, false);
-        let last = h.last().unwrap();
-        expected.insert(last.id(), (last.version().unwrap(), false));
-        first.extend(h);
+        first.extend(history(conversation, i % 3, false));
     }
+    let expected = newest(&first);
     fixture
         .produce(&first.iter().map(event_record).collect::<Vec<_>>())
         .await;
@@ -95,17 +92,9 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
     proxy.cut();
     let mut second = Vec::new();
     for i in 0..30 {
-        let h = history(Uuid::new_v4(), i % 2, i % 5 == 0);
-        let last = h.last().unwrap();
-        expected.insert(
-            last.id(),
-            (
-                last.version().unwrap(),
-                matches!(last, pipeline_contract::MessageEvent::Deleted(_)),
-            ),
-        );
-        second.extend(h);
+        second.extend(history(Uuid::new_v4(), i % 2, i % 5 == 0));
     }
+    let expected: HashMap<_, _> = newest(&[first.as_slice(), second.as_slice()].concat());
     fixture
         .produce(&second.iter().map(event_record).collect::<Vec<_>>())
         .await;

@@ -251,6 +251,20 @@ pub fn history(conversation: Uuid, updates: u64, delete: bool) -> Vec<MessageEve
     events
 }
 
+/// What the index must hold after `events`, in any order and with any duplicates: per message,
+/// the version of its newest event and whether that event is a delete.
+pub fn newest(events: &[MessageEvent]) -> HashMap<Uuid, (u64, bool)> {
+    let mut state: HashMap<Uuid, (u64, bool)> = HashMap::new();
+    for e in events {
+        let version = e.version().expect("test events carry versions");
+        let entry = state.entry(e.id()).or_insert((0, false));
+        if version > entry.0 {
+            *entry = (version, matches!(e, MessageEvent::Deleted(_)));
+        }
+    }
+    state
+}
+
 /// Waits until the index holds exactly `expected`.
 pub async fn converge(fixture: &Fixture, expected: &HashMap<Uuid, (u64, bool)>, what: &str) {
     wait::until(what, Duration::from_secs(90), || async {
