@@ -44,8 +44,8 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // librdkafka prefetches up to 64 MiB per consumer by default; a batch is at most a few MiB,
-        // so 8 MiB of prefetch keeps the engine fed within the memory target.
-        .set("queued.max.messages.kbytes", "8192")
+        // so 4 MiB of prefetch keeps the engine fed within the memory target.
+        .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "10000")
         // Once a partition's queue is full librdkafka waits this long before fetching it again
         // (default 1 s): that capped consumption at a few thousand records/s per partition.

@@ -8,9 +8,48 @@ use std::time::Duration;
 
 use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::IndexLayout;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::classify::{ItemResult, RequestOutcome};
+
+#[derive(Debug, Default, Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    items: Vec<BulkItem>,
+    #[serde(default)]
+    error: Option<ErrorField>,
+}
+
+/// One item of a bulk response, keyed by its action: `index` is the only one we send.
+#[derive(Debug, Deserialize)]
+struct BulkItem {
+    #[serde(default)]
+    index: Option<ItemBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ItemBody {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Option<EngineError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EngineError {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Detailed(EngineError),
+    Text(String),
+}
 
 /// Writes bulk bodies to the alias of one index layout.
 #[derive(Debug, Clone)]
@@ -108,39 +147,37 @@ impl SearchSink {
             Err(e) => return (no_response(&e), Vec::new()),
         };
         let status = response.status().as_u16();
-        let value: Value = match response.bytes().await {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
             Err(e) => return (no_response(&e), Vec::new()),
         };
-        let text = |v: &Value| v.as_str().map(str::to_owned);
+        // Typed, so the (large) response is never held as a `Value`; anything else in it is
+        // skipped. A body that is not a bulk response (a proxy's error page) has no items.
+        let parsed: BulkResponse = serde_json::from_slice(&bytes).unwrap_or_default();
+        let (error_type, reason) = match parsed.error {
+            Some(ErrorField::Detailed(e)) => (e.kind, e.reason),
+            Some(ErrorField::Text(text)) => (None, Some(text)),
+            None => (None, None),
+        };
         let outcome = RequestOutcome::Response {
             status,
-            error_type: text(&value["error"]["type"]),
-            reason: text(&value["error"]["reason"]).or_else(|| text(&value["error"])),
+            error_type,
+            reason,
         };
-        let items = value["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|item| {
-                        // Each item is keyed by its action: `index` is all we send.
-                        let result = item
-                            .as_object()
-                            .and_then(|o| o.values().next())
-                            .unwrap_or(&Value::Null);
-                        ItemResult {
-                            status: result["status"]
-                                .as_u64()
-                                .and_then(|s| u16::try_from(s).ok())
-                                .unwrap_or(0),
-                            error_type: text(&result["error"]["type"]),
-                            reason: text(&result["error"]["reason"]),
-                        }
-                    })
-                    .collect()
+        let items = parsed
+            .items
+            .into_iter()
+            .map(|item| {
+                let result = item.index.unwrap_or_default();
+                let (error_type, reason) =
+                    result.error.map_or((None, None), |e| (e.kind, e.reason));
+                ItemResult {
+                    status: result.status,
+                    error_type,
+                    reason,
+                }
             })
-            .unwrap_or_default();
+            .collect();
         (outcome, items)
     }
 }
