@@ -18,8 +18,6 @@ use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -36,23 +34,7 @@ struct Topics {
 
 impl Topics {
     async fn new(event_partitions: i32) -> Self {
-        let topic = unique("dlqt-events");
-        let dlq = format!("{topic}.dlq");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", rig().kafka())
-            .create()
-            .unwrap();
-        let topics = [
-            NewTopic::new(&topic, event_partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-        ];
-        for result in admin
-            .create_topics(&topics, &AdminOptions::new())
-            .await
-            .unwrap()
-        {
-            result.expect("topic created");
-        }
+        let (topic, dlq) = common::events_and_dlq("dlqt-events", event_partitions).await;
         Self { topic, dlq }
     }
 

@@ -33,23 +33,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(gc_deletes: Option<&str>) -> Self {
-        let topic = unique("idx-events");
-        let dlq = format!("{topic}.dlq");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", rig().kafka())
-            .create()
-            .unwrap();
-        let topics = [
-            NewTopic::new(&topic, 3, TopicReplication::Fixed(1)),
-            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-        ];
-        for result in admin
-            .create_topics(&topics, &AdminOptions::new())
-            .await
-            .unwrap()
-        {
-            result.expect("topic created");
-        }
+        let (topic, dlq) = events_and_dlq("idx-events", 3).await;
         let layout = IndexLayout::new(unique("idx-messages")).unwrap();
         let http = reqwest::Client::new();
         let settings = IndexSettings {
@@ -249,6 +233,29 @@ pub fn history(conversation: Uuid, updates: u64, delete: bool) -> Vec<MessageEve
         }));
     }
     events
+}
+
+/// Creates a unique events topic with `partitions` partitions and its one-partition DLQ
+/// (`<topic>.dlq`); returns both names.
+pub async fn events_and_dlq(prefix: &str, partitions: i32) -> (String, String) {
+    let topic = unique(prefix);
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .create()
+        .unwrap();
+    let topics = [
+        NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for result in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.expect("topic created");
+    }
+    (topic, dlq)
 }
 
 /// What the index must hold after `events`, in any order and with any duplicates: per message,
