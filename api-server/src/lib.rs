@@ -1,21 +1,40 @@
 //! api-server: messages on MongoDB per tenant, the relay to Kafka, and search.
 //!
-//! What exists so far is the pure core every handler will stand on, each part table-tested: the
-//! error bodies (RFC 9457), API-key authentication, request body parsing and validation, entity
-//! tags and `If-Match`, and the idempotency rules. None of it does I/O beyond reading the keys
-//! file.
-//!
-//! Not built yet: configuration and `main`, the HTTP routes and server, the MongoDB repository,
-//! the relay to Kafka, search, metrics and health. Until they exist this crate serves nothing.
+//! Layers, from the edge inwards: `routes` (axum handlers, request plumbing) parse with the pure
+//! modules (`validate`, `etag`, `idempotency`, `cursor`, `search`'s query builder) and call
+//! `service`, which applies the rules of a change on the `store` (MongoDB) and books every write
+//! in the `outbox`; the `relay` task publishes what the outbox holds to Kafka and advances the
+//! watermark. `app` wires it all from `config`; `main` only parses, sets up logs and waits for
+//! a signal.
 
+/// Wiring: configuration to a running server, relay and purge.
+pub mod app;
 /// API keys: the keys file, `Authorization: Bearer`, constant-time lookup of key to tenant.
 pub mod auth;
+/// Command line and environment.
+pub mod config;
+/// Opaque pagination cursors.
+pub mod cursor;
 /// `ETag` of a message (its quoted version) and `If-Match` parsing with strong comparison.
 pub mod etag;
 /// `Idempotency-Key`: validation, the UUIDv5 message id per tenant, request fingerprints.
 pub mod idempotency;
+/// Prometheus metrics.
+pub mod metrics;
+/// What the relay owes Kafka, and the watermark.
+pub mod outbox;
 /// RFC 9457 problem+json errors: one constructor per status the API answers with.
 pub mod problem;
+/// The relay task: outbox and MongoDB scans to Kafka.
+pub mod relay;
+/// HTTP routes and request plumbing.
+pub mod routes;
+/// Search: query parameters, the engine request, hits.
+pub mod search;
+/// The rules of create, read, update, delete and list.
+pub mod service;
+/// The MongoDB repository.
+pub mod store;
 /// Create and patch bodies: parsing (400) apart from validation (422, every violation listed).
 pub mod validate;
 

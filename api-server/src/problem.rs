@@ -34,7 +34,7 @@ pub const ABOUT_BLANK: &str = "about:blank";
 /// One violation in a request body: where (an RFC 6901 JSON Pointer into the body, `""` for
 /// the body as a whole) and what is wrong there. The `errors` extension member carries a list
 /// of them, so one 422 names every problem of a request at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub pointer: String,
     pub message: String,
@@ -53,10 +53,12 @@ impl FieldError {
 ///
 /// `type` and `title` are boxed strings (set once by a constructor) to keep `Result<_, Problem>`
 /// small on the happy path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub type_uri: Box<str>,
+    #[schema(value_type = String)]
     pub title: Box<str>,
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +144,16 @@ impl Problem {
         .with_detail(format!("{}: {}", header.as_str(), detail.into()))
     }
 
+    /// 400: a query parameter or path segment is invalid (`limit`, `cursor`, an id, ...).
+    pub fn invalid_parameter(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            Some("invalid-parameter"),
+            "Invalid parameter",
+        )
+        .with_detail(format!("{name}: {}", detail.into()))
+    }
+
     /// 401 without credentials: `WWW-Authenticate: Bearer` and no error code, as RFC 6750 §3.1
     /// asks when the request had no authentication information.
     pub fn missing_credentials() -> Self {
@@ -222,6 +234,11 @@ impl Problem {
             "Idempotency key reused",
         )
         .with_detail("this Idempotency-Key was already used with a different request body")
+    }
+
+    /// 503: a backing service (MongoDB, the search engine) cannot be reached; retry later.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, None, "Service Unavailable").with_detail(detail)
     }
 
     /// 500. Takes nothing on purpose: whatever failed is logged by the caller, not sent.
@@ -312,6 +329,14 @@ mod tests {
                 Value::Null,
             ),
             (
+                Problem::invalid_parameter("limit", "must be 1..=100"),
+                400,
+                "tag:message-pipeline,2026:problem/invalid-parameter",
+                "Invalid parameter",
+                None,
+                Value::Null,
+            ),
+            (
                 Problem::missing_credentials(),
                 401,
                 "about:blank",
@@ -380,6 +405,14 @@ mod tests {
                 422,
                 "tag:message-pipeline,2026:problem/idempotency-key-reused",
                 "Idempotency key reused",
+                None,
+                Value::Null,
+            ),
+            (
+                Problem::unavailable("MongoDB is unreachable"),
+                503,
+                "about:blank",
+                "Service Unavailable",
                 None,
                 Value::Null,
             ),

@@ -3,6 +3,8 @@
 //! Every test here talks to the real servers `devstack/up` starts. When one is not there, the
 //! test fails (never skips) with one line saying how to start the rig.
 
+/// Creating topics and reading them back whole, without a consumer group.
+pub mod kafka;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.

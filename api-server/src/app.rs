@@ -1,0 +1,137 @@
+//! Wiring: configuration to a running server, relay and purge, and an orderly stop.
+//!
+//! Start: load the keys (refuse to start on a bad file), connect to MongoDB and create the
+//! indexes, create the producer, bind. Stop (SIGTERM): stop taking requests and finish the ones
+//! in flight, then let the relay drain and persist its watermark.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipeline_contract::time::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{KeyStore, KeysFileError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::relay::Relay;
+use crate::routes::{AppState, Authenticator, router};
+use crate::search::SearchClient;
+use crate::service::Messages;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Keys(#[from] KeysFileError),
+    #[error("connecting to MongoDB: {0}")]
+    Store(#[from] StoreError),
+    #[error("creating the Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating the search client: {0}")]
+    Search(#[from] reqwest::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let auth = match &config.auth.api_keys_file {
+        Some(path) if !config.auth.insecure_tenant_header => {
+            let keys = KeyStore::load(path)?;
+            tracing::info!(keys = keys.len(), "API keys loaded");
+            Authenticator::Keys(keys)
+        }
+        _ => {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--insecure-tenant-header): the tenant is whatever X-Tenant-Id says; \
+                 anyone who reaches this port can read and change every tenant's messages. Local demos only."
+            );
+            Authenticator::InsecureTenantHeader
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::connect(
+        &config.mongodb.mongodb_uri,
+        &config.mongodb.mongodb_database,
+        &config.mongodb.mongodb_collection,
+    )
+    .await?;
+    store.ensure_indexes().await?;
+    let outbox = Outbox::new(config.relay.relay_max_pending);
+    // Fails early on bad Kafka settings; a down broker is fine (the relay waits for it).
+    drop(crate::relay::producer(&config.kafka, &config.relay)?);
+    let relay = Relay {
+        outbox: Arc::clone(&outbox),
+        store: store.clone(),
+        kafka: config.kafka.clone(),
+        args: config.relay.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let state = Arc::new(AppState {
+        messages: Messages::new(store, Arc::clone(&outbox)),
+        auth,
+        search: SearchClient::new(&config.search)?,
+        limits: config.limits.limits(),
+        max_body_bytes: config.limits.max_body_bytes,
+        metrics,
+    });
+
+    let relay_stop = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+    let purge_task = tokio::spawn(purge_loop(
+        Arc::clone(&state),
+        config.tombstone_horizon_days,
+        Duration::from_secs(config.purge_interval_seconds.max(1)),
+        shutdown.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(%addr, "api-server listening");
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(RunError::Serve);
+    // Requests are done: every acknowledged change is in the outbox or in MongoDB.
+    relay_stop.cancel();
+    let _ = purge_task.await;
+    match relay_task.await {
+        Ok(Err(error)) => tracing::error!(%error, "relay stopped with an error"),
+        Err(error) => tracing::error!(%error, "relay task failed"),
+        Ok(Ok(())) => {}
+    }
+    served
+}
+
+async fn purge_loop(
+    state: Arc<AppState>,
+    horizon_days: u32,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let horizon = chrono::Duration::days(i64::from(horizon_days));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let before = Timestamp::from(Timestamp::now().as_datetime() - horizon);
+        match state.messages.purge(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, %before, "tombstones purged"),
+            Err(error) => tracing::warn!(%error, "tombstone purge failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Command line and environment: every flag also reads an env var (the names shared with the
+//! operator come from `pipeline_contract::worker::env`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use pipeline_contract::kafka::DEFAULT_TOPIC;
+use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
+use pipeline_contract::worker::env;
+use rdkafka::ClientConfig;
+
+use crate::validate::Limits;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "api-server",
+    about = "Messages on MongoDB per tenant, relayed to Kafka without loss, and searched"
+)]
+pub struct Config {
+    /// Address of the API, `/live`, `/ready`, `/metrics` and `/openapi.json`.
+    #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub mongodb: MongoArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub relay: RelayArgs,
+
+    #[command(flatten)]
+    pub search: SearchArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Deleted messages stay as hidden tombstones this many days, then are purged. Keep it equal
+    /// to the indexer's horizon.
+    #[arg(long, env = env::TOMBSTONE_HORIZON_DAYS, default_value_t = DEFAULT_TOMBSTONE_HORIZON_DAYS)]
+    pub tombstone_horizon_days: u32,
+
+    /// Seconds between tombstone purges.
+    #[arg(long, env = "API_PURGE_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub purge_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// The API keys file (YAML list of `{name, tenant, sha256}`); required unless
+    /// `--insecure-tenant-header` is given.
+    #[arg(long, env = env::API_KEYS_FILE, required_unless_present = "insecure_tenant_header")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// LOCAL DEMOS ONLY: no authentication; the tenant is whatever the `X-Tenant-Id` header
+    /// says. Anyone who can reach the port can read and change every tenant's messages.
+    #[arg(
+        long,
+        env = "API_INSECURE_TENANT_HEADER",
+        conflicts_with = "api_keys_file"
+    )]
+    pub insecure_tenant_header: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MongoArgs {
+    /// MongoDB connection string.
+    #[arg(long, env = env::MONGODB_URI, hide_env_values = true)]
+    pub mongodb_uri: String,
+    /// Database of the messages collection.
+    #[arg(long, env = env::MONGODB_DATABASE, default_value = "message_pipeline")]
+    pub mongodb_database: String,
+    /// The messages collection; the relay keeps its watermark in `<collection>_relay`.
+    #[arg(long, env = env::MONGODB_COLLECTION, default_value = "messages")]
+    pub mongodb_collection: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = env::KAFKA_BOOTSTRAP_SERVERS)]
+    pub bootstrap_servers: String,
+    /// The events topic (created by the operator; auto-creation stays off).
+    #[arg(long, env = env::KAFKA_TOPIC, default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+    /// `security.protocol` (plaintext, ssl, sasl_plaintext, sasl_ssl).
+    #[arg(long, env = env::KAFKA_SECURITY_PROTOCOL)]
+    pub security_protocol: Option<String>,
+    #[arg(long, env = env::KAFKA_SASL_MECHANISM)]
+    pub sasl_mechanism: Option<String>,
+    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
+    pub sasl_username: Option<String>,
+    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
+    pub sasl_password: Option<String>,
+    #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
+    pub ssl_ca_location: Option<String>,
+}
+
+impl KafkaArgs {
+    /// Connection and security settings; the relay adds the producer's own.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        let optional = [
+            ("security.protocol", &self.security_protocol),
+            ("sasl.mechanism", &self.sasl_mechanism),
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+            ("ssl.ca.location", &self.ssl_ca_location),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                c.set(key, value);
+            }
+        }
+        c
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// How far behind its watermark a recovery scan starts, in milliseconds: covers clocks of
+    /// several api-server replicas and writes in flight in another process.
+    #[arg(long, env = "RELAY_OVERLAP_MS", default_value_t = 10_000)]
+    pub relay_overlap_ms: u64,
+    /// Seconds between sweeps of MongoDB from the watermark minus the overlap (catches changes
+    /// this process did not make, e.g. another replica's whose relay died).
+    #[arg(long, env = "RELAY_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
+    pub relay_sweep_interval_seconds: u64,
+    /// Most unpublished changes held in memory; beyond it the relay forgets them and reads them
+    /// back from MongoDB once Kafka keeps up (memory stays bounded through a long outage).
+    #[arg(long, env = "RELAY_MAX_PENDING", default_value_t = 20_000)]
+    pub relay_max_pending: usize,
+    /// How long librdkafka tries to deliver one record before the relay retries it itself.
+    #[arg(long, env = "RELAY_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub relay_message_timeout_ms: u64,
+    /// Documents read per page by a recovery scan.
+    #[arg(long, env = "RELAY_SCAN_PAGE", default_value_t = 500)]
+    pub relay_scan_page: i64,
+}
+
+impl RelayArgs {
+    pub fn overlap(&self) -> Duration {
+        Duration::from_millis(self.relay_overlap_ms)
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.relay_sweep_interval_seconds.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SearchArgs {
+    /// The search engine's base URL; without it `/v1/search` answers 503.
+    #[arg(long, env = env::ELASTICSEARCH_URL)]
+    pub search_url: Option<String>,
+    #[arg(long, env = env::ELASTICSEARCH_USERNAME)]
+    pub search_username: Option<String>,
+    #[arg(long, env = env::ELASTICSEARCH_PASSWORD, hide_env_values = true)]
+    pub search_password: Option<String>,
+    /// The alias searched (the indexer writes through it).
+    #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
+    pub search_alias: String,
+    /// Timeout of one search request, in milliseconds.
+    #[arg(long, env = "SEARCH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub search_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest `content`, in UTF-8 bytes.
+    #[arg(long, env = "API_MAX_CONTENT_BYTES", default_value_t = Limits::default().max_content_bytes)]
+    pub max_content_bytes: usize,
+    /// Most keys in one metadata object (at every level).
+    #[arg(long, env = "API_MAX_METADATA_KEYS", default_value_t = Limits::default().max_metadata_keys)]
+    pub max_metadata_keys: usize,
+    /// Deepest metadata nesting.
+    #[arg(long, env = "API_MAX_METADATA_DEPTH", default_value_t = Limits::default().max_metadata_depth)]
+    pub max_metadata_depth: usize,
+    /// Largest metadata, in bytes of compact JSON.
+    #[arg(long, env = "API_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
+    pub max_metadata_bytes: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_content_bytes: self.max_content_bytes,
+            max_metadata_keys: self.max_metadata_keys,
+            max_metadata_depth: self.max_metadata_depth,
+            max_metadata_bytes: self.max_metadata_bytes,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The api-server's Prometheus metrics: requests by route and status, request latency, and the
+//! relay (published, failures, changes found by scans, pending, lag). `/metrics` encodes them.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route template (`/v1/messages/{id}`), never the raw path: bounded cardinality.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RouteLabels, Histogram>,
+    pub relay_published: Counter,
+    pub relay_failures: Counter,
+    pub relay_recovered: Counter,
+    pub relay_corrupt: Counter,
+    pub relay_pending: Gauge,
+    pub relay_lag_seconds: Gauge<f64, AtomicU64>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            relay_published: Counter::default(),
+            relay_failures: Counter::default(),
+            relay_recovered: Counter::default(),
+            relay_corrupt: Counter::default(),
+            relay_pending: Gauge::default(),
+            relay_lag_seconds: Gauge::default(),
+            registry: Registry::with_prefix("api"),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route",
+            m.request_seconds.clone(),
+        );
+        r.register(
+            "relay_published",
+            "Change records Kafka acknowledged",
+            m.relay_published.clone(),
+        );
+        r.register(
+            "relay_publish_failures",
+            "Sends that failed and will be retried",
+            m.relay_failures.clone(),
+        );
+        r.register(
+            "relay_recovered",
+            "Unpublished changes found by scanning MongoDB (restart, unknown outcome, overflow, sweep)",
+            m.relay_recovered.clone(),
+        );
+        r.register(
+            "relay_corrupt_documents",
+            "Message documents the relay could not turn into an event (need a human)",
+            m.relay_corrupt.clone(),
+        );
+        r.register(
+            "relay_pending",
+            "Changes held in memory, not yet acknowledged by Kafka",
+            m.relay_pending.clone(),
+        );
+        r.register(
+            "relay_lag_seconds",
+            "Age of the oldest change not yet acknowledged by Kafka (0 when none)",
+            m.relay_lag_seconds.clone(),
+        );
+        m
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

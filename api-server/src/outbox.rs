@@ -1,0 +1,512 @@
+//! What the relay still owes Kafka, and the watermark that says what it does not.
+//!
+//! Owns the bookkeeping between a write and its publication, in memory and under one lock:
+//! - a write takes a [`Ticket`] *before* it stamps `updatedAt`, so the stamp is registered while
+//!   the write is in flight;
+//! - when the write is acknowledged by MongoDB the ticket becomes a pending record (the event of
+//!   the document's new state); when MongoDB answered "not matched" the ticket is simply dropped;
+//! - when the outcome is unknown (an error after the request left), or memory is full, the change
+//!   is not held in memory: the outbox asks for a *recovery scan* of MongoDB from its stamp.
+//!
+//! The **watermark** `W` is the time before which every change is published: the smallest of the
+//! stamps of writes in flight, of pending records, and of the recovery scan's cursor (or the
+//! clock when there is none of these). It only moves forward, and it is what the relay persists:
+//! after a crash, scanning from `W − overlap` finds every change that might not be on Kafka.
+//!
+//! It does no I/O: the relay task (module `relay`) sends, scans and persists; this module only
+//! decides what to send and how far the watermark may go, which makes it table-testable.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pipeline_contract::kafka::{EventHeaders, MessageId};
+use pipeline_contract::time::Timestamp;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::store::{After, CorruptDocument, StoredMessage};
+
+/// One change ready to go to Kafka: key, value and headers per the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Record {
+    /// The record of a document's current state.
+    pub fn of(doc: &StoredMessage) -> Result<Self, CorruptDocument> {
+        let event = doc.to_event()?;
+        let message_id = MessageId::of(&event).ok_or_else(|| CorruptDocument {
+            id: doc.id.clone(),
+            reason: "no version".into(),
+        })?;
+        let headers = EventHeaders {
+            correlation_id: doc.correlation_id.clone(),
+            message_id,
+            timestamp: event
+                .changed_at()
+                .unwrap_or_else(|| crate::store::to_timestamp(doc.updated_at)),
+            traceparent: None,
+        };
+        Ok(Self {
+            key: doc.conversation_id.clone(),
+            payload: event.encode(),
+            headers: headers.pairs(),
+        })
+    }
+}
+
+/// A pending change: ordered by stamp so the oldest bounds the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PendingKey {
+    pub stamp: i64,
+    pub id: Uuid,
+    pub version: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Writes in flight: (stamp, ticket number).
+    writing: BTreeMap<(i64, u64), ()>,
+    next_ticket: u64,
+    /// The largest stamp handed out: stamps never go backwards, even if the clock does.
+    last_stamp: i64,
+    /// Changes acknowledged by MongoDB and not yet by Kafka.
+    pending: BTreeMap<PendingKey, Record>,
+    /// The pending ones handed to the producer and not answered yet.
+    sending: HashSet<PendingKey>,
+    /// The newest version of each message this process has queued or published, with its stamp:
+    /// a scan skips what is already covered. Pruned behind the watermark.
+    known: HashMap<Uuid, (u64, i64)>,
+    /// Where the recovery scan continues; `None` when none is needed.
+    recovery: Option<After>,
+    /// Watermark last reported (never decreases).
+    watermark: i64,
+    /// Changes left to the scan because memory was full.
+    overflowed: u64,
+}
+
+/// The shared outbox (see the module documentation).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    max_pending: usize,
+    /// Woken after every committed write and every scan request.
+    pub wake: Notify,
+}
+
+/// A write in flight. Dropping it without [`Outbox::committed`] or [`Ticket::not_written`] means
+/// the outcome is unknown: the outbox then asks for a scan from its stamp, so a write that did
+/// reach MongoDB is never skipped.
+#[derive(Debug)]
+pub struct Ticket {
+    outbox: Arc<Outbox>,
+    stamp: i64,
+    number: u64,
+    settled: bool,
+}
+
+impl Ticket {
+    /// The time to write as the change's `updatedAt`.
+    pub fn stamp(&self) -> Timestamp {
+        Timestamp::from_millis(self.stamp).unwrap_or_else(Timestamp::now)
+    }
+
+    /// MongoDB answered and wrote nothing (duplicate key, version mismatch).
+    pub fn not_written(mut self) {
+        self.settled = true;
+        self.outbox
+            .lock()
+            .writing
+            .remove(&(self.stamp, self.number));
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut state = self.outbox.lock();
+            state.writing.remove(&(self.stamp, self.number));
+            request_scan(&mut state, self.stamp);
+            drop(state);
+            self.outbox.wake.notify_one();
+        }
+    }
+}
+
+fn request_scan(state: &mut State, from_millis: i64) {
+    let from = After {
+        millis: from_millis,
+        id: String::new(),
+    };
+    match &state.recovery {
+        Some(current) if (current.millis, current.id.as_str()) <= (from.millis, "") => {}
+        _ => state.recovery = Some(from),
+    }
+}
+
+/// What the relay's gauges show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub watermark: i64,
+    pub pending: usize,
+    pub writing: usize,
+    pub recovering: bool,
+    pub overflowed: u64,
+}
+
+impl Outbox {
+    pub fn new(max_pending: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            max_pending: max_pending.max(1),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every method leaves it whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a write about to happen and gives it its `updatedAt`.
+    pub fn begin(self: &Arc<Self>) -> Ticket {
+        self.begin_at(Timestamp::now().timestamp_millis())
+    }
+
+    fn begin_at(self: &Arc<Self>, now: i64) -> Ticket {
+        let mut state = self.lock();
+        let stamp = now.max(state.last_stamp);
+        state.last_stamp = stamp;
+        let number = state.next_ticket;
+        state.next_ticket += 1;
+        state.writing.insert((stamp, number), ());
+        Ticket {
+            outbox: Arc::clone(self),
+            stamp,
+            number,
+            settled: false,
+        }
+    }
+
+    /// MongoDB acknowledged the write of `doc` (whose `updatedAt` is the ticket's stamp): its
+    /// event becomes pending.
+    pub fn committed(&self, mut ticket: Ticket, doc: &StoredMessage) {
+        ticket.settled = true;
+        let record = Record::of(doc);
+        let mut state = self.lock();
+        state.writing.remove(&(ticket.stamp, ticket.number));
+        match (record, Uuid::parse_str(&doc.id)) {
+            (Ok(record), Ok(id)) if state.pending.len() < self.max_pending => {
+                let key = PendingKey {
+                    stamp: ticket.stamp,
+                    id,
+                    version: doc.version(),
+                };
+                remember(&mut state, key);
+                state.pending.insert(key, record);
+            }
+            // Full (or, impossibly, a document this process could not encode): MongoDB has it,
+            // the scan will read it back.
+            _ => {
+                state.overflowed += 1;
+                request_scan(&mut state, ticket.stamp);
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// A document found by a scan: pending unless this process already queued or published
+    /// its version (or a newer one). Returns whether it was queued.
+    pub fn recovered(&self, doc: &StoredMessage) -> Result<bool, CorruptDocument> {
+        let id = Uuid::parse_str(&doc.id).map_err(|e| CorruptDocument {
+            id: doc.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let version = doc.version();
+        let mut state = self.lock();
+        if state.known.get(&id).is_some_and(|&(v, _)| v >= version) {
+            return Ok(false);
+        }
+        let record = Record::of(doc)?;
+        let key = PendingKey {
+            stamp: doc.updated_at.timestamp_millis(),
+            id,
+            version,
+        };
+        remember(&mut state, key);
+        state.pending.insert(key, record);
+        Ok(true)
+    }
+
+    /// Up to `limit` pending records not yet handed to the producer, oldest first; they count
+    /// as sending until [`Self::published`] or [`Self::failed`].
+    pub fn take_unsent(&self, limit: usize) -> Vec<(PendingKey, Record)> {
+        let mut state = self.lock();
+        let State {
+            pending, sending, ..
+        } = &mut *state;
+        let mut out = Vec::new();
+        for (key, record) in pending.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            if sending.insert(*key) {
+                out.push((*key, record.clone()));
+            }
+        }
+        out
+    }
+
+    /// Kafka acknowledged the record.
+    pub fn published(&self, key: PendingKey) {
+        let mut state = self.lock();
+        state.sending.remove(&key);
+        state.pending.remove(&key);
+    }
+
+    /// The send failed: the record goes back to the unsent ones.
+    pub fn failed(&self, key: PendingKey) {
+        self.lock().sending.remove(&key);
+    }
+
+    /// Asks for a scan from `from_millis` (a periodic sweep, or the start after a restart).
+    pub fn request_scan(&self, from_millis: i64) {
+        request_scan(&mut self.lock(), from_millis);
+        self.wake.notify_one();
+    }
+
+    /// Where the scan should continue, if one is needed and memory has room for what it finds.
+    pub fn scan_cursor(&self) -> Option<After> {
+        let state = self.lock();
+        if state.pending.len() >= (self.max_pending / 2).max(1) {
+            return None;
+        }
+        state.recovery.clone()
+    }
+
+    /// The scan from `from` read a page ending at `last` (`None`: nothing found); `complete`
+    /// when the page was not full. A cursor moved meanwhile by another request is kept.
+    pub fn scanned(&self, from: &After, last: Option<After>, complete: bool) {
+        let mut state = self.lock();
+        if state.recovery.as_ref() != Some(from) {
+            return;
+        }
+        state.recovery = if complete { None } else { last };
+    }
+
+    /// Whether the relay has anything left to do (shutdown waits for this).
+    pub fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.writing.is_empty() && state.pending.is_empty() && state.recovery.is_none()
+    }
+
+    /// The watermark now; forgets known versions that fell behind it by more than `keep_ms`.
+    pub fn watermark(&self, keep_ms: i64) -> i64 {
+        self.watermark_at(Timestamp::now().timestamp_millis(), keep_ms)
+    }
+
+    fn watermark_at(&self, now: i64, keep_ms: i64) -> i64 {
+        let mut state = self.lock();
+        let mut w = now.max(state.last_stamp);
+        if let Some((&(stamp, _), _)) = state.writing.first_key_value() {
+            w = w.min(stamp);
+        }
+        if let Some((key, _)) = state.pending.first_key_value() {
+            w = w.min(key.stamp);
+        }
+        if let Some(cursor) = &state.recovery {
+            w = w.min(cursor.millis);
+        }
+        // A scan requested below the reported watermark (a sweep) does not move it back.
+        w = w.max(state.watermark);
+        state.watermark = w;
+        let horizon = w.saturating_sub(keep_ms);
+        state.known.retain(|_, &mut (_, stamp)| stamp >= horizon);
+        w
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.lock();
+        Snapshot {
+            watermark: state.watermark,
+            pending: state.pending.len(),
+            writing: state.writing.len(),
+            recovering: state.recovery.is_some(),
+            overflowed: state.overflowed,
+        }
+    }
+
+    /// Age in milliseconds of the oldest change not yet on Kafka (0 when there is none).
+    pub fn lag_millis(&self) -> i64 {
+        let now = Timestamp::now().timestamp_millis();
+        let state = self.lock();
+        let oldest = [
+            state.writing.first_key_value().map(|(&(s, _), _)| s),
+            state.pending.first_key_value().map(|(k, _)| k.stamp),
+            state.recovery.as_ref().map(|c| c.millis),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        oldest.map_or(0, |s| now.saturating_sub(s).max(0))
+    }
+}
+
+fn remember(state: &mut State, key: PendingKey) {
+    let entry = state.known.entry(key.id).or_insert((0, key.stamp));
+    if key.version >= entry.0 {
+        *entry = (key.version, key.stamp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::DateTime;
+
+    use super::*;
+
+    fn doc(id: u128, version: i64, stamp: i64) -> StoredMessage {
+        StoredMessage {
+            id: Uuid::from_u128(id).to_string(),
+            tenant_id: "t".into(),
+            conversation_id: Uuid::from_u128(7).to_string(),
+            sender_id: Some(Uuid::from_u128(8).to_string()),
+            content: Some("x".into()),
+            metadata_json: None,
+            timestamp: DateTime::from_millis(stamp),
+            updated_at: DateTime::from_millis(stamp),
+            version,
+            deleted: false,
+            deleted_at: None,
+            fingerprint: None,
+            correlation_id: "corr".into(),
+        }
+    }
+
+    #[test]
+    fn records_carry_key_and_contract_headers() {
+        let record = Record::of(&doc(1, 2, 5_000)).unwrap();
+        assert_eq!(record.key, Uuid::from_u128(7).to_string());
+        let names: Vec<&str> = record.headers.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["correlation-id", "message-id", "timestamp"]);
+        assert_eq!(
+            record.headers[1].1,
+            format!("{}:2", Uuid::from_u128(1).hyphenated())
+        );
+        assert_eq!(record.headers[2].1, "1970-01-01T00:00:05.000Z");
+    }
+
+    #[test]
+    fn the_watermark_waits_for_writes_in_flight_and_unpublished_records() {
+        let outbox = Outbox::new(100);
+        assert_eq!(outbox.watermark_at(1_000, 0), 1_000);
+        let a = outbox.begin_at(1_010);
+        let b = outbox.begin_at(1_020);
+        // Clock going backwards: the stamp does not.
+        let c = outbox.begin_at(900);
+        assert_eq!(c.stamp().timestamp_millis(), 1_020);
+        assert_eq!(outbox.watermark_at(1_030, 0), 1_010);
+        // B commits first: still bounded by A, in flight.
+        outbox.committed(b, &doc(2, 1, 1_020));
+        assert_eq!(outbox.watermark_at(1_040, 0), 1_010);
+        // A wrote nothing; C's outcome is unknown (dropped): a scan from its stamp is needed.
+        a.not_written();
+        drop(c);
+        assert_eq!(outbox.watermark_at(1_050, 0), 1_020);
+        let cursor = outbox.scan_cursor().unwrap();
+        assert_eq!(cursor.millis, 1_020);
+        outbox.scanned(&cursor, None, true);
+        // B pending still holds the watermark at its stamp.
+        assert_eq!(outbox.watermark_at(1_060, 0), 1_020);
+        let sent = outbox.take_unsent(10);
+        assert_eq!(sent.len(), 1);
+        assert!(outbox.take_unsent(10).is_empty(), "sending once");
+        outbox.failed(sent[0].0);
+        let again = outbox.take_unsent(10);
+        assert_eq!(again.len(), 1);
+        outbox.published(again[0].0);
+        assert!(outbox.is_idle());
+        assert_eq!(outbox.watermark_at(1_070, 0), 1_070);
+        // Never backwards.
+        assert_eq!(outbox.watermark_at(1_000, 0), 1_070);
+    }
+
+    #[test]
+    fn a_full_outbox_leaves_changes_to_the_scan() {
+        let outbox = Outbox::new(1);
+        let t1 = outbox.begin_at(10);
+        let t2 = outbox.begin_at(20);
+        outbox.committed(t1, &doc(1, 1, 10));
+        outbox.committed(t2, &doc(2, 1, 20));
+        let snap = outbox.snapshot();
+        assert_eq!((snap.pending, snap.overflowed), (1, 1));
+        assert_eq!(outbox.watermark_at(30, 1_000), 10);
+        // No room to scan until the pending record is published.
+        assert!(outbox.scan_cursor().is_none());
+        let sent = outbox.take_unsent(5);
+        outbox.published(sent[0].0);
+        let cursor = outbox.scan_cursor().unwrap();
+        assert_eq!((cursor.millis, cursor.id.as_str()), (20, ""));
+        assert_eq!(outbox.watermark_at(40, 1_000), 20);
+        // The scan finds both: the published one is skipped, the forgotten one queued.
+        assert!(!outbox.recovered(&doc(1, 1, 10)).unwrap());
+        assert!(outbox.recovered(&doc(2, 1, 20)).unwrap());
+        assert!(!outbox.recovered(&doc(2, 1, 20)).unwrap(), "queued once");
+        let last = After {
+            millis: 20,
+            id: Uuid::from_u128(2).to_string(),
+        };
+        outbox.scanned(&cursor, Some(last.clone()), false);
+        assert!(outbox.snapshot().recovering);
+        // Memory is full again (one pending): the scan waits.
+        assert_eq!(outbox.scan_cursor(), None);
+        outbox.scanned(&last, None, true);
+        assert!(!outbox.snapshot().recovering);
+        assert_eq!(outbox.watermark_at(50, 1_000), 20, "the recovered record");
+        let sent = outbox.take_unsent(5);
+        outbox.published(sent[0].0);
+        assert_eq!(outbox.watermark_at(60, 1_000), 60);
+    }
+
+    #[test]
+    fn a_newer_version_is_not_skipped_and_an_older_one_is() {
+        let outbox = Outbox::new(10);
+        let t = outbox.begin_at(100);
+        outbox.committed(t, &doc(1, 3, 100));
+        assert!(!outbox.recovered(&doc(1, 2, 90)).unwrap());
+        assert!(!outbox.recovered(&doc(1, 3, 100)).unwrap());
+        assert!(outbox.recovered(&doc(1, 4, 110)).unwrap());
+    }
+
+    #[test]
+    fn an_earlier_scan_request_wins_and_a_sweep_does_not_lower_the_watermark() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.watermark_at(1_000, 0), 1_000);
+        outbox.request_scan(500);
+        outbox.request_scan(700);
+        let cursor = outbox.scan_cursor().unwrap();
+        assert_eq!(cursor.millis, 500);
+        assert_eq!(outbox.watermark_at(1_100, 0), 1_000);
+        // A page read from 500 while a request for 300 arrived: the earlier cursor stays.
+        outbox.request_scan(300);
+        outbox.scanned(&cursor, None, true);
+        assert_eq!(outbox.scan_cursor().unwrap().millis, 300);
+    }
+
+    #[test]
+    fn known_versions_are_forgotten_behind_the_watermark() {
+        let outbox = Outbox::new(10);
+        let t = outbox.begin_at(100);
+        outbox.committed(t, &doc(1, 1, 100));
+        let sent = outbox.take_unsent(1);
+        outbox.published(sent[0].0);
+        outbox.watermark_at(120, 50);
+        assert!(!outbox.recovered(&doc(1, 1, 100)).unwrap(), "kept");
+        outbox.watermark_at(1_000, 50);
+        assert!(outbox.recovered(&doc(1, 1, 100)).unwrap(), "forgotten");
+    }
+}

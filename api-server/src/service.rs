@@ -1,0 +1,320 @@
+//! The message service: what create, read, update, delete and list mean, on top of the
+//! repository and the outbox.
+//!
+//! Owns the rules of a change: versions (1 at creation, +1 per accepted change), `If-Match`,
+//! idempotent creates, tombstones, and the per-id serialization of writes in this process
+//! (FerretDB 1.x does not make read-modify-write atomic; ARCHITECTURE.md, MongoDB). Every write
+//! takes an outbox ticket before it stamps the time, and settles it with what MongoDB answered,
+//! so the relay can never skip an acknowledged change.
+//!
+//! It knows nothing of HTTP beyond answering with [`Problem`]s; handlers parse and render.
+
+use std::sync::Arc;
+
+use mongodb::error::ErrorKind;
+use pipeline_contract::time::Timestamp;
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
+
+use crate::etag::IfMatch;
+use crate::idempotency::{IdempotencyKey, request_fingerprint};
+use crate::outbox::Outbox;
+use crate::problem::Problem;
+use crate::store::{After, Change, Message, Store, StoreError, StoredMessage, to_bson};
+use crate::validate::{MessagePatch, NewMessage};
+
+/// Lock stripes: writes to ids in the same stripe wait for each other, nothing else does.
+const STRIPES: usize = 1024;
+/// Attempts of an unconditional PATCH/DELETE that lost a race to another process.
+const ATTEMPTS: usize = 3;
+
+/// How a create was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new message.
+    New,
+    /// A retry with the same `Idempotency-Key` and body: the original message.
+    Replayed,
+}
+
+/// One conversation page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Message>,
+    pub next: Option<After>,
+}
+
+#[derive(Debug)]
+pub struct Messages {
+    store: Store,
+    outbox: Arc<Outbox>,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// A repository failure as the client sees it; the cause goes to the log, not the body.
+pub fn store_problem(error: StoreError) -> Problem {
+    let unreachable = matches!(
+        &error,
+        StoreError::Mongo(e) if matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. })
+    );
+    if unreachable {
+        tracing::warn!(%error, "MongoDB unreachable");
+        Problem::unavailable("the message store is unreachable; retry later")
+    } else {
+        tracing::error!(%error, "MongoDB operation failed");
+        Problem::internal()
+    }
+}
+
+fn not_found(id: Uuid) -> Problem {
+    Problem::not_found(format!("no message {id}"))
+}
+
+impl Messages {
+    pub fn new(store: Store, outbox: Arc<Outbox>) -> Self {
+        Self {
+            store,
+            outbox,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lock(&self, id: Uuid) -> MutexGuard<'_, ()> {
+        let (hi, lo) = id.as_u64_pair();
+        let stripe = usize::try_from((hi ^ lo) % STRIPES as u64).unwrap_or(0);
+        self.stripes[stripe].lock().await
+    }
+
+    /// Creates a message; with an idempotency key, a retry gets the original.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        new: NewMessage,
+        key: Option<&IdempotencyKey>,
+        correlation_id: &str,
+    ) -> Result<(Message, Created), Problem> {
+        let fingerprint = key.map(|_| request_fingerprint(&new).to_string());
+        let id = key.map_or_else(Uuid::new_v4, |k| k.message_id(tenant));
+        let _guard = self.lock(id).await;
+        let ticket = self.outbox.begin();
+        let now = to_bson(ticket.stamp());
+        let doc = StoredMessage {
+            id: id.to_string(),
+            tenant_id: tenant.to_owned(),
+            conversation_id: new.conversation_id.to_string(),
+            sender_id: Some(new.sender_id.to_string()),
+            content: Some(new.content),
+            metadata_json: Some(Value::Object(new.metadata).to_string()),
+            timestamp: now,
+            updated_at: now,
+            version: 1,
+            deleted: false,
+            deleted_at: None,
+            fingerprint: fingerprint.clone(),
+            correlation_id: correlation_id.to_owned(),
+        };
+        // An insert that errs may still have been applied: the ticket's drop asks the relay to
+        // look (see `outbox::Ticket`).
+        let inserted = self.store.insert(&doc).await.map_err(store_problem)?;
+        if inserted {
+            self.outbox.committed(ticket, &doc);
+            let message = doc.to_message().map_err(|e| store_problem(e.into()))?;
+            return Ok((message, Created::New));
+        }
+        ticket.not_written();
+        let existing = self
+            .store
+            .get(tenant, &doc.id)
+            .await
+            .map_err(store_problem)?;
+        match existing {
+            Some(e) if e.deleted => Err(Problem::conflict(
+                "the message created with this Idempotency-Key has since been deleted",
+            )),
+            Some(e) if e.fingerprint.is_some() && e.fingerprint == fingerprint => {
+                let message = e.to_message().map_err(|e| store_problem(e.into()))?;
+                Ok((message, Created::Replayed))
+            }
+            Some(_) => Err(Problem::idempotency_key_reused()),
+            // The id is UUIDv5(tenant, key), or random: another tenant cannot hold it.
+            None => Err(Problem::conflict("the message id is taken")),
+        }
+    }
+
+    /// The tenant's live message.
+    pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Message, Problem> {
+        let doc = self
+            .store
+            .get(tenant, &id.to_string())
+            .await
+            .map_err(store_problem)?;
+        match doc {
+            Some(doc) if !doc.deleted => doc.to_message().map_err(|e| store_problem(e.into())),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Applies a patch (content and/or metadata); `If-Match` must name the current version.
+    pub async fn update(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        patch: MessagePatch,
+        if_match: Option<&IfMatch>,
+        correlation_id: &str,
+    ) -> Result<Message, Problem> {
+        let metadata = patch.metadata.map(|m| Value::Object(m).to_string());
+        let doc = self
+            .change(tenant, id, if_match, correlation_id, |current| {
+                Change::Update {
+                    content: patch
+                        .content
+                        .clone()
+                        .or_else(|| current.content.clone())
+                        .unwrap_or_default(),
+                    metadata_json: metadata
+                        .clone()
+                        .or_else(|| current.metadata_json.clone())
+                        .unwrap_or_else(|| Value::Object(Map::new()).to_string()),
+                }
+            })
+            .await?;
+        doc.to_message().map_err(|e| store_problem(e.into()))
+    }
+
+    /// Deletes a message: it becomes a hidden tombstone until the purge.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        if_match: Option<&IfMatch>,
+        correlation_id: &str,
+    ) -> Result<(), Problem> {
+        self.change(tenant, id, if_match, correlation_id, |_| Change::Delete)
+            .await
+            .map(drop)
+    }
+
+    async fn change(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        if_match: Option<&IfMatch>,
+        correlation_id: &str,
+        make: impl Fn(&StoredMessage) -> Change,
+    ) -> Result<StoredMessage, Problem> {
+        let _guard = self.lock(id).await;
+        let key = id.to_string();
+        for _ in 0..ATTEMPTS {
+            let current = match self.store.get(tenant, &key).await.map_err(store_problem)? {
+                Some(doc) if !doc.deleted => doc,
+                _ => return Err(not_found(id)),
+            };
+            if let Some(condition) = if_match
+                && !condition.matches(current.version())
+            {
+                return Err(Problem::version_mismatch(current.version()));
+            }
+            let change = make(&current);
+            let ticket = self.outbox.begin();
+            let at = ticket.stamp();
+            let applied = self
+                .store
+                .apply(tenant, &key, current.version(), &change, at, correlation_id)
+                .await
+                .map_err(store_problem)?;
+            if applied {
+                let next = changed(current, &change, at, correlation_id);
+                self.outbox.committed(ticket, &next);
+                return Ok(next);
+            }
+            // Another process changed it between our read and write: with `If-Match` the
+            // client's version is stale by definition; without, try again on the new state.
+            ticket.not_written();
+            if if_match.is_some() {
+                let now = self.store.get(tenant, &key).await.map_err(store_problem)?;
+                return match now {
+                    Some(doc) if !doc.deleted => Err(Problem::version_mismatch(doc.version())),
+                    _ => Err(not_found(id)),
+                };
+            }
+        }
+        Err(Problem::conflict(
+            "the message kept changing under this request; retry",
+        ))
+    }
+
+    /// A page of a conversation's live messages, newest first.
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conversation: Uuid,
+        after: Option<&After>,
+        limit: usize,
+    ) -> Result<Page, Problem> {
+        let want = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut docs = self
+            .store
+            .conversation_page(tenant, &conversation.to_string(), after, want + 1)
+            .await
+            .map_err(store_problem)?;
+        let more = docs.len() > limit;
+        docs.truncate(limit);
+        let next = more.then(|| docs.last()).flatten().map(|d| After {
+            millis: d.timestamp.timestamp_millis(),
+            id: d.id.clone(),
+        });
+        let items = docs
+            .iter()
+            .map(StoredMessage::to_message)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| store_problem(e.into()))?;
+        Ok(Page { items, next })
+    }
+
+    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka.
+    pub async fn purge(&self, deleted_before: Timestamp) -> Result<u64, StoreError> {
+        let published_before = Timestamp::from_millis(self.outbox.snapshot().watermark)
+            .unwrap_or_else(|| Timestamp::from_millis(0).expect("epoch"));
+        self.store
+            .purge_tombstones(deleted_before, published_before)
+            .await
+    }
+}
+
+/// The document after `change` was applied to `current` (what MongoDB now holds).
+fn changed(
+    mut doc: StoredMessage,
+    change: &Change,
+    at: Timestamp,
+    correlation_id: &str,
+) -> StoredMessage {
+    doc.version += 1;
+    doc.updated_at = to_bson(at);
+    correlation_id.clone_into(&mut doc.correlation_id);
+    match change {
+        Change::Update {
+            content,
+            metadata_json,
+        } => {
+            doc.content = Some(content.clone());
+            doc.metadata_json = Some(metadata_json.clone());
+        }
+        Change::Delete => {
+            doc.deleted = true;
+            doc.deleted_at = Some(to_bson(at));
+            (
+                doc.content,
+                doc.metadata_json,
+                doc.sender_id,
+                doc.fingerprint,
+            ) = (None, None, None, None);
+        }
+    }
+    doc
+}

@@ -1,0 +1,480 @@
+//! Every route of the api-server binary against the rig's MongoDB-wire server and Kafka: the
+//! happy paths, validation, authentication, tenant isolation, idempotency and `If-Match`.
+
+mod common;
+
+use common::{KEY_A, KEY_B, Server, Setup};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_read_update_delete() {
+    let setup = Setup::new("api-crud").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let conversation = Uuid::new_v4();
+    let sender = Uuid::new_v4();
+
+    let created = a
+        .send(
+            Method::POST,
+            "/v1/messages",
+            Some(&json!({"conversationId": conversation, "senderId": sender, "content": "hello", "metadata": {"a.b": 1, "$x": [true]}})),
+            &[("x-correlation-id", "corr-crud-1")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(created.header("etag"), Some("\"1\""));
+    assert_eq!(created.header("x-correlation-id"), Some("corr-crud-1"));
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/messages/{id}").as_str())
+    );
+    let body = &created.body;
+    assert_eq!(body["conversationId"], json!(conversation));
+    assert_eq!(body["senderId"], json!(sender));
+    assert_eq!(body["content"], json!("hello"));
+    assert_eq!(body["metadata"], json!({"a.b": 1, "$x": [true]}));
+    assert_eq!(body["version"], json!(1));
+    assert!(body.get("updatedAt").is_none());
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    let read = a.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.header("etag"), Some("\"1\""));
+    assert_eq!(&read.body, body);
+    // A generated correlation id when none was sent.
+    assert!(
+        read.header("x-correlation-id")
+            .is_some_and(|c| !c.is_empty())
+    );
+
+    let patched = a.patch(&id, &json!({"content": "hello again"}), None).await;
+    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    assert_eq!(patched.header("etag"), Some("\"2\""));
+    assert_eq!(patched.body["content"], json!("hello again"));
+    assert_eq!(patched.body["metadata"], body["metadata"], "kept");
+    assert_eq!(
+        patched.body["timestamp"], body["timestamp"],
+        "creation time kept"
+    );
+    assert!(patched.body["updatedAt"].is_string());
+
+    let patched = a
+        .patch(&id, &json!({"metadata": {"edited": true}}), Some("\"2\""))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    assert_eq!(
+        patched.body["metadata"],
+        json!({"edited": true}),
+        "replaced"
+    );
+    assert_eq!(patched.body["content"], json!("hello again"));
+    assert_eq!(patched.body["version"], json!(3));
+
+    let deleted = a.delete(&id, None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    a.get(&format!("/v1/messages/{id}")).await.problem(404);
+    a.patch(&id, &json!({"content": "x"}), None)
+        .await
+        .problem(404);
+    a.delete(&id, None).await.problem(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_pages_are_newest_first_without_deleted_ones() {
+    let setup = Setup::new("api-pages").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let conversation = Uuid::new_v4();
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(a.create(conversation, &format!("message {i}")).await);
+    }
+    // Noise: another conversation, and another tenant in the same conversation.
+    a.create(Uuid::new_v4(), "elsewhere").await;
+    server.client(KEY_B).create(conversation, "tenant b").await;
+    let gone = created.remove(3);
+    assert_eq!(
+        a.delete(gone["id"].as_str().unwrap(), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    created.sort_by(|x, y| {
+        (y["timestamp"].as_str(), y["id"].as_str())
+            .cmp(&(x["timestamp"].as_str(), x["id"].as_str()))
+    });
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations/{conversation}/messages?limit=2&cursor={c}"),
+            None => format!("/v1/conversations/{conversation}/messages?limit=2"),
+        };
+        let page = a.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        pages += 1;
+        seen.extend(page.body["items"].as_array().unwrap().iter().cloned());
+        match page.body.get("nextCursor").and_then(Value::as_str) {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, created);
+
+    let base = format!("/v1/conversations/{conversation}/messages");
+    for (query, parameter) in [
+        ("?limit=0", "limit"),
+        ("?limit=101", "limit"),
+        ("?limit=x", "query"),
+        ("?cursor=nope", "cursor"),
+        ("?color=red", "query"),
+    ] {
+        let reply = a.get(&format!("{base}{query}")).await;
+        let detail = reply.problem(400)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.starts_with(parameter), "{query}: {detail}");
+    }
+    a.get("/v1/conversations/not-a-uuid/messages")
+        .await
+        .problem(400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_problems_that_say_why() {
+    let setup = Setup::new("api-bad").await;
+    let server = Server::start_with(&setup, &[("API_MAX_BODY_BYTES", "4096")]).await;
+    let a = server.client(KEY_A);
+    let raw = |body: &'static str, content_type: &'static str| {
+        let a = a.clone();
+        async move {
+            let response = a
+                .http
+                .post(format!("{}/v1/messages", a.base))
+                .bearer_auth(a.key.as_deref().unwrap())
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let ct = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap();
+            (status, ct, body)
+        }
+    };
+    for (body, content_type, status, type_suffix) in [
+        ("{", "application/json", 400, "malformed-body"),
+        ("[]", "application/json", 400, "malformed-body"),
+        (
+            r#"{"content": 1}"#,
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            r#"{"tenantId": "tenant-b"}"#,
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        ("{}", "text/plain", 415, "about:blank"),
+        ("{}", "application/json", 422, "validation-failed"),
+    ] {
+        let (got, ct, problem) = raw(body, content_type).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(type_suffix),
+            "{problem}"
+        );
+        assert!(problem["detail"].is_string(), "{problem}");
+    }
+    let (_, _, missing) = raw("{}", "application/json").await;
+    let pointers: Vec<&str> = missing["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(pointers, ["/conversationId", "/senderId", "/content"]);
+
+    let big = json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "x".repeat(5000)});
+    a.send(Method::POST, "/v1/messages", Some(&big), &[])
+        .await
+        .problem(413);
+    let deep = json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "x",
+                      "metadata": {"a": {"b": {"c": {"d": {"e": 1}}}}}});
+    let reply = a.send(Method::POST, "/v1/messages", Some(&deep), &[]).await;
+    assert_eq!(
+        reply.problem(422)["errors"][0]["pointer"],
+        json!("/metadata/a/b/c/d")
+    );
+
+    let id = a.create(Uuid::new_v4(), "x").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.get("/v1/messages/not-a-uuid").await.problem(400);
+    a.patch(&id, &json!({"content": "y"}), Some("3"))
+        .await
+        .problem(400);
+    a.patch(&id, &json!({}), None).await.problem(422);
+    let long_key = "k".repeat(256);
+    a.send(
+        Method::POST,
+        "/v1/messages",
+        Some(
+            &json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "x"}),
+        ),
+        &[("idempotency-key", long_key.as_str())],
+    )
+    .await
+    .problem(400);
+    a.get("/v1/nothing-here").await.problem(404);
+    a.send(Method::PUT, &format!("/v1/messages/{id}"), None, &[])
+        .await
+        .problem(405);
+    // Nothing of the refused requests was stored.
+    let stored = setup.stored().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_required_and_decides_the_tenant() {
+    let setup = Setup::new("api-auth").await;
+    let server = Server::start(&setup).await;
+    let anonymous = server.anonymous();
+    let reply = anonymous
+        .get(&format!("/v1/messages/{}", Uuid::new_v4()))
+        .await;
+    reply.problem(401);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    let reply = server
+        .client("not-a-key")
+        .get(&format!("/v1/messages/{}", Uuid::new_v4()))
+        .await;
+    reply.problem(401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let reply = anonymous
+        .send(
+            Method::POST,
+            "/v1/messages",
+            Some(&json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "x"})),
+            &[("x-tenant-id", "tenant-a")],
+        )
+        .await;
+    reply.problem(401);
+    anonymous.get("/v1/search?q=x").await.problem(401);
+    // Probes and tooling need no key.
+    for path in ["/live", "/ready", "/metrics", "/openapi.json"] {
+        let response = reqwest::get(format!("{}{path}", server.base))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    assert!(setup.stored().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_gets_404_everywhere_and_changes_nothing() {
+    let setup = Setup::new("api-tenants").await;
+    let server = Server::start(&setup).await;
+    let (a, b) = (server.client(KEY_A), server.client(KEY_B));
+    let conversation = Uuid::new_v4();
+    let message = a.create(conversation, "tenant a only").await;
+    let id = message["id"].as_str().unwrap();
+
+    b.get(&format!("/v1/messages/{id}")).await.problem(404);
+    b.patch(id, &json!({"content": "mine now"}), None)
+        .await
+        .problem(404);
+    b.patch(id, &json!({"content": "mine now"}), Some("\"1\""))
+        .await
+        .problem(404);
+    b.delete(id, None).await.problem(404);
+    b.delete(id, Some("*")).await.problem(404);
+    let page = b
+        .get(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body["items"], json!([]));
+    // The 404 says nothing a missing message would not.
+    let foreign = b.get(&format!("/v1/messages/{id}")).await;
+    let missing = b.get(&format!("/v1/messages/{}", Uuid::new_v4())).await;
+    assert_eq!(
+        foreign.body["title"], missing.body["title"],
+        "{foreign:?} {missing:?}"
+    );
+
+    let unchanged = a.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(unchanged.body, message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_creates_return_the_original_and_refuse_another_body() {
+    let setup = Setup::new("api-idem").await;
+    let server = Server::start(&setup).await;
+    let (a, b) = (server.client(KEY_A), server.client(KEY_B));
+    let body = json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "once", "metadata": {"n": 1}});
+    let key = [("idempotency-key", "order-42")];
+    let first = a
+        .send(Method::POST, "/v1/messages", Some(&body), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let retry = a
+        .send(Method::POST, "/v1/messages", Some(&body), &key)
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, first.body);
+
+    let mut other = body.clone();
+    other["content"] = json!("twice?");
+    let reused = a
+        .send(Method::POST, "/v1/messages", Some(&other), &key)
+        .await;
+    assert!(
+        reused.problem(422)["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("idempotency-key-reused")
+    );
+    // The same key is another message for another tenant.
+    let theirs = b
+        .send(Method::POST, "/v1/messages", Some(&body), &key)
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED);
+    assert_ne!(theirs.body["id"], first.body["id"]);
+
+    let stored = setup.stored().await;
+    assert_eq!(stored.len(), 2, "one message per tenant: {stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_is_412() {
+    let setup = Setup::new("api-ifmatch").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let id = a.create(Uuid::new_v4(), "v1").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ok = a.patch(&id, &json!({"content": "v2"}), Some("\"1\"")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let stale = a
+        .patch(&id, &json!({"content": "v2'"}), Some("\"1\""))
+        .await;
+    let problem = stale.problem(412);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("\"2\""),
+        "{problem}"
+    );
+    a.delete(&id, Some("\"1\"")).await.problem(412);
+    a.delete(&id, Some("W/\"2\"")).await.problem(412);
+    assert_eq!(
+        a.get(&format!("/v1/messages/{id}")).await.body["content"],
+        json!("v2")
+    );
+    assert_eq!(
+        a.delete(&id, Some("\"1\", \"2\"")).await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_many_parallel_patches_with_one_if_match_exactly_one_wins() {
+    let setup = Setup::new("api-race").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let id = a.create(Uuid::new_v4(), "start").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let attempts = 24;
+    let replies = futures::future::join_all((0..attempts).map(|i| {
+        let (a, id) = (a.clone(), id.clone());
+        async move {
+            a.patch(
+                &id,
+                &json!({"content": format!("writer {i}")}),
+                Some("\"1\""),
+            )
+            .await
+        }
+    }))
+    .await;
+    let winners: Vec<&common::Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .collect();
+    assert_eq!(winners.len(), 1, "{replies:?}");
+    for loser in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        loser.problem(412);
+    }
+    let now = a.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(now.body["version"], json!(2));
+    assert_eq!(now.body["content"], winners[0].body["content"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_metrics_and_health() {
+    let setup = Setup::new("api-ops").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    a.create(Uuid::new_v4(), "counted").await;
+    let openapi: Value = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = openapi["paths"].as_object().unwrap();
+    for path in [
+        "/v1/messages",
+        "/v1/messages/{id}",
+        "/v1/conversations/{conversationId}/messages",
+        "/v1/search",
+    ] {
+        assert!(paths.contains_key(path), "{path} in {:?}", paths.keys());
+    }
+    assert!(paths["/v1/messages/{id}"]["patch"].is_object());
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        json!("bearer")
+    );
+    assert!(openapi["components"]["schemas"]["Problem"].is_object());
+
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"api_http_requests_total{method="POST",route="/v1/messages",status="201"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("api_relay_lag_seconds"), "{metrics}");
+    assert_eq!(
+        reqwest::get(format!("{}/live", server.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+}

@@ -1,0 +1,363 @@
+//! What the api-server's tests against the rig share: a unique database and topic, a keys file
+//! with two tenants, the real `api-server` binary as a child process, and an HTTP client.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::{kafka, rig::rig, unique, wait};
+use pipeline_contract::MessageEvent;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const KEY_A: &str = "test-key-tenant-a-5f0c";
+pub const KEY_B: &str = "test-key-tenant-b-91d2";
+pub const TENANT_A: &str = "tenant-a";
+pub const TENANT_B: &str = "tenant-b";
+
+/// A database, topic and keys file unique to one test.
+pub struct Setup {
+    pub database: String,
+    pub topic: String,
+    pub keys_file: PathBuf,
+    pub search: Option<(String, String)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Setup {
+    pub async fn new(prefix: &str) -> Self {
+        let topic = unique(&format!("{prefix}-events"));
+        kafka::create_topic(&topic, 3).await;
+        let dir = std::env::temp_dir().join(unique("api-keys"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys_file = dir.join("keys.yaml");
+        let yaml = format!(
+            "- name: app-a\n  tenant: {TENANT_A}\n  sha256: {}\n- name: app-b\n  tenant: {TENANT_B}\n  sha256: {}\n",
+            hex(&Sha256::digest(KEY_A.as_bytes())),
+            hex(&Sha256::digest(KEY_B.as_bytes())),
+        );
+        std::fs::write(&keys_file, yaml).unwrap();
+        Self {
+            database: unique(prefix).replace('-', "_"),
+            topic,
+            keys_file,
+            search: None,
+        }
+    }
+
+    /// Every record the api-server published, decoded.
+    pub fn events(&self) -> Vec<(kafka::Record, MessageEvent)> {
+        kafka::read_topic(&self.topic)
+            .into_iter()
+            .map(|r| {
+                let event = MessageEvent::decode(&r.payload).expect("a valid event");
+                (r, event)
+            })
+            .collect()
+    }
+
+    /// Per message id, the highest version published and whether it was a delete.
+    pub fn published(&self) -> HashMap<Uuid, (u64, bool)> {
+        let mut newest: HashMap<Uuid, (u64, bool)> = HashMap::new();
+        for (_, event) in self.events() {
+            let version = event.version().expect("versioned");
+            let deleted = matches!(event, MessageEvent::Deleted(_));
+            let entry = newest.entry(event.id()).or_insert((0, false));
+            if version > entry.0 {
+                *entry = (version, deleted);
+            }
+        }
+        newest
+    }
+
+    /// Per message id, its version in MongoDB and whether it is a tombstone.
+    pub async fn stored(&self) -> HashMap<Uuid, (u64, bool)> {
+        use futures::TryStreamExt;
+        let client = mongodb::Client::with_uri_str(rig().mongodb_uri())
+            .await
+            .unwrap();
+        let docs: Vec<mongodb::bson::Document> = client
+            .database(&self.database)
+            .collection("messages")
+            .find(mongodb::bson::doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        docs.iter()
+            .map(|d| {
+                (
+                    Uuid::parse_str(d.get_str("_id").unwrap()).unwrap(),
+                    (
+                        u64::try_from(d.get_i64("version").unwrap()).unwrap(),
+                        d.get_bool("deleted").unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The `api-server` binary running as a child process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub async fn start(setup: &Setup) -> Self {
+        Self::start_with(setup, &[]).await
+    }
+
+    /// Starts the binary with the setup's settings plus `extra` env vars, and waits for `/ready`.
+    pub async fn start_with(setup: &Setup, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("api-server")));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_api-server"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("MONGODB_URI", rig().mongodb_uri())
+            .env("MONGODB_DATABASE", &setup.database)
+            .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
+            .env("KAFKA_TOPIC", &setup.topic)
+            .env("API_KEYS_FILE", &setup.keys_file)
+            .stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file));
+        if let Some((url, alias)) = &setup.search {
+            command
+                .env("ELASTICSEARCH_URL", url)
+                .env("ELASTICSEARCH_ALIAS", alias);
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("api-server starts");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/ready", self.base);
+        let log = self.log.clone();
+        wait::until(
+            &format!("api-server ready (log: {})", log.display()),
+            Duration::from_secs(30),
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    let r = http.get(&url).send().await.ok()?;
+                    (r.status() == StatusCode::OK).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub fn client(&self, key: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+            key: Some(key.to_owned()),
+        }
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+            key: None,
+        }
+    }
+
+    /// Peak resident memory of the process so far, in KiB (Linux `VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status, headers, and the body as JSON (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with this status; returns the body.
+    pub fn problem(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        assert_eq!(self.body["status"], json!(status), "{self:?}");
+        assert!(self.body["title"].is_string(), "{self:?}");
+        assert!(self.body["type"].is_string(), "{self:?}");
+        &self.body
+    }
+}
+
+/// An HTTP client of the API with one tenant's key.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: Option<String>,
+}
+
+impl Api {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("the api-server answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None, &[]).await
+    }
+
+    /// Creates a message and asserts the 201; returns its body.
+    pub async fn create(&self, conversation: Uuid, content: &str) -> Value {
+        let reply = self
+            .send(
+                Method::POST,
+                "/v1/messages",
+                Some(&json!({
+                    "conversationId": conversation,
+                    "senderId": Uuid::new_v4(),
+                    "content": content,
+                    "metadata": {"k": "v"},
+                })),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        reply.body
+    }
+
+    pub async fn patch(&self, id: &str, body: &Value, if_match: Option<&str>) -> Reply {
+        let headers: Vec<(&str, &str)> = if_match.map(|m| ("if-match", m)).into_iter().collect();
+        self.send(
+            Method::PATCH,
+            &format!("/v1/messages/{id}"),
+            Some(body),
+            &headers,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, id: &str, if_match: Option<&str>) -> Reply {
+        let headers: Vec<(&str, &str)> = if_match.map(|m| ("if-match", m)).into_iter().collect();
+        self.send(
+            Method::DELETE,
+            &format!("/v1/messages/{id}"),
+            None,
+            &headers,
+        )
+        .await
+    }
+}
+
+/// Waits until every message in MongoDB is on the topic at its MongoDB version (and every
+/// tombstone as a delete); returns what was published.
+pub async fn converged(setup: &Setup, timeout: Duration) -> HashMap<Uuid, (u64, bool)> {
+    let stored = setup.stored().await;
+    wait::until("every stored change published", timeout, || {
+        let stored = stored.clone();
+        async move {
+            let published = tokio::task::block_in_place(|| setup.published());
+            (published == stored).then_some(published)
+        }
+    })
+    .await
+}
