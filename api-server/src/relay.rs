@@ -229,8 +229,11 @@ impl Relay {
             Err(error) => {
                 self.outbox.failed(key);
                 self.metrics.relay_failures.inc();
+                // One line per burst of failures (an outage fails every record in flight).
+                if *resend_after <= Instant::now() {
+                    tracing::warn!(%error, id = %key.id, version = key.version, pending = self.outbox.snapshot().pending, "publishing failed; retrying in 1 s");
+                }
                 *resend_after = Instant::now() + RETRY_PAUSE;
-                tracing::warn!(%error, id = %key.id, version = key.version, "publishing failed; will retry");
                 if let Some(fatal) = producer.client().fatal_error() {
                     tracing::error!(error = ?fatal, "the producer hit a fatal error; creating a new one");
                     match self::producer(&self.kafka, &self.args) {

@@ -237,24 +237,36 @@ impl Store {
         }
     }
 
-    /// Creates the indexes every query here needs (idempotent).
+    /// Creates the indexes every query here needs that are missing. Existing ones are left as
+    /// they are: FerretDB 1.24 drops the connection when asked to create an index that exists.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let model = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
+        let wanted = [
+            (doc! {"updatedAt": 1, "_id": 1}, "relay_scan"),
+            (
+                doc! {"tenantId": 1, "conversationId": 1, "deleted": 1, "timestamp": -1, "_id": -1},
+                "conversation_page",
+            ),
+            (doc! {"deleted": 1, "deletedAt": 1}, "tombstone_purge"),
+        ];
+        let existing = match self.messages.list_index_names().await {
+            Ok(names) => names,
+            // No collection yet: no indexes.
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 26) => vec![],
+            Err(e) => return Err(e.into()),
         };
-        self.messages
-            .create_indexes([
-                model(doc! {"updatedAt": 1, "_id": 1}, "relay_scan"),
-                model(
-                    doc! {"tenantId": 1, "conversationId": 1, "deleted": 1, "timestamp": -1, "_id": -1},
-                    "conversation_page",
-                ),
-                model(doc! {"deleted": 1, "deletedAt": 1}, "tombstone_purge"),
-            ])
-            .await?;
+        let missing: Vec<IndexModel> = wanted
+            .into_iter()
+            .filter(|(_, name)| !existing.iter().any(|e| e == name))
+            .map(|(keys, name)| {
+                IndexModel::builder()
+                    .keys(keys)
+                    .options(IndexOptions::builder().name(name.to_owned()).build())
+                    .build()
+            })
+            .collect();
+        if !missing.is_empty() {
+            self.messages.create_indexes(missing).await?;
+        }
         Ok(())
     }
 
