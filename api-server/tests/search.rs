@@ -1,0 +1,196 @@
+//! `GET /v1/search` through the whole pipeline on the rig: api-server → Kafka → the real
+//! indexer (in this process) → OpenSearch → search. Always the caller's tenant, never a deleted
+//! message, filters and `search_after` pages.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clap::Parser;
+use common::{Api, KEY_A, KEY_B, Server, Setup};
+use e2e::{rig::rig, unique, wait};
+use indexer::config::{Cli, Command};
+use indexer::metrics::Metrics;
+use pipeline_contract::install::{SearchEndpoint, install};
+use pipeline_contract::search::{IndexLayout, IndexSettings};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn contents(reply: &common::Reply) -> BTreeSet<String> {
+    reply.body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply:?}"))
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn search_until(api: &Api, query: &str, expected: &[&str]) {
+    let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    wait::until(
+        &format!("search {query} = {expected:?}"),
+        Duration::from_secs(30),
+        || {
+            let expected = expected.clone();
+            async move {
+                let reply = api.get(&format!("/v1/search?{query}")).await;
+                assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+                (contents(&reply) == expected).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_the_callers_live_messages_only() {
+    let mut setup = Setup::new("search").await;
+    e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
+    let layout = IndexLayout::new(unique("search-messages")).unwrap();
+    let settings = IndexSettings {
+        replicas: 0,
+        ..IndexSettings::default()
+    };
+    install(
+        &reqwest::Client::new(),
+        &SearchEndpoint::new(rig().search_url()),
+        &layout,
+        &settings,
+    )
+    .await
+    .expect("index installed");
+    setup.search = Some((rig().search_url().to_owned(), layout.alias().to_owned()));
+
+    let cli = Cli::try_parse_from([
+        "indexer",
+        "run",
+        "--bootstrap-servers",
+        rig().kafka(),
+        "--topic",
+        &setup.topic,
+        "--group",
+        &unique("search-indexer"),
+        "--search-url",
+        rig().search_url(),
+        "--alias",
+        layout.alias(),
+        "--batch-linger-ms",
+        "20",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let Command::Run(args) = cli.command else {
+        unreachable!()
+    };
+    let stop = CancellationToken::new();
+    let indexer = tokio::spawn(indexer::run::run(
+        args,
+        std::sync::Arc::new(Metrics::new()),
+        stop.clone(),
+    ));
+
+    let server = Server::start(&setup).await;
+    let (a, b) = (server.client(KEY_A), server.client(KEY_B));
+    let (c1, c2) = (Uuid::new_v4(), Uuid::new_v4());
+    let fox = a.create(c1, "the quick brown fox").await;
+    a.create(c1, "a lazy dog sleeps").await;
+    let thinking = a.create(c2, "quick thinking").await;
+    let doomed = a.create(c1, "quick but soon deleted").await;
+    b.create(c1, "quick tenant b").await;
+    search_until(
+        &a,
+        "q=quick",
+        &[
+            "the quick brown fox",
+            "quick thinking",
+            "quick but soon deleted",
+        ],
+    )
+    .await;
+    assert_eq!(
+        a.delete(doomed["id"].as_str().unwrap(), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    search_until(&a, "q=quick", &["the quick brown fox", "quick thinking"]).await;
+
+    // Tenant B sees its own message only, by text, conversation or sender.
+    search_until(&b, "q=quick", &["quick tenant b"]).await;
+    for query in [
+        "q=fox".to_owned(),
+        format!("conversationId={c2}"),
+        format!("senderId={}", fox["senderId"].as_str().unwrap()),
+        "q=quick%20thinking".to_owned(),
+    ] {
+        let reply = b.get(&format!("/v1/search?{query}")).await;
+        assert_eq!(reply.body["items"], json!([]), "{query}: {reply:?}");
+    }
+
+    // Filters, and all words must match.
+    search_until(
+        &a,
+        &format!("q=quick&conversationId={c1}"),
+        &["the quick brown fox"],
+    )
+    .await;
+    search_until(
+        &a,
+        &format!("senderId={}", thinking["senderId"].as_str().unwrap()),
+        &["quick thinking"],
+    )
+    .await;
+    search_until(&a, "q=quick%20fox", &["the quick brown fox"]).await;
+    let found = a.get("/v1/search?q=brown").await;
+    assert_eq!(
+        found.body["items"][0], fox,
+        "the message as the API returns it"
+    );
+
+    // Pages of one, newest first, through search_after cursors.
+    let mut seen: Vec<Value> = Vec::new();
+    let mut query = "limit=1".to_owned();
+    loop {
+        let page = a.get(&format!("/v1/search?{query}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        seen.extend(page.body["items"].as_array().unwrap().iter().cloned());
+        match page.body.get("nextCursor").and_then(Value::as_str) {
+            Some(cursor) => query = format!("limit=1&cursor={cursor}"),
+            None => break,
+        }
+        assert!(seen.len() <= 3, "{seen:?}");
+    }
+    assert_eq!(seen.len(), 3);
+    let times: Vec<&str> = seen
+        .iter()
+        .map(|m| m["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+
+    a.get(&format!("/v1/search?q={}", "x".repeat(1025)))
+        .await
+        .problem(400);
+    a.get("/v1/search?cursor=garbage").await.problem(400);
+    a.get("/v1/search?limit=500").await.problem(400);
+    a.send(Method::GET, "/v1/search?from=yesterday", None, &[])
+        .await
+        .problem(400);
+
+    stop.cancel();
+    indexer.await.unwrap().expect("indexer stopped cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_search_engine_is_503_and_writes_go_on() {
+    let mut setup = Setup::new("search-down").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    setup.search = Some((url, "messages".into()));
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    a.get("/v1/search?q=x").await.problem(503);
+    a.create(Uuid::new_v4(), "still accepted").await;
+}
