@@ -23,6 +23,12 @@ pub struct Config {
     #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Async worker threads; 0 (the default) means one per CPU the process may use (cgroup
+    /// quotas included). Where the server shares few cores with busy neighbours, 1 avoids
+    /// waking threads back and forth and serves more (see the README's benchmark).
+    #[arg(long, env = "API_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     #[command(flatten)]
     pub auth: AuthArgs,
 
@@ -129,9 +135,12 @@ pub struct RelayArgs {
     /// several api-server replicas and writes in flight in another process.
     #[arg(long, env = "RELAY_OVERLAP_MS", default_value_t = 10_000)]
     pub relay_overlap_ms: u64,
-    /// Seconds between sweeps of MongoDB from the watermark minus the overlap (catches changes
-    /// this process did not make, e.g. another replica's whose relay died).
-    #[arg(long, env = "RELAY_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
+    /// Seconds between sweeps of MongoDB from the watermark minus the overlap; 0 (the default)
+    /// turns sweeps off. One api-server process tracks its own writes exactly and needs none;
+    /// with several replicas, turn it on so a change whose replica died before publishing is
+    /// found by another. Each sweep reads every change of the overlap window (cheap on MongoDB
+    /// with the `relay_scan` index; a full collection scan on FerretDB 1.x).
+    #[arg(long, env = "RELAY_SWEEP_INTERVAL_SECONDS", default_value_t = 0)]
     pub relay_sweep_interval_seconds: u64,
     /// Most unpublished changes held in memory; beyond it the relay forgets them and reads them
     /// back from MongoDB once Kafka keeps up (memory stays bounded through a long outage).
@@ -141,7 +150,7 @@ pub struct RelayArgs {
     #[arg(long, env = "RELAY_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
     pub relay_message_timeout_ms: u64,
     /// Documents read per page by a recovery scan.
-    #[arg(long, env = "RELAY_SCAN_PAGE", default_value_t = 500)]
+    #[arg(long, env = "RELAY_SCAN_PAGE", default_value_t = 2000)]
     pub relay_scan_page: i64,
 }
 
@@ -149,8 +158,10 @@ impl RelayArgs {
     pub fn overlap(&self) -> Duration {
         Duration::from_millis(self.relay_overlap_ms)
     }
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_secs(self.relay_sweep_interval_seconds.max(1))
+    /// `None` when sweeps are off.
+    pub fn sweep_interval(&self) -> Option<Duration> {
+        (self.relay_sweep_interval_seconds > 0)
+            .then(|| Duration::from_secs(self.relay_sweep_interval_seconds))
     }
 }
 

@@ -5,8 +5,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
@@ -15,16 +14,30 @@ async fn main() -> ExitCode {
         )
         .init();
     let config = Config::parse();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    match api_server::app::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "api-server stopped");
-            eprintln!("api-server: {error}");
-            ExitCode::FAILURE
-        }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
     }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("api-server: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match api_server::app::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "api-server stopped");
+                eprintln!("api-server: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// SIGTERM or Ctrl-C: stop taking requests, finish those in flight, drain the relay.

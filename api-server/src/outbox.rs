@@ -298,10 +298,17 @@ impl Outbox {
         state.recovery = if complete { None } else { last };
     }
 
-    /// Whether the relay has anything left to do (shutdown waits for this).
+    /// Whether the relay has anything left to do.
     pub fn is_idle(&self) -> bool {
         let state = self.lock();
         state.writing.is_empty() && state.pending.is_empty() && state.recovery.is_none()
+    }
+
+    /// Whether everything held in memory is published (shutdown waits for this; a scan still
+    /// wanted is left to the next start, which scans from the persisted watermark).
+    pub fn is_drained(&self) -> bool {
+        let state = self.lock();
+        state.writing.is_empty() && state.pending.is_empty()
     }
 
     /// The watermark now; forgets known versions that fell behind it by more than `keep_ms`.
@@ -347,7 +354,11 @@ impl Outbox {
         let oldest = [
             state.writing.first_key_value().map(|(&(s, _), _)| s),
             state.pending.first_key_value().map(|(k, _)| k.stamp),
-            state.recovery.as_ref().map(|c| c.millis),
+            // A sweep re-reads below the watermark: that is not lag.
+            state
+                .recovery
+                .as_ref()
+                .map(|c| c.millis.max(state.watermark)),
         ]
         .into_iter()
         .flatten()

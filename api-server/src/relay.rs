@@ -33,6 +33,8 @@ use crate::store::{After, Store};
 const MAX_SENDING: usize = 4096;
 /// Pause after a failed send before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long the relay lets new changes gather after a wake-up before sending them.
+const GATHER: Duration = Duration::from_millis(20);
 /// Longest wait on shutdown for the outbox to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -42,8 +44,9 @@ pub fn producer(kafka: &KafkaArgs, relay: &RelayArgs) -> Result<FutureProducer, 
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        // The relay gathers changes itself (GATHER); records are small and the broker would
+        // spend CPU decompressing batches to validate them, so no compression.
         .set("linger.ms", "5")
-        .set("compression.type", "lz4")
         .set(
             "message.timeout.ms",
             relay.relay_message_timeout_ms.to_string(),
@@ -86,12 +89,22 @@ impl Relay {
             FuturesUnordered::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut next_sweep = Instant::now() + self.args.sweep_interval();
+        let mut next_sweep = self
+            .args
+            .sweep_interval()
+            .map(|every| Instant::now() + every);
         let mut resend_after = Instant::now();
         let mut persisted = i64::MIN;
         let mut stop_by: Option<Instant> = None;
 
         loop {
+            if stop_by.is_none() && shutdown.is_cancelled() {
+                tracing::info!(
+                    pending = self.outbox.snapshot().pending,
+                    "relay draining before exit"
+                );
+                stop_by = Some(Instant::now() + SHUTDOWN_FLUSH);
+            }
             // 1. Hand unsent records to the producer (unless pausing after a failure).
             if Instant::now() >= resend_after && sending.len() < MAX_SENDING {
                 for (key, record) in self.outbox.take_unsent(MAX_SENDING - sending.len()) {
@@ -130,8 +143,9 @@ impl Relay {
                 }
             }
 
-            // 2. One page of a scan, when one is wanted and memory has room.
-            if let Some(from) = self.outbox.scan_cursor() {
+            // 2. One page of a scan, when one is wanted and memory has room (not when stopping:
+            //    the next start scans from the watermark anyway).
+            if let Some(from) = self.outbox.scan_cursor().filter(|_| stop_by.is_none()) {
                 match self
                     .store
                     .changed_since(&from, self.args.relay_scan_page)
@@ -174,7 +188,7 @@ impl Relay {
             }
 
             if let Some(deadline) = stop_by
-                && (self.outbox.is_idle() || Instant::now() >= deadline)
+                && (self.outbox.is_drained() || Instant::now() >= deadline)
             {
                 break;
             }
@@ -189,20 +203,24 @@ impl Relay {
                         self.delivered(key, result, &mut resend_after, &mut producer);
                     }
                 }
-                () = self.outbox.wake.notified() => {}
+                () = self.outbox.wake.notified() => {
+                    // Let a burst of writes gather: one hand-over to the producer per window
+                    // instead of one wake-up per write (the writes are durable already).
+                    tokio::time::sleep(GATHER).await;
+                }
                 () = pause, if resend_after > Instant::now() => {}
                 _ = tick.tick() => {
-                    if Instant::now() >= next_sweep {
-                        next_sweep = Instant::now() + self.args.sweep_interval();
+                    if let (Some(at), Some(every)) = (next_sweep, self.args.sweep_interval())
+                        && Instant::now() >= at
+                    {
+                        next_sweep = Some(Instant::now() + every);
                         let w = self.outbox.watermark(overlap * 2);
                         self.outbox.request_scan(w.saturating_sub(overlap));
                     }
                     self.persist(&mut persisted, overlap).await;
                 }
-                () = shutdown.cancelled(), if stop_by.is_none() => {
-                    tracing::info!(pending = self.outbox.snapshot().pending, "relay draining before exit");
-                    stop_by = Some(Instant::now() + SHUTDOWN_FLUSH);
-                }
+                // Handled at the top of the loop.
+                () = shutdown.cancelled(), if stop_by.is_none() => {}
             }
         }
         // Whatever is still in flight is abandoned; the watermark below it makes the next start
