@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status test check lint fmt bench
+.PHONY: up down status test check lint fmt bench bench-api
 
 ## Start the rig (installs and builds what is missing, returns when every service answers).
 up:
@@ -28,6 +28,11 @@ test: up check
 ## freshness, peak RSS. BENCH_EVENTS (default 200000), BENCH_RATE, BENCH_STEADY_SECS tune it.
 bench: up
 	cargo bench -p indexer --bench throughput
+
+## api-server create rate vs raw MongoDB insert_one of the same documents, p50/p99, peak RSS.
+## BENCH_SECS (default 5), BENCH_ROUNDS (3), BENCH_MAX_CONCURRENCY (32) tune it.
+bench-api: up
+	cargo bench -p api-server --bench create
 
 ## Static checks only (no rig needed).
 check: fmt lint

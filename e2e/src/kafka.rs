@@ -47,20 +47,30 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
         .create()
         .expect("consumer");
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("topic metadata");
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
+    // Right after a broker restart, leaders may not be known yet: retry for a while.
+    let retry_until = Instant::now() + Duration::from_secs(30);
+    let retry = |what: &str, error: rdkafka::error::KafkaError| {
+        assert!(Instant::now() < retry_until, "{what} of {topic}: {error}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let partitions: Vec<i32> = loop {
+        match consumer.fetch_metadata(Some(topic), timeout) {
+            Ok(m) if m.topics()[0].partitions().is_empty() => {
+                retry("metadata", rdkafka::error::KafkaError::NoMessageReceived);
+            }
+            Ok(m) => break m.topics()[0].partitions().iter().map(|p| p.id()).collect(),
+            Err(e) => retry("metadata", e),
+        }
+    };
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .expect("watermarks");
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, p, timeout) {
+                Ok(w) => break w,
+                Err(e) => retry("watermarks", e),
+            }
+        };
         if high > low {
             ends.insert(p, high);
             assignment
