@@ -478,3 +478,33 @@ async fn openapi_metrics_and_health() {
         "ok"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insecure_demo_mode_takes_the_tenant_from_a_header_and_says_so() {
+    let setup = Setup::new("api-insecure").await;
+    let server = Server::start_with(&setup, &[("API_INSECURE_TENANT_HEADER", "true")]).await;
+    let anonymous = server.anonymous();
+    let body =
+        json!({"conversationId": Uuid::new_v4(), "senderId": Uuid::new_v4(), "content": "demo"});
+    let created = anonymous
+        .send(
+            Method::POST,
+            "/v1/messages",
+            Some(&body),
+            &[("x-tenant-id", "demo-a")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let path = format!("/v1/messages/{}", created.body["id"].as_str().unwrap());
+    let own = anonymous
+        .send(Method::GET, &path, None, &[("x-tenant-id", "demo-a")])
+        .await;
+    assert_eq!(own.status, StatusCode::OK);
+    anonymous
+        .send(Method::GET, &path, None, &[("x-tenant-id", "demo-b")])
+        .await
+        .problem(404);
+    anonymous.get(&path).await.problem(400);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
+}

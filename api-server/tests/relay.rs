@@ -120,3 +120,41 @@ async fn a_graceful_restart_publishes_nothing_twice_and_misses_nothing() {
     assert_eq!(published[&late_id], (1, false));
     assert_eq!(setup.events().len(), 21);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_purged_past_the_horizon_once_their_delete_is_published() {
+    let setup = Setup::new("relay-purge").await;
+    // A horizon of 0 days: every tombstone is past it as soon as its delete is on Kafka.
+    let server = Server::start_with(
+        &setup,
+        &[
+            ("INDEXER_TOMBSTONE_HORIZON_DAYS", "0"),
+            ("API_PURGE_INTERVAL_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let a = server.client(KEY_A);
+    let kept = a.create(Uuid::new_v4(), "kept").await;
+    let gone = a.create(Uuid::new_v4(), "gone").await;
+    let gone_id = Uuid::parse_str(gone["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        a.delete(&gone_id.to_string(), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    e2e::wait::until("the tombstone purged", Duration::from_secs(30), || async {
+        (!setup.stored().await.contains_key(&gone_id)).then_some(())
+    })
+    .await;
+    let stored = setup.stored().await;
+    let kept_id = Uuid::parse_str(kept["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored.get(&kept_id),
+        Some(&(1, false)),
+        "live messages stay"
+    );
+    assert_eq!(
+        setup.published()[&gone_id],
+        (2, true),
+        "the delete was published first"
+    );
+}

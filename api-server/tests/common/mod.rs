@@ -142,9 +142,14 @@ impl Server {
             .env("MONGODB_DATABASE", &setup.database)
             .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
             .env("KAFKA_TOPIC", &setup.topic)
-            .env("API_KEYS_FILE", &setup.keys_file)
             .stdout(Stdio::from(log_file.try_clone().unwrap()))
             .stderr(Stdio::from(log_file));
+        if !extra
+            .iter()
+            .any(|(k, _)| *k == "API_INSECURE_TENANT_HEADER")
+        {
+            command.env("API_KEYS_FILE", &setup.keys_file);
+        }
         if let Some((url, alias)) = &setup.search {
             command
                 .env("ELASTICSEARCH_URL", url)
