@@ -1,3 +1,582 @@
-//! The MessagePipeline custom resource: spec, status, conditions, and the crdgen binary.
+//! The MessagePipeline custom resource (`messagepipeline.io/v1alpha1`, short name `mp`, category
+//! `messaging`): its spec with schema defaults and validation, the CEL transition rules for what
+//! can never change in place, and its status, which only the operator writes.
 //!
-//! Not built yet: issue #6 fills this crate. It has no code so that nothing pretends to work.
+//! `crdgen` prints the CustomResourceDefinition; the committed copies
+//! (`crds/messagepipeline.yaml` and the chart's) are checked against it by a test, so a change
+//! here without regenerating them fails the build.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use pipeline_contract::kafka::{DEFAULT_CONSUMER_GROUP, DEFAULT_RETENTION_MS, DEFAULT_TOPIC};
+pub use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
+
+/// The API group.
+pub const GROUP: &str = "messagepipeline.io";
+/// Annotation that stops reconciling a pipeline while it is `"true"`.
+pub const PAUSED_ANNOTATION: &str = "messagepipeline.io/paused";
+/// The operator's finalizer: external state (topics, template) is handled before the resource goes.
+pub const FINALIZER: &str = "messagepipeline.io/finalizer";
+/// The one field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "messagepipeline-operator";
+
+/// Desired state of one message pipeline.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "messagepipeline.io",
+    version = "v1alpha1",
+    kind = "MessagePipeline",
+    plural = "messagepipelines",
+    shortname = "mp",
+    category = "messaging",
+    namespaced,
+    status = "MessagePipelineStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "API",
+        type_ = "string",
+        json_path = ".status.workers.api.summary",
+        description = "ready/desired api-server replicas (live Leases)"
+    ),
+    printcolumn(
+        name = "Indexer",
+        type_ = "string",
+        json_path = ".status.workers.indexer.summary",
+        description = "ready/desired indexer replicas (live Leases)"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.consumerLag",
+        description = "records the consumer group is behind"
+    ),
+    printcolumn(
+        name = "Breaker",
+        type_ = "string",
+        json_path = ".status.breaker",
+        description = "worst circuit breaker state among indexers"
+    ),
+    printcolumn(
+        name = "DLQ",
+        type_ = "integer",
+        json_path = ".status.dlqDepth",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePipelineSpec {
+    /// Container image holding both workers (`api-server` and `indexer`).
+    #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    pub api: ApiSpec,
+    #[serde(default)]
+    pub indexer: IndexerSpec,
+    pub mongodb: MongoSpec,
+    pub kafka: KafkaSpec,
+    pub elasticsearch: SearchSpec,
+    /// What deleting the resource does to the topics and the index template: `Retain` (the
+    /// default) leaves them, `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A Secret holding a username and a password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default = "username_key")]
+    pub username_key: String,
+    #[serde(default = "password_key")]
+    pub password_key: String,
+}
+
+fn username_key() -> String {
+    "username".into()
+}
+fn password_key() -> String {
+    "password".into()
+}
+
+/// Compute resources of a worker container (Kubernetes quantities).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSpec {
+    #[serde(default = "two")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    pub auth: ApiAuth,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiAuth {
+    /// The Secret key holding the API keys file (YAML list of `{name, tenant, sha256}`).
+    pub api_keys_secret_ref: SecretKeyRef,
+}
+
+fn two() -> i32 {
+    2
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexerSpec {
+    #[serde(default = "two")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+    /// Days a deleted message's tombstone is kept; must exceed topic retention + worst lag.
+    #[serde(default = "horizon")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub tombstone_horizon_days: u32,
+}
+
+fn horizon() -> u32 {
+    DEFAULT_TOMBSTONE_HORIZON_DAYS
+}
+
+impl Default for IndexerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: two(),
+            resources: None,
+            batch: BatchSpec::default(),
+            retry: RetrySpec::default(),
+            breaker: BreakerSpec::default(),
+            tombstone_horizon_days: horizon(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSpec {
+    #[serde(default = "batch_count")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_count: u32,
+    #[serde(default = "batch_bytes")]
+    #[schemars(range(min = 1024, max = 104_857_600))]
+    pub max_bytes: u32,
+    #[serde(default = "linger")]
+    #[schemars(range(min = 0, max = 60_000))]
+    pub linger_ms: u32,
+}
+
+fn batch_count() -> u32 {
+    6000
+}
+fn batch_bytes() -> u32 {
+    5 * 1024 * 1024
+}
+fn linger() -> u32 {
+    200
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            max_count: batch_count(),
+            max_bytes: batch_bytes(),
+            linger_ms: linger(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    #[serde(default = "attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    #[serde(default = "backoff")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub backoff_ms: u32,
+}
+
+fn attempts() -> u32 {
+    5
+}
+fn backoff() -> u32 {
+    200
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: attempts(),
+            backoff_ms: backoff(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerSpec {
+    #[serde(default = "threshold")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: u32,
+    #[serde(default = "cooldown")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub cooldown_ms: u32,
+}
+
+fn threshold() -> u32 {
+    5
+}
+fn cooldown() -> u32 {
+    30_000
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            failure_threshold: threshold(),
+            cooldown_ms: cooldown(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoSpec {
+    /// The Secret key holding the connection string.
+    pub uri_secret_ref: SecretKeyRef,
+    #[serde(default = "database")]
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+    #[serde(default = "collection")]
+    #[schemars(length(min = 1, max = 120))]
+    pub collection: String,
+}
+
+fn database() -> String {
+    "message_pipeline".into()
+}
+fn collection() -> String {
+    "messages".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+    #[serde(default)]
+    pub topic: TopicSpec,
+    #[serde(default)]
+    pub dlq: DlqSpec,
+    #[serde(default = "group")]
+    #[schemars(length(min = 1, max = 249))]
+    pub consumer_group: String,
+}
+
+fn group() -> String {
+    DEFAULT_CONSUMER_GROUP.into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// The Secret key holding the CA certificate (PEM) the brokers' certificates chain to.
+    pub ca_secret_ref: SecretKeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    pub credentials_secret_ref: CredentialsSecretRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Kafka topic names: 1..=249 of `[a-zA-Z0-9._-]`.
+const TOPIC_PATTERN: &str = "^[a-zA-Z0-9._-]{1,249}$";
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    #[serde(default = "topic_name")]
+    #[schemars(regex(pattern = TOPIC_PATTERN))]
+    pub name: String,
+    #[serde(default = "partitions")]
+    #[schemars(range(min = 1, max = 10_000))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions can never decrease: Kafka cannot remove partitions"))]
+    pub partitions: i32,
+    #[serde(default = "replication")]
+    #[schemars(range(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("replicationFactor cannot change in place (it needs a partition reassignment)"))]
+    pub replication_factor: i32,
+    #[serde(default = "retention")]
+    #[schemars(range(min = 60_000))]
+    pub retention_ms: i64,
+    /// Further topic settings, applied and kept (only alterable ones: see the README).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn topic_name() -> String {
+    DEFAULT_TOPIC.into()
+}
+fn partitions() -> i32 {
+    6
+}
+fn replication() -> i32 {
+    3
+}
+fn retention() -> i64 {
+    DEFAULT_RETENTION_MS
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        Self {
+            name: topic_name(),
+            partitions: partitions(),
+            replication_factor: replication(),
+            retention_ms: retention(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqSpec {
+    /// Default `<topic>.dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TOPIC_PATTERN))]
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10_000))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions can never decrease: Kafka cannot remove partitions"))]
+    pub partitions: i32,
+    /// Default 14 days: twice the events topic's, so a dead letter outlives its neighbours.
+    #[serde(default = "dlq_retention")]
+    #[schemars(range(min = 60_000))]
+    pub retention_ms: i64,
+}
+
+fn one() -> i32 {
+    1
+}
+fn dlq_retention() -> i64 {
+    2 * DEFAULT_RETENTION_MS
+}
+
+impl Default for DlqSpec {
+    fn default() -> Self {
+        Self {
+            name: None,
+            partitions: one(),
+            retention_ms: dlq_retention(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// Base URL of Elasticsearch 8/9 or OpenSearch 2/3.
+    #[schemars(regex(pattern = "^https?://"))]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// The Secret key holding the CA certificate (PEM) of the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    #[serde(default = "alias")]
+    #[schemars(regex(pattern = "^[a-z0-9][a-z0-9_.-]{0,199}$"))]
+    pub alias: String,
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("shards are immutable: reindex into a new alias instead"))]
+    pub shards: i32,
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 16))]
+    pub replicas: i32,
+    #[serde(default = "refresh")]
+    #[schemars(regex(pattern = "^(-1|[0-9]+(ms|s|m))$"))]
+    pub refresh_interval: String,
+}
+
+fn alias() -> String {
+    DEFAULT_ALIAS.into()
+}
+fn refresh() -> String {
+    "1s".into()
+}
+
+impl KafkaSpec {
+    /// The DLQ topic's name: as set, or `<topic>.dlq`.
+    pub fn dlq_name(&self) -> String {
+        self.dlq
+            .name
+            .clone()
+            .unwrap_or_else(|| pipeline_contract::dlq::default_dlq_topic(&self.topic.name))
+    }
+}
+
+/// Observed state, written by the operator only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub workers: Workers,
+    /// Records the consumer group is behind the topic's end, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_lag: Option<i64>,
+    /// Records in the dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_depth: Option<i64>,
+    /// Worst circuit breaker state among live indexers: `closed`, `half-open` or `open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+}
+
+/// A condition, as Kubernetes conventions define it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339; changes only when `status` does.
+    pub last_transition_time: String,
+}
+
+/// Live workers per role, from their Leases.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Workers {
+    #[serde(default)]
+    pub api: RoleStatus,
+    #[serde(default)]
+    pub indexer: RoleStatus,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleStatus {
+    /// Replicas the spec asks for.
+    pub desired: i32,
+    /// Workers holding an unexpired Lease.
+    pub live: i32,
+    /// Live workers whose Lease says ready.
+    pub ready: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+    /// Live workers per breaker state (indexers only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers: BTreeMap<String, i32>,
+}
+
+/// Condition types.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const TOPICS_READY: &str = "TopicsReady";
+    pub const INDEX_TEMPLATE_READY: &str = "IndexTemplateReady";
+    pub const API_SERVER_AVAILABLE: &str = "ApiServerAvailable";
+    pub const INDEXER_AVAILABLE: &str = "IndexerAvailable";
+    pub const INDEXER_HEALTHY: &str = "IndexerHealthy";
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// The CustomResourceDefinition as YAML, with a header saying where it comes from.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = MessagePipeline::crd();
+    let yaml = serde_saphyr::to_string(&crd).expect("a CRD always serializes");
+    format!("# Generated by `cargo run -p messagepipeline-crd --bin crdgen`; do not edit.\n{yaml}")
+}
