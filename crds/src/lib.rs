@@ -25,6 +25,8 @@ pub const FINALIZER: &str = "messagepipeline.io/finalizer";
 pub const FIELD_MANAGER: &str = "messagepipeline-operator";
 
 /// Desired state of one message pipeline.
+// Every `printcolumn(...)` repeats `type_`: clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "messagepipeline.io",
