@@ -37,6 +37,20 @@ impl SearchEndpoint {
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
+
+    /// A request to `path` (starting with `/`) with this endpoint's credentials.
+    pub fn request(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = http.request(method, format!("{}{path}", self.base_url));
+        match &self.basic_auth {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
 }
 
 /// What happened to one part of the layout.

@@ -1,3 +1,24 @@
 //! operator: reconciles a MessagePipeline into a running pipeline and reports its status.
 //!
-//! Not built yet: issue #6 fills this crate. It has no code so that nothing pretends to work.
+//! `validate` (pure: spec rules and claims) → `build` (pure: every child) → `controller` (apply
+//! with server-side apply, external state through `kafka` and `contract`'s index installer, then
+//! `status`, pure). `leader` keeps one active replica; `server` serves `/live`, `/ready` and
+//! `/metrics`. The operator never links axum, MongoDB or a Kafka consumer group member: it reads
+//! lag with an OffsetFetch request.
+
+/// Every child of a MessagePipeline, built as pure functions.
+pub mod build;
+/// The reconcile pipeline, the finalizer, Events and watches.
+pub mod controller;
+/// Topics, lag and DLQ depth through the Kafka admin API.
+pub mod kafka;
+/// Leader election on a Lease.
+pub mod leader;
+/// Prometheus metrics.
+pub mod metrics;
+/// `/live`, `/ready`, `/metrics`.
+pub mod server;
+/// Conditions and worker summaries, computed purely.
+pub mod status;
+/// Spec rules and claims.
+pub mod validate;

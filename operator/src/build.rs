@@ -1,0 +1,713 @@
+//! Build: every Kubernetes child of a MessagePipeline, as pure functions of the resource.
+//!
+//! Owns names, labels, owner references and the shape of each child: the two worker
+//! Deployments (non-root, read-only root filesystem, probes, resources, a grace period longer
+//! than the indexer's flush, settings as env vars named by `pipeline_contract::worker::env`,
+//! secrets only by reference), their Services, the workers' ServiceAccount and the Role that lets
+//! them hold their Leases and nothing else, and a PodDisruptionBudget per Deployment.
+//!
+//! It never talks to the API server; `apply` sends what this returns, unchanged.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use messagepipeline_crd::{MessagePipeline, Resources, SecretKeyRef};
+use pipeline_contract::worker::{Role as WorkerRole, env, lease};
+
+/// The HTTP port of both workers (API, probes, metrics).
+pub const HTTP_PORT: i32 = 8080;
+/// The non-root user of the workers' image.
+pub const RUN_AS_USER: i64 = 65532;
+/// Where Secret files are mounted.
+const SECRETS_DIR: &str = "/etc/message-pipeline";
+
+/// Everything the operator applies for one pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+}
+
+/// `<pipeline>-<role>`: the Deployment, Service and PDB of a role.
+pub fn child_name(mp: &MessagePipeline, role: WorkerRole) -> String {
+    format!("{}-{}", mp.name_any(), role.as_str())
+}
+
+/// The workers' ServiceAccount, Role and RoleBinding name.
+pub fn worker_account(mp: &MessagePipeline) -> String {
+    format!("{}-worker", mp.name_any())
+}
+
+/// Labels of every child, and the selector labels of a role's pods.
+pub fn labels(mp: &MessagePipeline, role: Option<WorkerRole>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "message-pipeline".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), mp.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            messagepipeline_crd::FIELD_MANAGER.to_owned(),
+        ),
+        (lease::LABEL_PIPELINE.to_owned(), mp.name_any()),
+    ]);
+    if let Some(role) = role {
+        l.insert("app.kubernetes.io/component".into(), role.as_str().into());
+        l.insert(lease::LABEL_ROLE.into(), role.as_str().into());
+    }
+    l
+}
+
+fn selector(mp: &MessagePipeline, role: WorkerRole) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (lease::LABEL_PIPELINE.to_owned(), mp.name_any()),
+        (lease::LABEL_ROLE.to_owned(), role.as_str().to_owned()),
+    ])
+}
+
+fn owner(mp: &MessagePipeline) -> OwnerReference {
+    // A stored MessagePipeline always has a uid; `controller_owner_ref` is None only for an
+    // object never sent to the API server, which the operator never sees.
+    mp.controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: MessagePipeline::api_version(&()).into_owned(),
+            kind: MessagePipeline::kind(&()).into_owned(),
+            name: mp.name_any(),
+            uid: mp.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+}
+
+fn meta(mp: &MessagePipeline, name: String, role: Option<WorkerRole>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: mp.namespace(),
+        labels: Some(labels(mp, role)),
+        owner_references: Some(vec![owner(mp)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Every child of `mp`.
+pub fn children(mp: &MessagePipeline) -> Children {
+    let account = worker_account(mp);
+    Children {
+        service_account: ServiceAccount {
+            metadata: meta(mp, account.clone(), None),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: meta(mp, account.clone(), None),
+            // Leases cannot be limited by label; `create` cannot be limited by name. The workers
+            // get Leases in their own namespace and nothing else.
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".into()]),
+                resources: Some(vec!["leases".into()]),
+                verbs: ["get", "create", "update", "patch", "delete"]
+                    .map(String::from)
+                    .to_vec(),
+                ..PolicyRule::default()
+            }]),
+        },
+        role_binding: RoleBinding {
+            metadata: meta(mp, account.clone(), None),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: account.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: account,
+                namespace: mp.namespace(),
+                ..Subject::default()
+            }]),
+        },
+        deployments: vec![
+            deployment(mp, WorkerRole::Api),
+            deployment(mp, WorkerRole::Indexer),
+        ],
+        services: vec![
+            service(mp, WorkerRole::Api),
+            service(mp, WorkerRole::Indexer),
+        ],
+        pdbs: vec![pdb(mp, WorkerRole::Api), pdb(mp, WorkerRole::Indexer)],
+    }
+}
+
+fn plain(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// A Secret mounted read-only as one file; returns (volume, mount, file path).
+fn secret_file(volume: &str, secret: &SecretKeyRef) -> (Volume, VolumeMount, String) {
+    let dir = format!("{SECRETS_DIR}/{volume}");
+    (
+        Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: secret.key.clone(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: volume.into(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        format!("{dir}/{}", secret.key),
+    )
+}
+
+fn resources(spec: Option<&Resources>, role: WorkerRole) -> ResourceRequirements {
+    let q = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect::<BTreeMap<_, _>>()
+    };
+    match spec {
+        Some(r) => ResourceRequirements {
+            requests: (!r.requests.is_empty()).then(|| q(&r.requests)),
+            limits: (!r.limits.is_empty()).then(|| q(&r.limits)),
+            ..ResourceRequirements::default()
+        },
+        // Measured: the api-server peaks ~25 MiB, the indexer ~60 MiB at the default batch.
+        None => {
+            let memory = match role {
+                WorkerRole::Api => "128Mi",
+                WorkerRole::Indexer => "192Mi",
+            };
+            ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity("100m".into())),
+                    ("memory".into(), Quantity(memory.into())),
+                ])),
+                limits: Some(BTreeMap::from([("memory".into(), Quantity(memory.into()))])),
+                ..ResourceRequirements::default()
+            }
+        }
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The env vars and files both workers share: identity, Kafka, search.
+fn common(
+    mp: &MessagePipeline,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) -> Vec<EnvVar> {
+    let spec = &mp.spec;
+    let mut e = vec![
+        plain(env::PIPELINE_NAME, mp.name_any()),
+        plain(env::PIPELINE_NAMESPACE, mp.namespace().unwrap_or_default()),
+        EnvVar {
+            name: env::POD_NAME.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        plain(env::HTTP_ADDR, format!("0.0.0.0:{HTTP_PORT}")),
+        plain("RUST_LOG", "info"),
+        plain(
+            env::KAFKA_BOOTSTRAP_SERVERS,
+            spec.kafka.bootstrap_servers.clone(),
+        ),
+        plain(env::KAFKA_TOPIC, spec.kafka.topic.name.clone()),
+        plain(env::ELASTICSEARCH_URL, spec.elasticsearch.url.clone()),
+        plain(env::ELASTICSEARCH_ALIAS, spec.elasticsearch.alias.clone()),
+        plain(
+            env::TOMBSTONE_HORIZON_DAYS,
+            spec.indexer.tombstone_horizon_days.to_string(),
+        ),
+    ];
+    let protocol = match (&spec.kafka.tls, &spec.kafka.sasl) {
+        (None, None) => None,
+        (Some(_), None) => Some("ssl"),
+        (None, Some(_)) => Some("sasl_plaintext"),
+        (Some(_), Some(_)) => Some("sasl_ssl"),
+    };
+    if let Some(protocol) = protocol {
+        e.push(plain(env::KAFKA_SECURITY_PROTOCOL, protocol));
+    }
+    if let Some(tls) = &spec.kafka.tls {
+        let (v, m, path) = secret_file("kafka-ca", &tls.ca_secret_ref);
+        volumes.push(v);
+        mounts.push(m);
+        e.push(plain(env::KAFKA_SSL_CA_LOCATION, path));
+    }
+    if let Some(sasl) = &spec.kafka.sasl {
+        let c = &sasl.credentials_secret_ref;
+        e.push(plain(env::KAFKA_SASL_MECHANISM, sasl.mechanism.as_str()));
+        e.push(from_secret(
+            env::KAFKA_SASL_USERNAME,
+            &c.name,
+            &c.username_key,
+        ));
+        e.push(from_secret(
+            env::KAFKA_SASL_PASSWORD,
+            &c.name,
+            &c.password_key,
+        ));
+    }
+    if let Some(c) = &spec.elasticsearch.credentials_secret_ref {
+        e.push(from_secret(
+            env::ELASTICSEARCH_USERNAME,
+            &c.name,
+            &c.username_key,
+        ));
+        e.push(from_secret(
+            env::ELASTICSEARCH_PASSWORD,
+            &c.name,
+            &c.password_key,
+        ));
+    }
+    if let Some(ca) = &spec.elasticsearch.ca_secret_ref {
+        let (v, m, path) = secret_file("search-ca", ca);
+        volumes.push(v);
+        mounts.push(m);
+        e.push(plain(env::ELASTICSEARCH_CA_CERT, path));
+    }
+    e
+}
+
+fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
+    let spec = &mp.spec;
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let mut env_vars = common(mp, &mut volumes, &mut mounts);
+    let (command, replicas, resource_spec, grace) = match role {
+        WorkerRole::Api => {
+            let (v, m, path) = secret_file("api-keys", &spec.api.auth.api_keys_secret_ref);
+            volumes.push(v);
+            mounts.push(m);
+            env_vars.push(plain(env::API_KEYS_FILE, path));
+            let mongo = &spec.mongodb;
+            env_vars.push(from_secret(
+                env::MONGODB_URI,
+                &mongo.uri_secret_ref.name,
+                &mongo.uri_secret_ref.key,
+            ));
+            env_vars.push(plain(env::MONGODB_DATABASE, mongo.database.clone()));
+            env_vars.push(plain(env::MONGODB_COLLECTION, mongo.collection.clone()));
+            // Requests finish, then the relay drains for up to 10 s.
+            (
+                vec!["api-server".to_owned()],
+                spec.api.replicas,
+                spec.api.resources.as_ref(),
+                30,
+            )
+        }
+        WorkerRole::Indexer => {
+            let i = &spec.indexer;
+            env_vars.extend([
+                plain(env::KAFKA_DLQ_TOPIC, spec.kafka.dlq_name()),
+                plain(env::KAFKA_CONSUMER_GROUP, spec.kafka.consumer_group.clone()),
+                plain(env::BATCH_MAX_COUNT, i.batch.max_count.to_string()),
+                plain(env::BATCH_MAX_BYTES, i.batch.max_bytes.to_string()),
+                plain(env::BATCH_LINGER_MS, i.batch.linger_ms.to_string()),
+                plain(env::RETRY_MAX_ATTEMPTS, i.retry.max_attempts.to_string()),
+                plain(env::RETRY_BACKOFF_MS, i.retry.backoff_ms.to_string()),
+                plain(
+                    env::BREAKER_FAILURE_THRESHOLD,
+                    i.breaker.failure_threshold.to_string(),
+                ),
+                plain(env::BREAKER_COOLDOWN_MS, i.breaker.cooldown_ms.to_string()),
+            ]);
+            // Longer than a flush: linger + one bulk request timeout (30 s) + the commit.
+            let grace = 45 + i64::from(i.batch.linger_ms / 1000);
+            (
+                vec!["indexer".to_owned(), "run".to_owned()],
+                i.replicas,
+                i.resources.as_ref(),
+                grace,
+            )
+        }
+    };
+    let labels_all = labels(mp, Some(role));
+    Deployment {
+        metadata: meta(mp, child_name(mp, role), Some(role)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(mp, role)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels_all),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(worker_account(mp)),
+                    termination_grace_period_seconds: Some(grace),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![Container {
+                        name: role.as_str().into(),
+                        image: Some(spec.image.clone()),
+                        image_pull_policy: spec.image_pull_policy.clone(),
+                        command: Some(command),
+                        env: Some(env_vars),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".into()),
+                            container_port: HTTP_PORT,
+                            protocol: Some("TCP".into()),
+                            ..ContainerPort::default()
+                        }]),
+                        liveness_probe: Some(probe("/live", 10)),
+                        readiness_probe: Some(probe("/ready", 5)),
+                        resources: Some(resources(resource_spec, role)),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                add: None,
+                            }),
+                            ..SecurityContext::default()
+                        }),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        ..Container::default()
+                    }],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn service(mp: &MessagePipeline, role: WorkerRole) -> Service {
+    let port = match role {
+        WorkerRole::Api => 80,
+        WorkerRole::Indexer => HTTP_PORT,
+    };
+    Service {
+        metadata: meta(mp, child_name(mp, role), Some(role)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(mp, role)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(mp: &MessagePipeline, role: WorkerRole) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(mp, child_name(mp, role), Some(role)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(mp, role)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use messagepipeline_crd::MessagePipelineSpec;
+    use serde_json::json;
+
+    use super::*;
+
+    pub fn pipeline(spec: serde_json::Value) -> MessagePipeline {
+        let mut mp = MessagePipeline::new(
+            "orders",
+            serde_json::from_value::<MessagePipelineSpec>(spec).unwrap(),
+        );
+        mp.metadata.namespace = Some("shop".into());
+        mp.metadata.uid = Some("uid-1".into());
+        mp
+    }
+
+    fn minimal() -> serde_json::Value {
+        json!({
+            "image": "registry.example/message-pipeline:0.1.0",
+            "api": {"auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
+            "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
+            "kafka": {"bootstrapServers": "kafka:9092"},
+            "elasticsearch": {"url": "http://search:9200"}
+        })
+    }
+
+    fn env_of(d: &Deployment) -> BTreeMap<String, EnvVar> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn every_child_is_owned_labelled_and_named_after_the_pipeline() {
+        let c = children(&pipeline(minimal()));
+        let metas: Vec<&ObjectMeta> = [
+            &c.service_account.metadata,
+            &c.role.metadata,
+            &c.role_binding.metadata,
+        ]
+        .into_iter()
+        .chain(c.deployments.iter().map(|d| &d.metadata))
+        .chain(c.services.iter().map(|s| &s.metadata))
+        .chain(c.pdbs.iter().map(|p| &p.metadata))
+        .collect();
+        assert_eq!(metas.len(), 9);
+        for m in metas {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("MessagePipeline", "orders", "uid-1")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(m.namespace.as_deref(), Some("shop"));
+            assert_eq!(
+                m.labels.as_ref().unwrap()["messagepipeline.io/pipeline"],
+                "orders"
+            );
+        }
+        let names: Vec<String> = c
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["orders-api", "orders-indexer"]);
+    }
+
+    #[test]
+    fn workers_run_hardened_with_probes_and_a_long_enough_grace() {
+        let c = children(&pipeline(minimal()));
+        for d in &c.deployments {
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let psc = pod.security_context.as_ref().unwrap();
+            assert_eq!(
+                (psc.run_as_non_root, psc.run_as_user),
+                (Some(true), Some(65532))
+            );
+            let container = &pod.containers[0];
+            let sc = container.security_context.as_ref().unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop,
+                Some(vec!["ALL".to_owned()])
+            );
+            assert!(container.liveness_probe.is_some() && container.readiness_probe.is_some());
+            assert_eq!(pod.service_account_name.as_deref(), Some("orders-worker"));
+            assert!(container.resources.as_ref().unwrap().limits.is_some());
+        }
+        let indexer = c.deployments[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert!(indexer.termination_grace_period_seconds.unwrap() > 30 + 1);
+        assert_eq!(
+            indexer.containers[0].command,
+            Some(vec!["indexer".to_owned(), "run".to_owned()])
+        );
+    }
+
+    #[test]
+    fn settings_reach_the_workers_as_contract_env_vars_and_secrets_by_reference() {
+        let mut spec = minimal();
+        spec["kafka"]["sasl"] =
+            json!({"mechanism": "SCRAM-SHA-512", "credentialsSecretRef": {"name": "kafka-user"}});
+        spec["kafka"]["tls"] = json!({"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}});
+        spec["kafka"]["topic"] = json!({"name": "events", "partitions": 12});
+        spec["indexer"] = json!({"batch": {"maxCount": 1000}, "breaker": {"cooldownMs": 5000}});
+        let c = children(&pipeline(spec));
+        let api = env_of(&c.deployments[0]);
+        let indexer = env_of(&c.deployments[1]);
+        assert_eq!(api["KAFKA_TOPIC"].value.as_deref(), Some("events"));
+        assert_eq!(
+            api["API_KEYS_FILE"].value.as_deref(),
+            Some("/etc/message-pipeline/api-keys/keys.yaml")
+        );
+        let uri = api["MONGODB_URI"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((uri.name.as_str(), uri.key.as_str()), ("mongodb", "uri"));
+        assert!(
+            api["MONGODB_URI"].value.is_none(),
+            "never the secret's value"
+        );
+        assert!(
+            !indexer.contains_key("MONGODB_URI"),
+            "the indexer does not get the database"
+        );
+        assert_eq!(
+            indexer["KAFKA_DLQ_TOPIC"].value.as_deref(),
+            Some("events.dlq")
+        );
+        assert_eq!(
+            indexer["KAFKA_CONSUMER_GROUP"].value.as_deref(),
+            Some("message-elasticsearch-indexer")
+        );
+        assert_eq!(
+            indexer["INDEXER_BATCH_MAX_COUNT"].value.as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            indexer["INDEXER_BREAKER_COOLDOWN_MS"].value.as_deref(),
+            Some("5000")
+        );
+        assert_eq!(
+            indexer["KAFKA_SECURITY_PROTOCOL"].value.as_deref(),
+            Some("sasl_ssl")
+        );
+        assert_eq!(
+            indexer["KAFKA_SASL_MECHANISM"].value.as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        let user = indexer["KAFKA_SASL_USERNAME"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.key.as_str()),
+            ("kafka-user", "username")
+        );
+        assert_eq!(
+            indexer["KAFKA_SSL_CA_LOCATION"].value.as_deref(),
+            Some("/etc/message-pipeline/kafka-ca/ca.crt")
+        );
+        assert!(
+            indexer["POD_NAME"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn workers_may_only_touch_leases() {
+        let c = children(&pipeline(minimal()));
+        let rules = c.role.rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].resources, Some(vec!["leases".to_owned()]));
+        assert!(!rules[0].verbs.contains(&"list".to_owned()));
+        assert_eq!(c.role_binding.subjects.unwrap()[0].name, "orders-worker");
+        for p in &c.pdbs {
+            assert_eq!(
+                p.spec.as_ref().unwrap().max_unavailable,
+                Some(IntOrString::Int(1))
+            );
+        }
+    }
+}

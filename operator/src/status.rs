@@ -1,0 +1,569 @@
+//! Status: what the reconcile found, turned into conditions, worker summaries and the columns of
+//! `kubectl get mp`. Pure: every input is passed in, so each rule is table-tested.
+//!
+//! Condition rules: `TopicsReady`, `IndexTemplateReady`, `ApiServerAvailable` and
+//! `IndexerAvailable` each say whether their part is in place; `IndexerHealthy` is False while
+//! any live indexer reports an open (or half-open) circuit breaker; `Degraded` is True when the
+//! pipeline works but something needs a human (a breaker, a topic with more partitions than the
+//! spec); `Ready` is True only when every part is in place and the indexers are healthy, and its
+//! reason names the first thing that is not. `lastTransitionTime` changes only when a condition's
+//! status does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
+use pipeline_contract::worker::lease;
+
+/// One worker as its Lease describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWorker {
+    pub role: String,
+    pub ready: bool,
+    pub breaker: Option<String>,
+}
+
+/// Whether a Lease is past its duration at `now`.
+pub fn expired(l: &Lease, now: Timestamp) -> bool {
+    let Some(spec) = &l.spec else { return true };
+    let duration = i64::from(
+        spec.lease_duration_seconds
+            .unwrap_or(lease::DURATION_SECONDS as i32),
+    );
+    let last = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
+    match last {
+        Some(last) => last.as_second() + duration < now.as_second(),
+        None => true,
+    }
+}
+
+/// The live worker a Lease stands for (`None` for an expired Lease).
+pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
+    if expired(l, now) {
+        return None;
+    }
+    let labels = l.metadata.labels.as_ref()?;
+    let annotations = l.metadata.annotations.clone().unwrap_or_default();
+    Some(LiveWorker {
+        role: labels.get(lease::LABEL_ROLE)?.clone(),
+        ready: annotations.get(lease::ANNOTATION_READY).map(String::as_str) == Some("true"),
+        breaker: annotations.get(lease::ANNOTATION_BREAKER).cloned(),
+    })
+}
+
+/// What the external steps found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    /// `Ok(notes)` when the topics are as the spec says (notes: what needs a human), or why not.
+    pub topics: Result<Vec<String>, String>,
+    pub template: Result<(), String>,
+    /// (available replicas, desired) per Deployment; `None` when not readable.
+    pub api_available: Option<(i32, i32)>,
+    pub indexer_available: Option<(i32, i32)>,
+    pub workers: Vec<LiveWorker>,
+    pub consumer_lag: Option<i64>,
+    pub dlq_depth: Option<i64>,
+}
+
+fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+        .to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: None,
+        last_transition_time: String::new(),
+    }
+}
+
+fn availability(type_: &str, what: &str, available: Option<(i32, i32)>) -> Condition {
+    match available {
+        None => cond(
+            type_,
+            None,
+            "DeploymentUnknown",
+            format!("the {what} Deployment's status is not known yet"),
+        ),
+        Some((_, 0)) => cond(
+            type_,
+            Some(true),
+            "ScaledToZero",
+            format!("the {what} is scaled to zero"),
+        ),
+        Some((a, d)) if a >= d => cond(
+            type_,
+            Some(true),
+            "MinimumReplicasAvailable",
+            format!("{a}/{d} {what} replicas available"),
+        ),
+        Some((a, d)) if a > 0 => cond(
+            type_,
+            Some(false),
+            "ReplicasUnavailable",
+            format!("only {a}/{d} {what} replicas available"),
+        ),
+        Some((_, d)) => cond(
+            type_,
+            Some(false),
+            "NoReplicasAvailable",
+            format!("0/{d} {what} replicas available"),
+        ),
+    }
+}
+
+fn role_status(workers: &[LiveWorker], role: &str, desired: i32) -> RoleStatus {
+    let mine: Vec<&LiveWorker> = workers.iter().filter(|w| w.role == role).collect();
+    let ready = mine.iter().filter(|w| w.ready).count() as i32;
+    let mut breakers = BTreeMap::new();
+    for w in &mine {
+        if let Some(b) = &w.breaker {
+            *breakers.entry(b.clone()).or_insert(0) += 1;
+        }
+    }
+    RoleStatus {
+        desired,
+        live: mine.len() as i32,
+        ready,
+        summary: format!("{ready}/{desired}"),
+        breakers,
+    }
+}
+
+/// The status for `observed`, keeping transition times of conditions whose status did not change.
+pub fn status(
+    observed: &Observed,
+    previous: &[Condition],
+    now: Timestamp,
+) -> MessagePipelineStatus {
+    let api_desired = observed.api_available.map_or(0, |(_, d)| d);
+    let indexer_desired = observed.indexer_available.map_or(0, |(_, d)| d);
+    let workers = Workers {
+        api: role_status(&observed.workers, "api", api_desired),
+        indexer: role_status(&observed.workers, "indexer", indexer_desired),
+    };
+    let breakers = &workers.indexer.breakers;
+    let worst = ["open", "half-open", "closed"]
+        .into_iter()
+        .find(|b| breakers.contains_key(*b))
+        .map(str::to_owned);
+
+    let topics = match &observed.topics {
+        Ok(_) => cond(
+            condition::TOPICS_READY,
+            Some(true),
+            "TopicsReconciled",
+            "the events topic and its DLQ exist with the spec's settings".into(),
+        ),
+        Err(e) => cond(
+            condition::TOPICS_READY,
+            Some(false),
+            "KafkaError",
+            e.clone(),
+        ),
+    };
+    let template = match &observed.template {
+        Ok(()) => cond(
+            condition::INDEX_TEMPLATE_READY,
+            Some(true),
+            "TemplateInstalled",
+            "index template, first index and write alias are in place".into(),
+        ),
+        Err(e) => cond(
+            condition::INDEX_TEMPLATE_READY,
+            Some(false),
+            "SearchEngineError",
+            e.clone(),
+        ),
+    };
+    let api = availability(
+        condition::API_SERVER_AVAILABLE,
+        "api-server",
+        observed.api_available,
+    );
+    let indexer = availability(
+        condition::INDEXER_AVAILABLE,
+        "indexer",
+        observed.indexer_available,
+    );
+    let live = workers.indexer.live;
+    let healthy = match worst.as_deref() {
+        Some("open") => cond(
+            condition::INDEXER_HEALTHY,
+            Some(false),
+            "BreakerOpen",
+            format!(
+                "{} of {live} live indexers have an open circuit breaker: the search engine is failing and indexing is paused",
+                breakers["open"]
+            ),
+        ),
+        Some("half-open") => cond(
+            condition::INDEXER_HEALTHY,
+            Some(false),
+            "BreakerHalfOpen",
+            format!(
+                "{} of {live} live indexers are probing the search engine after an outage",
+                breakers["half-open"]
+            ),
+        ),
+        _ if live == 0 => cond(
+            condition::INDEXER_HEALTHY,
+            None,
+            "NoLiveIndexers",
+            "no indexer holds a live Lease".into(),
+        ),
+        _ => cond(
+            condition::INDEXER_HEALTHY,
+            Some(true),
+            "BreakersClosed",
+            format!("{live} live indexers, every circuit breaker closed"),
+        ),
+    };
+    let mut needs_human: Vec<String> = observed.topics.clone().unwrap_or_default();
+    if healthy.status == "False" {
+        needs_human.insert(0, healthy.message.clone());
+    }
+    let degraded = if needs_human.is_empty() {
+        cond(
+            condition::DEGRADED,
+            Some(false),
+            "AsExpected",
+            "nothing needs attention".into(),
+        )
+    } else {
+        let reason = if healthy.status == "False" {
+            healthy.reason.as_str()
+        } else {
+            "PartitionsAboveSpec"
+        };
+        cond(
+            condition::DEGRADED,
+            Some(true),
+            reason,
+            needs_human.join("; "),
+        )
+    };
+    // Ready: the first part not in place decides the reason.
+    let parts = [&topics, &template, &api, &indexer, &healthy];
+    let blocking = parts.iter().find(|c| {
+        c.status == "False" || (c.status == "Unknown" && c.type_ != condition::INDEXER_HEALTHY)
+    });
+    let ready = match blocking {
+        Some(c) => cond(
+            condition::READY,
+            Some(false),
+            &c.reason,
+            format!("{}: {}", c.type_, c.message),
+        ),
+        None => cond(
+            condition::READY,
+            Some(true),
+            "PipelineReady",
+            "topics, index, api-server and indexer are in place and healthy".into(),
+        ),
+    };
+    let conditions = [ready, topics, template, api, indexer, healthy, degraded]
+        .into_iter()
+        .map(|c| settle(c, previous, observed.generation, now))
+        .collect();
+    MessagePipelineStatus {
+        observed_generation: observed.generation,
+        conditions,
+        workers,
+        consumer_lag: observed.consumer_lag,
+        dlq_depth: observed.dlq_depth,
+        breaker: worst,
+    }
+}
+
+/// Status for a resource the operator refuses to act on (invalid, or in conflict): `Ready=False`
+/// with the reason; the other conditions keep what they said.
+pub fn refused(
+    reason: &str,
+    problems: &[String],
+    previous: &MessagePipelineStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> MessagePipelineStatus {
+    let ready = settle(
+        cond(condition::READY, Some(false), reason, problems.join("; ")),
+        &previous.conditions,
+        generation,
+        now,
+    );
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != condition::READY)
+        .cloned()
+        .collect();
+    conditions.insert(0, ready);
+    MessagePipelineStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous.clone()
+    }
+}
+
+fn settle(
+    mut c: Condition,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    c.observed_generation = generation;
+    c.last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == c.type_ && p.status == c.status)
+        .map_or_else(|| now.to_string(), |p| p.last_transition_time.clone());
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+    use super::*;
+
+    fn worker(role: &str, ready: bool, breaker: Option<&str>) -> LiveWorker {
+        LiveWorker {
+            role: role.into(),
+            ready,
+            breaker: breaker.map(str::to_owned),
+        }
+    }
+
+    fn healthy() -> Observed {
+        Observed {
+            generation: Some(3),
+            topics: Ok(vec![]),
+            template: Ok(()),
+            api_available: Some((2, 2)),
+            indexer_available: Some((2, 2)),
+            workers: vec![
+                worker("api", true, None),
+                worker("api", true, None),
+                worker("indexer", true, Some("closed")),
+                worker("indexer", true, Some("closed")),
+            ],
+            consumer_lag: Some(5),
+            dlq_depth: Some(0),
+        }
+    }
+
+    fn get<'a>(s: &'a MessagePipelineStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn conditions_follow_the_rules() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        type Case = (
+            &'static str,
+            Box<dyn Fn(&mut Observed)>,
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+        );
+        // (name, change, Ready status, Ready reason, Degraded status, breaker column)
+        let cases: Vec<Case> = vec![
+            (
+                "healthy",
+                Box::new(|_| {}),
+                "True",
+                "PipelineReady",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "kafka down",
+                Box::new(|o| o.topics = Err("brokers unreachable".into())),
+                "False",
+                "KafkaError",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "template",
+                Box::new(|o| o.template = Err("401".into())),
+                "False",
+                "SearchEngineError",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "api short",
+                Box::new(|o| o.api_available = Some((1, 2))),
+                "False",
+                "ReplicasUnavailable",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "indexer none",
+                Box::new(|o| o.indexer_available = Some((0, 2))),
+                "False",
+                "NoReplicasAvailable",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "breaker open",
+                Box::new(|o| o.workers[3].breaker = Some("open".into())),
+                "False",
+                "BreakerOpen",
+                "True",
+                Some("open"),
+            ),
+            (
+                "half open",
+                Box::new(|o| o.workers[2].breaker = Some("half-open".into())),
+                "False",
+                "BreakerHalfOpen",
+                "True",
+                Some("half-open"),
+            ),
+            (
+                "partitions above",
+                Box::new(|o| o.topics = Ok(vec!["topic has 12 partitions, spec asks 6".into()])),
+                "True",
+                "PipelineReady",
+                "True",
+                Some("closed"),
+            ),
+            (
+                "no leases",
+                Box::new(|o| o.workers.clear()),
+                "True",
+                "PipelineReady",
+                "False",
+                None,
+            ),
+            (
+                "unknown deployment",
+                Box::new(|o| o.api_available = None),
+                "False",
+                "DeploymentUnknown",
+                "False",
+                Some("closed"),
+            ),
+        ];
+        for (name, change, ready, reason, degraded, breaker) in cases {
+            let mut o = healthy();
+            change(&mut o);
+            let s = status(&o, &[], now);
+            let r = get(&s, "Ready");
+            assert_eq!(
+                (r.status.as_str(), r.reason.as_str()),
+                (ready, reason),
+                "{name}: {r:?}"
+            );
+            assert_eq!(get(&s, "Degraded").status, degraded, "{name}");
+            assert_eq!(s.breaker.as_deref(), breaker, "{name}");
+            assert_eq!(s.conditions.len(), 7);
+            assert!(
+                s.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(3))
+            );
+        }
+        let open = {
+            let mut o = healthy();
+            o.workers[3].breaker = Some("open".into());
+            status(&o, &[], now)
+        };
+        assert!(
+            get(&open, "Ready")
+                .message
+                .contains("1 of 2 live indexers have an open circuit breaker")
+        );
+        assert_eq!(get(&open, "IndexerHealthy").status, "False");
+        assert_eq!(open.workers.indexer.summary, "2/2");
+        assert_eq!(open.workers.indexer.breakers["open"], 1);
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let t1 = Timestamp::from_second(1_000).unwrap();
+        let t2 = Timestamp::from_second(2_000).unwrap();
+        let first = status(&healthy(), &[], t1);
+        let again = status(&healthy(), &first.conditions, t2);
+        assert_eq!(first, again, "nothing changed, nothing moves");
+        let mut o = healthy();
+        o.template = Err("down".into());
+        let changed = status(&o, &again.conditions, t2);
+        assert_eq!(
+            get(&changed, "IndexTemplateReady").last_transition_time,
+            t2.to_string()
+        );
+        assert_eq!(
+            get(&changed, "TopicsReady").last_transition_time,
+            t1.to_string()
+        );
+    }
+
+    #[test]
+    fn refused_keeps_the_other_conditions() {
+        let now = Timestamp::from_second(5).unwrap();
+        let before = status(&healthy(), &[], now);
+        let s = refused(
+            "ResourceConflict",
+            &["topic `t` is already claimed".into()],
+            &before,
+            Some(4),
+            now,
+        );
+        let r = get(&s, "Ready");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "ResourceConflict")
+        );
+        assert_eq!(get(&s, "TopicsReady"), get(&before, "TopicsReady"));
+        assert_eq!(s.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn leases_expire_after_their_duration() {
+        let lease = |renewed: i64, role: &str, ready: &str| Lease {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(
+                    lease::LABEL_ROLE.to_owned(),
+                    role.to_owned(),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    lease::ANNOTATION_READY.to_owned(),
+                    ready.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                lease_duration_seconds: Some(30),
+                renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+                ..LeaseSpec::default()
+            }),
+        };
+        let now = Timestamp::from_second(100).unwrap();
+        assert_eq!(
+            live_worker(&lease(80, "indexer", "true"), now),
+            Some(worker("indexer", true, None))
+        );
+        assert_eq!(
+            live_worker(&lease(70, "api", "false"), now),
+            Some(worker("api", false, None))
+        );
+        assert_eq!(live_worker(&lease(69, "api", "true"), now), None);
+        assert!(expired(&Lease::default(), now));
+    }
+}
