@@ -83,6 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         metrics,
     });
 
+    let lease = tokio::spawn(hold_lease(Arc::clone(&state), shutdown.clone()));
     let relay_stop = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
     let purge_task = tokio::spawn(purge_loop(
@@ -113,6 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // Requests are done: every acknowledged change is in the outbox or in MongoDB.
     relay_stop.cancel();
     let _ = purge_task.await;
+    let _ = lease.await;
     match relay_task.await {
         Ok(Err(error)) => tracing::error!(%error, "relay stopped with an error"),
         Err(error) => tracing::error!(%error, "relay task failed"),
@@ -140,4 +142,47 @@ async fn purge_loop(
             Err(error) => tracing::warn!(%error, "tombstone purge failed; will retry"),
         }
     }
+}
+
+/// The api-server's worker Lease (ready = MongoDB answers), when the pipeline identity is in the
+/// environment and a Kubernetes client can be made.
+async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
+    use pipeline_contract::lease::{Identity, WorkerState, hold};
+    use pipeline_contract::worker::Role;
+    let Some(id) = Identity::from_env(Role::Api) else {
+        tracing::info!("no pipeline identity in the environment: holding no worker Lease");
+        return;
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, "no Kubernetes client: holding no worker Lease");
+            return;
+        }
+    };
+    tracing::info!(lease = %id.lease_name(), namespace = %id.namespace, "holding the worker Lease");
+    let ready = |ok: bool| WorkerState {
+        ready: ok,
+        breaker: None,
+    };
+    let first = state.messages.store().ping().await.is_ok();
+    let (tx, rx) = tokio::sync::watch::channel(ready(first));
+    let probe = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                let now = ready(state.messages.store().ping().await.is_ok());
+                tx.send_if_modified(|s| std::mem::replace(s, now) != now);
+            }
+        })
+    };
+    hold(client, id, rx, shutdown, |error| {
+        tracing::warn!(%error, "worker Lease request failed");
+    })
+    .await;
+    let _ = probe.await;
 }

@@ -3,7 +3,8 @@
 //! The api-server produces what the indexer consumes, the operator configures both, and the tests
 //! check all three; each agreement lives here exactly once so none of them can drift apart. The
 //! crate holds types, names and pure functions, plus (feature `installer`) the one function that
-//! installs the search index layout. It never links Kafka, MongoDB or Kubernetes clients.
+//! installs the search index layout, and (feature `lease`) the worker Lease holder. Without
+//! features it links no Kafka, MongoDB or Kubernetes client.
 
 /// DLQ record headers and the error classes that explain why a record was dead-lettered.
 pub mod dlq;
@@ -14,6 +15,9 @@ pub mod event;
 pub mod install;
 /// Kafka names: default topic and group, record key, headers and the `message-id` rule.
 pub mod kafka;
+/// The Lease a worker holds (feature `lease`).
+#[cfg(feature = "lease")]
+pub mod lease;
 /// The search document, the index layout (template, first index, alias) and its template body.
 pub mod search;
 /// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.

@@ -1,0 +1,170 @@
+//! The Lease a worker holds (feature `lease`): `<pipeline>-<role>-<pod>` in the pipeline's
+//! namespace, labelled with pipeline and role, renewed every [`lease::RENEW_SECONDS`], its
+//! annotations carrying readiness and breaker state.
+//!
+//! Renewals change only `spec.renewTime`; the annotations change only when the worker's state
+//! does, which is what the operator reacts to. On a clean stop the Lease is deleted, so the
+//! worker leaves the pipeline's status at once; after a crash it expires and the operator
+//! deletes it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Role, env, lease, lease_name};
+
+/// The field manager of worker Leases.
+pub const FIELD_MANAGER: &str = "message-pipeline-worker";
+
+/// What the Lease says about the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerState {
+    pub ready: bool,
+    /// `closed`, `open` or `half-open` (indexers); `None` for the api-server.
+    pub breaker: Option<&'static str>,
+}
+
+/// Which Lease: from `MP_PIPELINE_NAME`, `MP_PIPELINE_NAMESPACE` and `POD_NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub pipeline: String,
+    pub namespace: String,
+    pub pod: String,
+    pub role: Role,
+}
+
+impl Identity {
+    /// `None` unless all three variables are set (a worker run outside any pipeline).
+    pub fn from_env(role: Role) -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Some(Self {
+            pipeline: var(env::PIPELINE_NAME)?,
+            namespace: var(env::PIPELINE_NAMESPACE)?,
+            pod: var(env::POD_NAME)?,
+            role,
+        })
+    }
+
+    pub fn lease_name(&self) -> String {
+        lease_name(&self.pipeline, self.role, &self.pod)
+    }
+}
+
+/// The Lease object for `state` at `now`.
+pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease {
+    let mut annotations =
+        BTreeMap::from([(lease::ANNOTATION_READY.to_owned(), state.ready.to_string())]);
+    if let Some(b) = state.breaker {
+        annotations.insert(lease::ANNOTATION_BREAKER.to_owned(), b.to_owned());
+    }
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(id.lease_name()),
+            namespace: Some(id.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (lease::LABEL_PIPELINE.to_owned(), id.pipeline.clone()),
+                (lease::LABEL_ROLE.to_owned(), id.role.as_str().to_owned()),
+            ])),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(id.pod.clone()),
+            lease_duration_seconds: Some(lease::DURATION_SECONDS as i32),
+            renew_time: Some(MicroTime(now)),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// Holds the Lease until `shutdown`, then deletes it. Renews every `RENEW_SECONDS` and at once
+/// when `state` changes. Failures are reported through `on_error` and retried at the next tick:
+/// a worker keeps working without its Lease (the operator then shows it as not live).
+pub async fn hold(
+    client: kube::Client,
+    id: Identity,
+    mut state: watch::Receiver<WorkerState>,
+    shutdown: CancellationToken,
+    on_error: impl Fn(&kube::Error),
+) {
+    let api: Api<Lease> = Api::namespaced(client, &id.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let name = id.lease_name();
+    loop {
+        let current = *state.borrow_and_update();
+        let lease = lease_object(&id, current, Timestamp::now());
+        if let Err(error) = api.patch(&name, &params, &Patch::Apply(&lease)).await {
+            on_error(&error);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = state.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(Duration::from_secs(u64::from(lease::RENEW_SECONDS))) => {}
+        }
+    }
+    if let Err(error) = api.delete(&name, &DeleteParams::default()).await {
+        on_error(&error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_carries_labels_annotations_and_a_renewal() {
+        let id = Identity {
+            pipeline: "orders".into(),
+            namespace: "shop".into(),
+            pod: "orders-indexer-7d9f".into(),
+            role: Role::Indexer,
+        };
+        let now = Timestamp::from_second(1_000).unwrap();
+        let l = lease_object(
+            &id,
+            WorkerState {
+                ready: true,
+                breaker: Some("open"),
+            },
+            now,
+        );
+        assert_eq!(
+            l.metadata.name.as_deref(),
+            Some("orders-indexer-orders-indexer-7d9f")
+        );
+        let labels = l.metadata.labels.unwrap();
+        assert_eq!(
+            (
+                labels[lease::LABEL_PIPELINE].as_str(),
+                labels[lease::LABEL_ROLE].as_str()
+            ),
+            ("orders", "indexer")
+        );
+        let annotations = l.metadata.annotations.unwrap();
+        assert_eq!(annotations[lease::ANNOTATION_READY], "true");
+        assert_eq!(annotations[lease::ANNOTATION_BREAKER], "open");
+        let spec = l.spec.unwrap();
+        assert_eq!(spec.renew_time, Some(MicroTime(now)));
+        assert_eq!(spec.lease_duration_seconds, Some(30));
+        let api = lease_object(
+            &Identity {
+                role: Role::Api,
+                ..id
+            },
+            WorkerState::default(),
+            now,
+        );
+        assert!(
+            !api.metadata
+                .annotations
+                .unwrap()
+                .contains_key(lease::ANNOTATION_BREAKER)
+        );
+    }
+}
