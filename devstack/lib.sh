@@ -34,6 +34,15 @@
 # step; still end critical steps with `|| return 1` (a function called as `f || ...` runs without
 # errexit). Return non-zero on failure; never exit 0 half-done.
 #
+# Tools: TOOLS below lists client programs the tests run that are no services (no process, no
+# address): `up` installs each (always, whatever services are selected: a cached one costs a
+# stamp check), and rig.env carries their paths. Adding one = add its name to TOOLS and write
+# devstack/tools/<name>.sh defining:
+#   <name>_install   idempotent: build only what is missing into mp_build_dir (stamp as above).
+#   <name>_installed cheap: is the program there?
+#   <name>_path      print the program's path.
+#   <name>_env       print its KEY=VALUE lines for rig.env (e.g. HELM=<path>).
+#
 # Helpers (all prefixed mp_):
 #   mp_log MSG... / mp_die MSG...           messages on stderr ("devstack: ...")
 #   mp_build_dir SERVICE VERSION            prints $MP_CACHE_DIR/build/SERVICE-VERSION
@@ -58,6 +67,7 @@
 #                                           <service>_running says it died; on failure print the
 #                                           last 40 lines of <service>_log and return 1
 #   mp_load_service NAME                    source services/NAME.sh
+#   mp_load_all_tools                       source tools/NAME.sh for each of TOOLS
 # ------------------------------------------------------------------------------------------------
 
 MP_DEVSTACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,6 +79,8 @@ export MP_DEVSTACK_DIR MP_CACHE_DIR MP_BUILD_ROOT MP_RUN_ROOT MP_ENV_FILE
 
 # Start order; `down` stops in reverse order.
 SERVICES=(kafka ferretdb opensearch kube)
+# Client tools (see "Tools" above).
+TOOLS=(helm)
 
 mp_log() { printf 'devstack: %s\n' "$*" >&2; }
 mp_die() {
@@ -243,7 +255,7 @@ mp_select_services() {
 }
 
 # Write rig.env from the services whose processes are running (after `up` that is every service
-# it brought up); remove it when none is.
+# it brought up), plus the installed tools; remove it when no service runs.
 mp_write_env() {
   local s lines=()
   for s in "${SERVICES[@]}"; do
@@ -256,11 +268,28 @@ mp_write_env() {
     rm -f "$MP_ENV_FILE"
     return 0
   fi
+  for s in "${TOOLS[@]}"; do
+    if "${s}_installed"; then
+      mapfile -t -O "${#lines[@]}" lines < <("${s}_env")
+    fi
+  done
   printf '%s\n' "${lines[@]}" >"$MP_ENV_FILE.tmp"
   mv -f "$MP_ENV_FILE.tmp" "$MP_ENV_FILE"
 }
 
+mp_load_all_tools() {
+  local t file
+  for t in "${TOOLS[@]}"; do
+    file=$MP_DEVSTACK_DIR/tools/$t.sh
+    [[ -f $file ]] || mp_die "unknown tool '$t' (no $file)"
+    # shellcheck source=/dev/null
+    . "$file"
+  done
+}
+
+# Services and tools (mp_write_env needs both).
 mp_load_all_services() {
   local s
   for s in "${SERVICES[@]}"; do mp_load_service "$s"; done
+  mp_load_all_tools
 }

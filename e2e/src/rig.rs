@@ -53,6 +53,7 @@ impl Rig {
             "MONGODB_URI",
             "ELASTICSEARCH_URL",
             "KUBECONFIG",
+            "HELM",
         ] {
             if let Ok(value) = std::env::var(key) {
                 vars.insert(key.to_owned(), value);
@@ -139,6 +140,20 @@ impl Rig {
     /// `kubectl` of the rig's Kubernetes release, pointed at its API server.
     pub fn kubectl(&self) -> std::process::Command {
         let mut command = std::process::Command::new(self.var("KUBECTL"));
+        command.env("KUBECONFIG", self.var("KUBECONFIG"));
+        command
+    }
+
+    /// `helm` (v3, built by `devstack/up`), pointed at the rig's API server for the commands that
+    /// talk to one; `helm template` does not.
+    pub fn helm(&self) -> std::process::Command {
+        let helm = self.vars.get("HELM").unwrap_or_else(|| {
+            panic!(
+                "helm is not built: HELM is not in {} nor in the environment; {HOW_TO_START} (it builds helm once)",
+                self.env_file.display()
+            )
+        });
+        let mut command = std::process::Command::new(helm);
         command.env("KUBECONFIG", self.var("KUBECONFIG"));
         command
     }

@@ -95,7 +95,9 @@ async fn main() -> ExitCode {
         })
     };
     let ctx = Arc::new(Context::new(client, metrics.clone(), Some(cli.pod_name)));
-    let controller = tokio::spawn(controller::run(ctx, cli.namespace, stop.clone()));
+    // An empty WATCH_NAMESPACE means every namespace, like an absent one.
+    let namespace = cli.namespace.filter(|n| !n.is_empty());
+    let controller = tokio::spawn(controller::run(ctx, namespace, stop.clone()));
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = lost.cancelled() => {}
