@@ -6,7 +6,12 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status test check lint fmt bench bench-api
+.PHONY: up down status test check lint fmt bench bench-api demo
+
+## The whole pipeline on the rig: operator, a MessagePipeline, both workers, messages through the
+## API, and `kubectl get mp -o wide` with every condition (e2e/demo.sh says what it shows).
+demo: up
+	e2e/demo.sh
 
 ## Start the rig (installs and builds what is missing, returns when every service answers).
 up:

@@ -226,7 +226,7 @@ pub fn status(
             condition::INDEXER_HEALTHY,
             Some(true),
             "BreakersClosed",
-            format!("{live} live indexers, every circuit breaker closed"),
+            format!("{live} live indexer(s), every circuit breaker closed"),
         ),
     };
     let mut needs_human: Vec<String> = observed.topics.clone().unwrap_or_default();
