@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status test check lint fmt bench bench-api demo
+.PHONY: up down status test check lint fmt bench bench-api bench-operator demo
 
 ## The whole pipeline on the rig: operator, a MessagePipeline, both workers, messages through the
 ## API, and `kubectl get mp -o wide` with every condition (e2e/demo.sh says what it shows).
@@ -38,6 +38,11 @@ bench: up
 ## BENCH_SECS (default 5), BENCH_ROUNDS (3), BENCH_MAX_CONCURRENCY (32) tune it.
 bench-api: up
 	cargo bench -p api-server --bench create
+
+## The operator managing 50 MessagePipelines: time to converge, peak RSS, time to delete.
+## BENCH_PIPELINES (50), BENCH_STEADY_SECS (60) tune it.
+bench-operator: up
+	cargo bench -p operator --bench fifty
 
 ## Static checks only (no rig needed).
 check: fmt lint

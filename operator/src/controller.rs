@@ -40,6 +40,9 @@ use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::validate;
 
+/// Reconciles running at once.
+pub const CONCURRENCY: u16 = 4;
+
 /// How often a healthy pipeline is looked at again (lag and Leases change without events).
 pub const REQUEUE: Duration = Duration::from_secs(30);
 
@@ -136,6 +139,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     .touched_objects()
     .predicate_filter(predicates::annotations, Default::default());
     Controller::new(pipelines, watcher::Config::default())
+        // Each reconcile opens Kafka and HTTP clients: a bounded number at once keeps memory
+        // flat when many pipelines change together (e.g. at start).
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns(deployments, managed)
         .watches_stream(lease_changes, |l: Lease| {
             let name = l.labels().get(lease::LABEL_PIPELINE)?.clone();
