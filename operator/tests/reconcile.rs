@@ -174,7 +174,35 @@ async fn template_ready(env: &Env, name: &str) -> MessagePipeline {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applying_a_pipeline_creates_everything_and_a_second_reconcile_changes_nothing() {
     let env = Env::new("op-apply").await;
-    env.create("orders", env.spec(json!({}))).await;
+    // The example as shipped, pointed at the rig: one broker (replication 1), one search node
+    // (0 replicas), and names unique to this test.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/minimal.yaml"
+    ))
+    .unwrap();
+    let example: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut spec = example["spec"].clone();
+    let rig_spec = env.spec(json!({}));
+    spec["kafka"]["bootstrapServers"] = rig_spec["kafka"]["bootstrapServers"].clone();
+    spec["kafka"]["topic"] = rig_spec["kafka"]["topic"].clone();
+    spec["kafka"]["dlq"] = rig_spec["kafka"]["dlq"].clone();
+    spec["kafka"]["consumerGroup"] = rig_spec["kafka"]["consumerGroup"].clone();
+    spec["elasticsearch"] = rig_spec["elasticsearch"].clone();
+    // The example's Secrets, by the names it references.
+    for (name, key) in [
+        (&spec["api"]["auth"]["apiKeysSecretRef"], "keys.yaml"),
+        (&spec["mongodb"]["uriSecretRef"], "uri"),
+    ] {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": name["name"]}, "stringData": {name["key"].as_str().unwrap_or(key): "unused"}}))
+        .unwrap();
+        env.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    env.create("orders", spec).await;
     let mp = template_ready(&env, "orders").await;
     let uid = mp.uid().unwrap();
 
@@ -260,6 +288,23 @@ async fn applying_a_pipeline_creates_everything_and_a_second_reconcile_changes_n
     assert_eq!(
         mp.status.as_ref().unwrap().observed_generation,
         mp.metadata.generation
+    );
+
+    // Events say what was done, with CamelCase reasons.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = env.api();
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "TopicCreated"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "IndexTemplateInstalled"),
+        "{reasons:?}"
     );
 
     // A second reconcile changes nothing.
