@@ -144,45 +144,24 @@ async fn purge_loop(
     }
 }
 
-/// The api-server's worker Lease (ready = MongoDB answers), when the pipeline identity is in the
-/// environment and a Kubernetes client can be made.
+/// The api-server's worker Lease (ready = MongoDB answers), through
+/// `pipeline_contract::lease::maintain`.
 async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
-    use pipeline_contract::lease::{Identity, WorkerState, hold};
+    use pipeline_contract::lease::{WorkerState, maintain};
     use pipeline_contract::worker::Role;
-    let Some(id) = Identity::from_env(Role::Api) else {
-        tracing::info!("no pipeline identity in the environment: holding no worker Lease");
-        return;
-    };
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::warn!(%error, "no Kubernetes client: holding no worker Lease");
-            return;
-        }
-    };
-    tracing::info!(lease = %id.lease_name(), namespace = %id.namespace, "holding the worker Lease");
-    let ready = |ok: bool| WorkerState {
-        ready: ok,
-        breaker: None,
-    };
-    let first = state.messages.store().ping().await.is_ok();
-    let (tx, rx) = tokio::sync::watch::channel(ready(first));
-    let probe = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    maintain(
+        Role::Api,
+        Duration::from_secs(5),
+        move || {
+            let state = state.clone();
+            async move {
+                WorkerState {
+                    ready: state.messages.store().ping().await.is_ok(),
+                    breaker: None,
                 }
-                let now = ready(state.messages.store().ping().await.is_ok());
-                tx.send_if_modified(|s| std::mem::replace(s, now) != now);
             }
-        })
-    };
-    hold(client, id, rx, shutdown, |error| {
-        tracing::warn!(%error, "worker Lease request failed");
-    })
+        },
+        shutdown,
+    )
     .await;
-    let _ = probe.await;
 }

@@ -24,13 +24,7 @@ async fn the_api_server_holds_its_lease_while_it_runs() {
         )
         .await
         .unwrap();
-    let kubeconfig = rig()
-        .kubectl()
-        .get_envs()
-        .find(|(k, _)| *k == "KUBECONFIG")
-        .and_then(|(_, v)| v)
-        .map(|v| v.to_string_lossy().into_owned())
-        .unwrap();
+    let kubeconfig = rig().kubeconfig().to_owned();
     let setup = Setup::new("lease-api").await;
     let mut server = Server::start_with(
         &setup,

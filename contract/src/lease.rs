@@ -113,6 +113,48 @@ pub async fn hold(
     }
 }
 
+/// Everything a worker does about its Lease: reads its identity from the environment, makes a
+/// client (in-cluster or `KUBECONFIG`), asks `probe` for its state every `every` and holds the
+/// Lease with it until `shutdown`. Returns at once, logging why, when there is no identity or no
+/// client: a worker outside a pipeline works without a Lease.
+pub async fn maintain<F, Fut>(role: Role, every: Duration, probe: F, shutdown: CancellationToken)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = WorkerState> + Send,
+{
+    let Some(id) = Identity::from_env(role) else {
+        tracing::info!("no pipeline identity in the environment: holding no worker Lease");
+        return;
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, "no Kubernetes client: holding no worker Lease");
+            return;
+        }
+    };
+    tracing::info!(lease = %id.lease_name(), namespace = %id.namespace, "holding the worker Lease");
+    let (tx, rx) = watch::channel(probe().await);
+    let prober = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let now = probe().await;
+                tx.send_if_modified(|s| std::mem::replace(s, now) != now);
+            }
+        })
+    };
+    hold(client, id, rx, shutdown, |error| {
+        tracing::warn!(%error, "worker Lease request failed");
+    })
+    .await;
+    let _ = prober.await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

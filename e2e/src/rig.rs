@@ -137,6 +137,11 @@ impl Rig {
         kube::Client::try_from(config).expect("Kubernetes client")
     }
 
+    /// Path of the rig's kubeconfig (admin identity), for child processes.
+    pub fn kubeconfig(&self) -> &str {
+        self.var("KUBECONFIG")
+    }
+
     /// `kubectl` of the rig's Kubernetes release, pointed at its API server.
     pub fn kubectl(&self) -> std::process::Command {
         let mut command = std::process::Command::new(self.var("KUBECTL"));

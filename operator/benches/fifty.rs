@@ -59,13 +59,7 @@ async fn main() {
     let count: usize = env_or("BENCH_PIPELINES", 50);
     let steady: u64 = env_or("BENCH_STEADY_SECS", 60);
     let client = rig().kube_client().await;
-    let kubeconfig = rig()
-        .kubectl()
-        .get_envs()
-        .find(|(k, _)| *k == "KUBECONFIG")
-        .and_then(|(_, v)| v)
-        .map(|v| v.to_owned())
-        .expect("KUBECONFIG");
+    let kubeconfig = rig().kubeconfig().to_owned();
     // The CRD as the chart ships it.
     let status = rig()
         .kubectl()
