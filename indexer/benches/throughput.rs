@@ -9,6 +9,9 @@
 //!    indexer's own histogram (event `timestamp` header → engine acknowledgement).
 //!
 //! Run with `make bench` (= `cargo bench -p indexer --bench throughput`) while the rig is up.
+//! BENCH_ROUNDS (default 3) sets the number of ceiling/indexer rounds. BENCH_BASELINE_BIN, the
+//! path of another indexer binary (e.g. a build of an earlier commit), runs it too in every
+//! round, just before this build's, so two versions are compared under the same load.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -127,6 +130,17 @@ async fn fresh_layout(http: &reqwest::Client, prefix: &str) -> IndexLayout {
     .await
     .expect("install");
     layout
+}
+
+/// Deletes what `fresh_layout` created, so runs do not pile up indices on the rig's engine.
+async fn drop_layout(http: &reqwest::Client, layout: &IndexLayout) {
+    let base = rig().search_url();
+    for path in [
+        layout.first_index(),
+        format!("_index_template/{}", layout.template_name()),
+    ] {
+        let _ = http.delete(format!("{base}/{path}")).send().await;
+    }
 }
 
 /// Sends `docs` with plain `_bulk` requests of `batch` items, `concurrency` at a time; docs/s.
@@ -277,6 +291,7 @@ async fn main() {
         for concurrency in [1, 2, 4] {
             let layout = fresh_layout(&http, "bench-ceiling").await;
             let rate = raw_bulk(&http, &layout, sample, batch, concurrency).await;
+            drop_layout(&http, &layout).await;
             println!(
                 "  ceiling trial: batch {batch:>4} × {concurrency} concurrent: {rate:>8.0} docs/s"
             );
@@ -288,13 +303,27 @@ async fn main() {
     // Rounds of (ceiling, indexer) on fresh indices, alternated so drift in the engine's speed
     // hits both alike; medians are reported. The last indexer stays up for the freshness phase.
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
+    let baseline_bin = std::env::var("BENCH_BASELINE_BIN").ok();
     let (mut ceilings, mut throughputs, mut after_starts, mut startups, mut peak_rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0u64);
+    let (mut baselines, mut baseline_rss) = (Vec::new(), 0u64);
     let mut last = None;
     for round in 0..rounds {
         let layout = fresh_layout(&http, "bench-ceiling").await;
         ceilings.push(raw_bulk(&http, &layout, &docs, best.1, best.2).await);
-        let mut run = run_indexer(&http, &topic, total).await;
+        drop_layout(&http, &layout).await;
+        if let Some(bin) = &baseline_bin {
+            let mut run = run_indexer(&http, bin, &topic, total).await;
+            println!(
+                "  round {}: baseline {:>8.0} events/s",
+                round + 1,
+                run.throughput
+            );
+            baselines.push(run.throughput);
+            baseline_rss = baseline_rss.max(run.stop());
+            drop_layout(&http, &run.layout).await;
+        }
+        let mut run = run_indexer(&http, env!("CARGO_BIN_EXE_indexer"), &topic, total).await;
         println!(
             "  round {}: ceiling {:>8.0} docs/s, indexer {:>8.0} events/s",
             round + 1,
@@ -308,6 +337,7 @@ async fn main() {
             last = Some(run);
         } else {
             peak_rss = peak_rss.max(run.stop());
+            drop_layout(&http, &run.layout).await;
         }
     }
     let mut run = last.expect("at least one round");
@@ -350,6 +380,7 @@ async fn main() {
         quantile(&before, &after, 0.99),
     );
     let peak_rss = peak_rss.max(run.stop());
+    drop_layout(&http, &run.layout).await;
 
     println!();
     println!("events                       {total}");
@@ -373,6 +404,14 @@ async fn main() {
         "indexer peak RSS (VmHWM)     {:>10.1} MiB (target < 64 MiB)",
         peak_rss as f64 / 1024.0
     );
+    if !baselines.is_empty() {
+        let baseline = median(&mut baselines);
+        println!(
+            "baseline (BENCH_BASELINE_BIN) {baseline:>9.0} events/s (median of {rounds}), ratio {:.2}, peak RSS {:.1} MiB",
+            baseline / ceiling,
+            baseline_rss as f64 / 1024.0
+        );
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -390,6 +429,7 @@ fn settled(m: &HashMap<String, f64>) -> f64 {
 /// A running indexer process that has caught up with the topic.
 struct IndexerRun {
     child: std::process::Child,
+    layout: IndexLayout,
     port: u16,
     throughput: f64,
     after_start: f64,
@@ -409,9 +449,9 @@ impl IndexerRun {
     }
 }
 
-/// Starts the indexer binary on a fresh index and group and waits until it has settled `total`
-/// events: from the earliest offset to caught up, start-up included.
-async fn run_indexer(http: &reqwest::Client, topic: &str, total: usize) -> IndexerRun {
+/// Starts the indexer binary `bin` on a fresh index and group and waits until it has settled
+/// `total` events: from the earliest offset to caught up, start-up included.
+async fn run_indexer(http: &reqwest::Client, bin: &str, topic: &str, total: usize) -> IndexerRun {
     let layout = fresh_layout(http, "bench-indexer").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -419,7 +459,7 @@ async fn run_indexer(http: &reqwest::Client, topic: &str, total: usize) -> Index
         .unwrap()
         .port();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_indexer"))
+    let child = Command::new(bin)
         .arg("run")
         .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
         .env("KAFKA_TOPIC", topic)
@@ -454,6 +494,7 @@ async fn run_indexer(http: &reqwest::Client, topic: &str, total: usize) -> Index
     let startup = first_record.unwrap_or_default();
     IndexerRun {
         child,
+        layout,
         port,
         throughput: total as f64 / elapsed.as_secs_f64(),
         after_start: total as f64 / (elapsed - startup).as_secs_f64(),

@@ -7,8 +7,9 @@
 //! never sleeps, logs, pauses partitions or touches metrics: the caller does that with the
 //! [`Transition`] a step returns.
 //!
-//! Exactly one probe in half-open holds because the sink has at most one bulk request in flight:
-//! the request sent while half-open is the probe, and its outcome leaves half-open.
+//! Exactly one probe in half-open holds because the consume loop starts a single lane, alone,
+//! while the breaker is not closed, and stops every other lane at its next request: the request
+//! sent while half-open is the probe, and its outcome leaves half-open.
 
 use std::fmt;
 use std::time::{Duration, Instant};

@@ -138,13 +138,15 @@ pub struct RunArgs {
     /// The write alias (installed by the operator).
     #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
     pub alias: String,
-    /// Most records in one batch (split over up to --max-in-flight concurrent bulk requests).
+    /// Most records in flight at once: each bulk request carries up to this divided by
+    /// --max-in-flight, and the next request is gathered while they run.
     #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 6000)]
     pub batch_max_count: usize,
     /// Most bytes in one bulk request.
     #[arg(long, env = env::BATCH_MAX_BYTES, default_value_t = 5 * 1024 * 1024)]
     pub batch_max_bytes: usize,
-    /// Bulk requests in flight at once (one per group of partitions) while the breaker is closed.
+    /// Bulk requests in flight at once while the breaker is closed; a new one starts as soon as
+    /// one finishes.
     #[arg(long, env = env::MAX_IN_FLIGHT, default_value_t = 4)]
     pub max_in_flight: usize,
     /// Longest wait for a batch to fill, in milliseconds.

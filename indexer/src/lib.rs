@@ -1,10 +1,11 @@
 //! indexer: Kafka to the search engine with retries, a DLQ and a circuit breaker.
 //!
 //! The decision core is pure and table-tested: how batches are bounded and encoded, what a bulk
-//! response means for each record, how long to back off, and when the breaker opens. The I/O parts
-//! sit around it: the consume loop (`pipeline`), the search engine (`sink`), the DLQ producer
-//! (`dlq`) and its `dlq inspect|replay` tools (`dlq_tools`), metrics and the health server. Not
-//! built yet: the worker Lease.
+//! response means for each record, how long to back off, when the breaker opens, and which
+//! offsets may be committed while requests finish out of order. The I/O parts sit around it: the
+//! consume loop (`pipeline`), the search engine (`sink`), the DLQ producer (`dlq`) and its
+//! `dlq inspect|replay` tools (`dlq_tools`), metrics and the health server. Not built yet: the
+//! worker Lease.
 
 /// The batch accumulator (count, bytes, linger) and the halving of a batch refused with 413.
 pub mod batch;
@@ -14,15 +15,20 @@ pub mod breaker;
 pub mod bulk;
 /// What a bulk response means: per request (items, split, breaker) and per item (done, retry, DLQ).
 pub mod classify;
+/// Which offsets may be committed while bulk requests finish in any order: durable prefixes only.
+pub mod commit;
 /// Flags and env vars of the binary.
 pub mod config;
 /// Writes dead letters (original record + DLQ headers), awaited, retried until acknowledged.
 pub mod dlq;
 /// `indexer dlq inspect|replay`: reads the DLQ to its end, summarizes it, re-drives selected records.
 pub mod dlq_tools;
+/// The worker Lease: readiness and breaker state for the operator.
+pub mod lease;
 /// Prometheus metrics and the readiness flags.
 pub mod metrics;
-/// The consume loop: batches, flushes, commits after durability, pauses while the breaker is open.
+/// The consume loop: concurrent bulk requests fed continuously, commits of durable prefixes,
+/// pauses while the breaker is open.
 pub mod pipeline;
 /// Deletes tombstones older than the horizon, periodically.
 pub mod purge;

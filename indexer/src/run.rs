@@ -90,6 +90,7 @@ pub async fn run(
         Duration::from_secs(args.purge_interval_seconds),
         shutdown.clone(),
     ));
+    let lease = tokio::spawn(crate::lease::run(metrics.clone(), shutdown.clone()));
     let pipeline = Pipeline::new(consumer, sink, dlq, metrics.clone(), settings);
     let server = tokio::spawn(crate::server::serve(
         args.http_addr,
@@ -99,6 +100,7 @@ pub async fn run(
     let result = pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = purge.await;
+    let _ = lease.await;
     match server.await {
         Ok(Err(e)) => return Err(RunError::Server(e)),
         Err(e) => tracing::warn!(error = %e, "health server task failed"),

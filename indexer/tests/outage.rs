@@ -8,70 +8,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, converge, event_record, history, newest};
+use common::{
+    Fixture, committed_total, converge, end_offsets_total, event_record, history, members, newest,
+};
 use e2e::proxy::TcpProxy;
 use e2e::{rig::rig, unique, wait};
 use indexer::breaker::Phase;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
-
-/// The group's committed offsets summed over the topic's partitions.
-fn committed_total(group: &str, topic: &str) -> i64 {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..3 {
-        list.add_partition(topic, p);
-    }
-    let committed = reader
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed offsets");
-    let total = committed
-        .elements()
-        .iter()
-        .map(|e| {
-            if let Offset::Offset(o) = e.offset() {
-                o
-            } else {
-                0
-            }
-        })
-        .sum();
-    // The list holds references into the client: drop it before the client.
-    drop(committed);
-    total
-}
-
-/// The topic's end offsets summed over its partitions.
-fn end_offsets_total(topic: &str) -> i64 {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .create()
-        .unwrap();
-    (0..3)
-        .map(|p| {
-            client
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .sum()
-}
-
-fn members(group: &str) -> usize {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .create()
-        .unwrap();
-    let groups = client
-        .fetch_group_list(Some(group), Duration::from_secs(10))
-        .expect("group list");
-    groups.groups().first().map_or(0, |g| g.members().len())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_during_an_outage_and_nothing_is_lost() {

@@ -14,11 +14,12 @@ use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::search::{IndexLayout, IndexSettings};
 use pipeline_contract::{DeletedPayload, MessageEvent, MessagePayload, Timestamp};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -279,4 +280,62 @@ pub async fn converge(fixture: &Fixture, expected: &HashMap<Uuid, (u64, bool)>, 
         (docs == *expected).then_some(())
     })
     .await;
+}
+
+/// The group's committed offsets summed over the topic's partitions.
+pub fn committed_total(group: &str, topic: &str) -> i64 {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..3 {
+        list.add_partition(topic, p);
+    }
+    let committed = reader
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    let total = committed
+        .elements()
+        .iter()
+        .map(|e| {
+            if let Offset::Offset(o) = e.offset() {
+                o
+            } else {
+                0
+            }
+        })
+        .sum();
+    // The list holds references into the client: drop it before the client.
+    drop(committed);
+    total
+}
+
+/// The topic's end offsets summed over its partitions.
+pub fn end_offsets_total(topic: &str) -> i64 {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .create()
+        .unwrap();
+    (0..3)
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+/// How many members the consumer group has.
+pub fn members(group: &str) -> usize {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .create()
+        .unwrap();
+    let groups = client
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .expect("group list");
+    groups.groups().first().map_or(0, |g| g.members().len())
 }
