@@ -298,12 +298,6 @@ impl Outbox {
         state.recovery = if complete { None } else { last };
     }
 
-    /// Whether the relay has anything left to do.
-    pub fn is_idle(&self) -> bool {
-        let state = self.lock();
-        state.writing.is_empty() && state.pending.is_empty() && state.recovery.is_none()
-    }
-
     /// Whether everything held in memory is published (shutdown waits for this; a scan still
     /// wanted is left to the next start, which scans from the persisted watermark).
     pub fn is_drained(&self) -> bool {
@@ -440,7 +434,7 @@ mod tests {
         let again = outbox.take_unsent(10);
         assert_eq!(again.len(), 1);
         outbox.published(again[0].0);
-        assert!(outbox.is_idle());
+        assert!(outbox.is_drained() && !outbox.snapshot().recovering);
         assert_eq!(outbox.watermark_at(1_070, 0), 1_070);
         // Never backwards.
         assert_eq!(outbox.watermark_at(1_000, 0), 1_070);
