@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::worker::lease::RelayBacklog;
 use crate::worker::{Role, env, lease, lease_name};
 
 /// The field manager of worker Leases.
@@ -28,6 +29,8 @@ pub struct WorkerState {
     pub ready: bool,
     /// `closed`, `open` or `half-open` (indexers); `None` for the api-server.
     pub breaker: Option<&'static str>,
+    /// The api-server's relay backlog; `None` for indexers.
+    pub relay_backlog: Option<RelayBacklog>,
 }
 
 /// Which Lease: from `MP_PIPELINE_NAME`, `MP_PIPELINE_NAMESPACE` and `POD_NAME`.
@@ -62,6 +65,12 @@ pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease 
         BTreeMap::from([(lease::ANNOTATION_READY.to_owned(), state.ready.to_string())]);
     if let Some(b) = state.breaker {
         annotations.insert(lease::ANNOTATION_BREAKER.to_owned(), b.to_owned());
+    }
+    if let Some(b) = state.relay_backlog {
+        annotations.insert(
+            lease::ANNOTATION_RELAY_BACKLOG.to_owned(),
+            b.as_str().to_owned(),
+        );
     }
     Lease {
         metadata: ObjectMeta {
@@ -173,6 +182,7 @@ mod tests {
             WorkerState {
                 ready: true,
                 breaker: Some("open"),
+                relay_backlog: None,
             },
             now,
         );
@@ -191,6 +201,7 @@ mod tests {
         let annotations = l.metadata.annotations.unwrap();
         assert_eq!(annotations[lease::ANNOTATION_READY], "true");
         assert_eq!(annotations[lease::ANNOTATION_BREAKER], "open");
+        assert!(!annotations.contains_key(lease::ANNOTATION_RELAY_BACKLOG));
         let spec = l.spec.unwrap();
         assert_eq!(spec.renew_time, Some(MicroTime(now)));
         assert_eq!(spec.lease_duration_seconds, Some(30));
@@ -199,14 +210,15 @@ mod tests {
                 role: Role::Api,
                 ..id
             },
-            WorkerState::default(),
+            WorkerState {
+                ready: true,
+                breaker: None,
+                relay_backlog: Some(RelayBacklog::Over1m),
+            },
             now,
         );
-        assert!(
-            !api.metadata
-                .annotations
-                .unwrap()
-                .contains_key(lease::ANNOTATION_BREAKER)
-        );
+        let annotations = api.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(lease::ANNOTATION_BREAKER));
+        assert_eq!(annotations[lease::ANNOTATION_RELAY_BACKLOG], "over-1m");
     }
 }

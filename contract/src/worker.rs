@@ -76,6 +76,47 @@ pub mod lease {
     pub const ANNOTATION_READY: &str = "messagepipeline.io/ready";
     /// Annotation: `closed`, `open` or `half-open`; changed only on transitions.
     pub const ANNOTATION_BREAKER: &str = "messagepipeline.io/breaker";
+    /// Annotation (api-server): the age of the oldest change MongoDB acknowledged that is not on
+    /// Kafka yet, as a [`RelayBacklog`] bucket; changed only when the bucket does.
+    pub const ANNOTATION_RELAY_BACKLOG: &str = "messagepipeline.io/relay-backlog";
+
+    /// How old the oldest change an api-server still owes Kafka is, in coarse buckets so the
+    /// annotation (and the operator's reconcile) changes rarely. Ordered: worse is greater.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum RelayBacklog {
+        /// Nothing older than 10 s: the relay keeps up.
+        Clear,
+        Over10s,
+        Over1m,
+        Over10m,
+    }
+
+    impl RelayBacklog {
+        /// The bucket of the oldest unpublished change, `age_ms` old (0 when there is none).
+        pub const fn of_age_millis(age_ms: i64) -> Self {
+            match age_ms {
+                ..10_000 => Self::Clear,
+                10_000..60_000 => Self::Over10s,
+                60_000..600_000 => Self::Over1m,
+                _ => Self::Over10m,
+            }
+        }
+
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                Self::Clear => "clear",
+                Self::Over10s => "over-10s",
+                Self::Over1m => "over-1m",
+                Self::Over10m => "over-10m",
+            }
+        }
+
+        pub fn parse(s: &str) -> Option<Self> {
+            [Self::Clear, Self::Over10s, Self::Over1m, Self::Over10m]
+                .into_iter()
+                .find(|b| b.as_str() == s)
+        }
+    }
     /// How often a worker renews its Lease.
     pub const RENEW_SECONDS: u32 = 10;
     /// The Lease's `leaseDurationSeconds`: a Lease not renewed for this long is expired.
@@ -98,5 +139,25 @@ mod tests {
             "prod-indexer-indexer-7d9f-x2"
         );
         assert_eq!(lease_name("prod", Role::Api, "api-0"), "prod-api-api-0");
+    }
+
+    #[test]
+    fn relay_backlog_buckets_by_age_and_round_trips() {
+        use lease::RelayBacklog::{self, *};
+        for (age, bucket) in [
+            (0, Clear),
+            (9_999, Clear),
+            (10_000, Over10s),
+            (59_999, Over10s),
+            (60_000, Over1m),
+            (599_999, Over1m),
+            (600_000, Over10m),
+            (i64::MAX, Over10m),
+        ] {
+            assert_eq!(RelayBacklog::of_age_millis(age), bucket, "{age} ms");
+            assert_eq!(RelayBacklog::parse(bucket.as_str()), Some(bucket));
+        }
+        assert!(Clear < Over10s && Over1m < Over10m);
+        assert_eq!(RelayBacklog::parse("stuck"), None);
     }
 }

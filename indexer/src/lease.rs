@@ -19,6 +19,7 @@ fn state(metrics: &Metrics) -> WorkerState {
     WorkerState {
         ready: metrics.ready(),
         breaker: Some(breaker.as_str()),
+        relay_backlog: None,
     }
 }
 
