@@ -78,6 +78,13 @@ pub const FIELD_MANAGER: &str = "messagepipeline-operator";
         priority = 1
     ),
     printcolumn(
+        name = "Relay",
+        type_ = "string",
+        json_path = ".status.relayBacklog",
+        description = "age of the oldest change an api-server owes Kafka: clear (under 10 s), over-10s, over-1m, over-10m",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -519,6 +526,11 @@ pub struct MessagePipelineStatus {
     /// Worst circuit breaker state among live indexers: `closed`, `half-open` or `open`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// Worst relay backlog among live api-servers: the age of the oldest change MongoDB
+    /// acknowledged that is not on Kafka yet (`clear`: under 10 s; `over-10s`, `over-1m`,
+    /// `over-10m`), a dead replica's adopted changes included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_backlog: Option<String>,
 }
 
 /// A condition, as Kubernetes conventions define it.

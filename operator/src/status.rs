@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
 use pipeline_contract::worker::lease;
+use pipeline_contract::worker::lease::RelayBacklog;
 
 /// One worker as its Lease describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct LiveWorker {
     pub role: String,
     pub ready: bool,
     pub breaker: Option<String>,
+    /// The api-server's relay backlog bucket.
+    pub relay_backlog: Option<RelayBacklog>,
 }
 
 /// Whether a Lease is past its duration at `now`.
@@ -53,6 +56,9 @@ pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
         role: labels.get(lease::LABEL_ROLE)?.clone(),
         ready: annotations.get(lease::ANNOTATION_READY).map(String::as_str) == Some("true"),
         breaker: annotations.get(lease::ANNOTATION_BREAKER).cloned(),
+        relay_backlog: annotations
+            .get(lease::ANNOTATION_RELAY_BACKLOG)
+            .and_then(|b| RelayBacklog::parse(b)),
     })
 }
 
@@ -229,7 +235,28 @@ pub fn status(
             format!("{live} live indexer(s), every circuit breaker closed"),
         ),
     };
+    let backlogs: Vec<RelayBacklog> = observed
+        .workers
+        .iter()
+        .filter(|w| w.role == "api")
+        .filter_map(|w| w.relay_backlog)
+        .collect();
+    let relay_backlog = backlogs.iter().max().copied();
+    let stuck = backlogs
+        .iter()
+        .filter(|b| **b >= RelayBacklog::Over1m)
+        .count();
     let mut needs_human: Vec<String> = observed.topics.clone().unwrap_or_default();
+    if stuck > 0 {
+        needs_human.insert(
+            0,
+            format!(
+                "{stuck} of {} live api-servers owe Kafka changes acknowledged {} ago or more (is Kafka reachable?)",
+                workers.api.live,
+                if relay_backlog == Some(RelayBacklog::Over10m) { "10m" } else { "1m" },
+            ),
+        );
+    }
     if healthy.status == "False" {
         needs_human.insert(0, healthy.message.clone());
     }
@@ -243,6 +270,8 @@ pub fn status(
     } else {
         let reason = if healthy.status == "False" {
             healthy.reason.as_str()
+        } else if stuck > 0 {
+            "RelayBehind"
         } else {
             "PartitionsAboveSpec"
         };
@@ -283,6 +312,7 @@ pub fn status(
         consumer_lag: observed.consumer_lag,
         dlq_depth: observed.dlq_depth,
         breaker: worst,
+        relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
     }
 }
 
@@ -341,6 +371,7 @@ mod tests {
             role: role.into(),
             ready,
             breaker: breaker.map(str::to_owned),
+            relay_backlog: (role == "api").then_some(RelayBacklog::Clear),
         }
     }
 
@@ -444,6 +475,22 @@ mod tests {
                 Some("closed"),
             ),
             (
+                "relay 10s behind",
+                Box::new(|o| o.workers[0].relay_backlog = Some(RelayBacklog::Over10s)),
+                "True",
+                "PipelineReady",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "relay stuck",
+                Box::new(|o| o.workers[1].relay_backlog = Some(RelayBacklog::Over1m)),
+                "True",
+                "PipelineReady",
+                "True",
+                Some("closed"),
+            ),
+            (
                 "no leases",
                 Box::new(|o| o.workers.clear()),
                 "True",
@@ -492,6 +539,25 @@ mod tests {
         assert_eq!(get(&open, "IndexerHealthy").status, "False");
         assert_eq!(open.workers.indexer.summary, "2/2");
         assert_eq!(open.workers.indexer.breakers["open"], 1);
+
+        let stuck = {
+            let mut o = healthy();
+            o.workers[1].relay_backlog = Some(RelayBacklog::Over10m);
+            status(&o, &[], now)
+        };
+        let degraded = get(&stuck, "Degraded");
+        assert_eq!(degraded.reason, "RelayBehind");
+        assert!(
+            degraded
+                .message
+                .contains("1 of 2 live api-servers owe Kafka changes acknowledged 10m ago"),
+            "{degraded:?}"
+        );
+        assert_eq!(stuck.relay_backlog.as_deref(), Some("over-10m"));
+        assert_eq!(
+            status(&healthy(), &[], now).relay_backlog.as_deref(),
+            Some("clear")
+        );
     }
 
     #[test]
@@ -542,10 +608,13 @@ mod tests {
                     lease::LABEL_ROLE.to_owned(),
                     role.to_owned(),
                 )])),
-                annotations: Some(BTreeMap::from([(
-                    lease::ANNOTATION_READY.to_owned(),
-                    ready.to_owned(),
-                )])),
+                annotations: Some(BTreeMap::from([
+                    (lease::ANNOTATION_READY.to_owned(), ready.to_owned()),
+                    (
+                        lease::ANNOTATION_RELAY_BACKLOG.to_owned(),
+                        if role == "api" { "clear" } else { "bogus" }.to_owned(),
+                    ),
+                ])),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
