@@ -6,24 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, Setup};
-use e2e::{rig::rig, unique, wait};
+use e2e::{rig::rig, wait};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_holds_its_lease_while_it_runs() {
     let client = rig().kube_client().await;
-    let namespace = unique("lease-api");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let namespace = rig().create_namespace(&client, "lease-api").await;
     let kubeconfig = rig().kubeconfig().to_owned();
     let setup = Setup::new("lease-api").await;
     let mut server = Server::start_with(
@@ -63,7 +53,5 @@ async fn the_api_server_holds_its_lease_while_it_runs() {
             .is_none(),
         "deleted on a clean stop"
     );
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await;
+    rig().delete_namespace(&client, &namespace).await;
 }

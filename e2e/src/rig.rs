@@ -71,6 +71,12 @@ impl Rig {
         })
     }
 
+    /// Kafka bootstrap servers as the rig wrote them, unchecked (for a process started while a
+    /// test has Kafka stopped).
+    pub fn kafka_servers(&self) -> &str {
+        self.var("KAFKA_BOOTSTRAP_SERVERS")
+    }
+
     /// Kafka bootstrap servers, after checking the first one accepts connections.
     pub fn kafka(&self) -> &str {
         let servers = self.var("KAFKA_BOOTSTRAP_SERVERS");
@@ -119,6 +125,28 @@ impl Rig {
 }
 
 impl Rig {
+    /// Creates a namespace named `<prefix>-<unique>` on the rig's API server; returns its name.
+    pub async fn create_namespace(&self, client: &kube::Client, prefix: &str) -> String {
+        use k8s_openapi::api::core::v1::Namespace;
+        let name = crate::unique(prefix);
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                .expect("a namespace");
+        kube::Api::<Namespace>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        name
+    }
+
+    /// Deletes a namespace (best effort: the rig is reset by `devstack/down`).
+    pub async fn delete_namespace(&self, client: &kube::Client, name: &str) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let _ = kube::Api::<Namespace>::all(client.clone())
+            .delete(name, &kube::api::DeleteParams::default())
+            .await;
+    }
+
     /// A client of the rig's Kubernetes API server, as the admin identity of its kubeconfig.
     pub async fn kube_client(&self) -> kube::Client {
         let path = self.var("KUBECONFIG");

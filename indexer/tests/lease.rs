@@ -9,23 +9,13 @@ use std::time::Duration;
 use common::Fixture;
 use e2e::{rig::rig, unique, wait};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_indexer_holds_its_lease_while_it_runs() {
     let fixture = Fixture::new(None).await;
     let client = rig().kube_client().await;
-    let namespace = unique("lease-indexer");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let namespace = rig().create_namespace(&client, "lease-indexer").await;
     let kubeconfig = rig().kubeconfig().to_owned();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -88,7 +78,5 @@ async fn the_indexer_holds_its_lease_while_it_runs() {
             .is_none(),
         "deleted on a clean stop"
     );
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await;
+    rig().delete_namespace(&client, &namespace).await;
 }
