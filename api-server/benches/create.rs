@@ -15,7 +15,8 @@
 //! The server runs with BENCH_SERVER_WORKERS async workers (default 1: on the rig's 2 cores it
 //! shares the machine with FerretDB, PostgreSQL, Kafka and this load generator, and one worker
 //! serves ~8% more than two; a pod with a 1-CPU limit gets one by default anyway).
-//! BENCH_SERVER_ENV="K=V,..." passes extra env vars to the server (experiments).
+//! BENCH_SERVER_ENV="K=V,..." passes extra env vars to the server (experiments);
+//! BENCH_SERVER_BIN runs another api-server binary (an older build, for before/after figures).
 //!
 //! Run with `make bench-api` (= `cargo bench -p api-server --bench create`) while the rig is up.
 
@@ -181,7 +182,10 @@ async fn main() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let log: PathBuf = dir.join("api-server.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_api-server"));
+    let binary = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_api-server").to_owned());
+    println!("server binary: {binary}");
+    let mut command = Command::new(binary);
     // Extra settings of the server for experiments: BENCH_SERVER_ENV="K=V,K2=V2".
     for pair in std::env::var("BENCH_SERVER_ENV")
         .unwrap_or_default()

@@ -2,7 +2,7 @@
 //!
 //! Start: load the keys (refuse to start on a bad file), connect to MongoDB and create the
 //! indexes, create the producer, bind. Stop (SIGTERM): stop taking requests and finish the ones
-//! in flight, then let the relay drain and persist its watermark.
+//! in flight, then let the relay drain and persist (or, owing nothing, remove) its registration.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +67,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let outbox = Outbox::new(config.relay.relay_max_pending);
     // Fails early on bad Kafka settings; a down broker is fine (the relay waits for it).
     drop(crate::relay::producer(&config.kafka, &config.relay)?);
+    let pod = config.relay.pod();
     let relay = Relay {
         outbox: Arc::clone(&outbox),
         store: store.clone(),
         kafka: config.kafka.clone(),
         args: config.relay.clone(),
         metrics: Arc::clone(&metrics),
+        id: format!("{pod}/{}", uuid::Uuid::new_v4()),
+        pod,
     };
     let state = Arc::new(AppState {
         messages: Messages::new(store, Arc::clone(&outbox)),
@@ -83,9 +86,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         metrics,
     });
 
-    let lease = tokio::spawn(hold_lease(Arc::clone(&state), shutdown.clone()));
     let relay_stop = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+    // Serve (and report ready on the Lease) once the relay has registered this process; without
+    // it writes are refused anyway, and `/ready` says so if it takes longer.
+    if tokio::time::timeout(Duration::from_secs(10), outbox.vouched.notified())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the relay has not registered this process after 10 s; serving, writes wait for it"
+        );
+    }
+    let lease = tokio::spawn(hold_lease(Arc::clone(&state), shutdown.clone()));
     let purge_task = tokio::spawn(purge_loop(
         Arc::clone(&state),
         config.tombstone_horizon_days,
@@ -144,20 +157,24 @@ async fn purge_loop(
     }
 }
 
-/// The api-server's worker Lease (ready = MongoDB answers), through
-/// `pipeline_contract::lease::maintain`.
+/// The api-server's worker Lease (ready = MongoDB answers and writes are taken; the relay's
+/// backlog), through `pipeline_contract::lease::maintain`.
 async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
     use pipeline_contract::lease::{WorkerState, maintain};
     use pipeline_contract::worker::Role;
+    use pipeline_contract::worker::lease::RelayBacklog;
     maintain(
         Role::Api,
         Duration::from_secs(5),
         move || {
             let state = state.clone();
             async move {
+                let lag_ms = (state.metrics.relay_lag_seconds.get() * 1000.0) as i64;
                 WorkerState {
-                    ready: state.messages.store().ping().await.is_ok(),
+                    ready: state.messages.store().ping().await.is_ok()
+                        && state.messages.accepts_writes(),
                     breaker: None,
+                    relay_backlog: Some(RelayBacklog::of_age_millis(lag_ms)),
                 }
             }
         },

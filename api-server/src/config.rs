@@ -82,7 +82,7 @@ pub struct MongoArgs {
     /// Database of the messages collection.
     #[arg(long, env = env::MONGODB_DATABASE, default_value = "message_pipeline")]
     pub mongodb_database: String,
-    /// The messages collection; the relay keeps its watermark in `<collection>_relay`.
+    /// The messages collection; the relay keeps its registrations in `<collection>_relay`.
     #[arg(long, env = env::MONGODB_COLLECTION, default_value = "messages")]
     pub mongodb_collection: String,
 }
@@ -131,17 +131,22 @@ impl KafkaArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
-    /// How far behind its watermark a recovery scan starts, in milliseconds: covers clocks of
-    /// several api-server replicas and writes in flight in another process.
+    /// How far behind a watermark a recovery or adoption scan starts, in milliseconds: a margin
+    /// for writes whose outcome the writer could not know.
     #[arg(long, env = "RELAY_OVERLAP_MS", default_value_t = 10_000)]
     pub relay_overlap_ms: u64,
-    /// Seconds between sweeps of MongoDB from the watermark minus the overlap; 0 (the default)
-    /// turns sweeps off. One api-server process tracks its own writes exactly and needs none;
-    /// with several replicas, turn it on so a change whose replica died before publishing is
-    /// found by another. Each sweep reads every change of the overlap window (cheap on MongoDB
-    /// with the `relay_scan` index; a full collection scan on FerretDB 1.x).
-    #[arg(long, env = "RELAY_SWEEP_INTERVAL_SECONDS", default_value_t = 0)]
-    pub relay_sweep_interval_seconds: u64,
+    /// A peer api-server whose relay heartbeat has not moved for this long (milliseconds, on
+    /// this process's clock) is presumed dead, and its unpublished changes are adopted: read
+    /// back from MongoDB and published by this process. A process stops taking writes when its
+    /// own heartbeat is older than half of it. At least 3000 (the heartbeat is every second).
+    #[arg(long, env = "RELAY_REPLICA_EXPIRY_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(3_000..))]
+    pub relay_replica_expiry_ms: u64,
+    /// This process's name among its peers (a restarted process with the same name adopts its
+    /// predecessor's changes at once); the pod name in Kubernetes (downward API), the host
+    /// name when unset.
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
     /// Most unpublished changes held in memory; beyond it the relay forgets them and reads them
     /// back from MongoDB once Kafka keeps up (memory stays bounded through a long outage).
     #[arg(long, env = "RELAY_MAX_PENDING", default_value_t = 20_000)]
@@ -158,10 +163,28 @@ impl RelayArgs {
     pub fn overlap(&self) -> Duration {
         Duration::from_millis(self.relay_overlap_ms)
     }
-    /// `None` when sweeps are off.
-    pub fn sweep_interval(&self) -> Option<Duration> {
-        (self.relay_sweep_interval_seconds > 0)
-            .then(|| Duration::from_secs(self.relay_sweep_interval_seconds))
+    /// How long every delivery may fail before the relay replaces its producer: two delivery
+    /// timeouts, and at least 10 s.
+    pub fn stuck_producer_after(&self) -> Duration {
+        Duration::from_millis(self.relay_message_timeout_ms.saturating_mul(2))
+            .max(Duration::from_secs(10))
+    }
+
+    pub fn replica_expiry(&self) -> Duration {
+        Duration::from_millis(self.relay_replica_expiry_ms)
+    }
+    /// `--pod-name`, else the host name, else `api-server`.
+    pub fn pod(&self) -> String {
+        self.pod_name
+            .clone()
+            .filter(|p| !p.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "api-server".to_owned())
     }
 }
 

@@ -3,8 +3,8 @@
 //! Layers, from the edge inwards: `routes` (axum handlers, request plumbing) parse with the pure
 //! modules (`validate`, `etag`, `idempotency`, `cursor`, `search`'s query builder) and call
 //! `service`, which applies the rules of a change on the `store` (MongoDB) and books every write
-//! in the `outbox`; the `relay` task publishes what the outbox holds to Kafka and advances the
-//! watermark. `app` wires it all from `config`; `main` only parses, sets up logs and waits for
+//! in the `outbox`; the `relay` task publishes what the outbox holds to Kafka, persists this
+//! process's registration, and adopts dead peers' changes as `replicas` decides. `app` wires it all from `config`; `main` only parses, sets up logs and waits for
 //! a signal.
 
 /// Wiring: configuration to a running server, relay and purge.
@@ -27,6 +27,8 @@ pub mod outbox;
 pub mod problem;
 /// The relay task: outbox and MongoDB scans to Kafka.
 pub mod relay;
+/// Replicas: which dead peers' registrations (watermark, heartbeat) this process adopts.
+pub mod replicas;
 /// HTTP routes and request plumbing.
 pub mod routes;
 /// Search: query parameters, the engine request, hits.

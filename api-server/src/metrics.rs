@@ -1,5 +1,6 @@
 //! The api-server's Prometheus metrics: requests by route and status, request latency, and the
-//! relay (published, failures, changes found by scans, pending, lag). `/metrics` encodes them.
+//! relay (published, failures, changes found by scans, pending by age, lag, dead peers adopted).
+//! `/metrics` encodes them.
 
 use std::sync::atomic::AtomicU64;
 
@@ -18,6 +19,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// An age bucket of unpublished changes (`pipeline_contract::worker::lease::RelayBacklog`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgeLabels {
+    pub age: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
@@ -33,7 +40,10 @@ pub struct Metrics {
     pub relay_recovered: Counter,
     pub relay_corrupt: Counter,
     pub relay_pending: Gauge,
+    pub relay_unpublished: Family<AgeLabels, Gauge>,
     pub relay_lag_seconds: Gauge<f64, AtomicU64>,
+    pub relay_orphans: Gauge,
+    pub relay_adopted: Counter,
     registry: Registry,
 }
 
@@ -55,7 +65,10 @@ impl Metrics {
             relay_recovered: Counter::default(),
             relay_corrupt: Counter::default(),
             relay_pending: Gauge::default(),
+            relay_unpublished: Family::default(),
             relay_lag_seconds: Gauge::default(),
+            relay_orphans: Gauge::default(),
+            relay_adopted: Counter::default(),
             registry: Registry::with_prefix("api"),
         };
         let r = &mut m.registry;
@@ -81,7 +94,7 @@ impl Metrics {
         );
         r.register(
             "relay_recovered",
-            "Unpublished changes found by scanning MongoDB (restart, unknown outcome, overflow, sweep)",
+            "Unpublished changes found by scanning MongoDB (unknown outcome, overflow, adoption of a dead peer)",
             m.relay_recovered.clone(),
         );
         r.register(
@@ -95,9 +108,24 @@ impl Metrics {
             m.relay_pending.clone(),
         );
         r.register(
+            "relay_unpublished",
+            "Changes MongoDB acknowledged that this process holds and Kafka has not, by age (clear: under 10 s)",
+            m.relay_unpublished.clone(),
+        );
+        r.register(
             "relay_lag_seconds",
-            "Age of the oldest change not yet acknowledged by Kafka (0 when none)",
+            "Age of the oldest change not yet acknowledged by Kafka, a dead peer's included (0 when none)",
             m.relay_lag_seconds.clone(),
+        );
+        r.register(
+            "relay_orphaned_replicas",
+            "Registrations of api-servers presumed dead whose changes are not adopted yet",
+            m.relay_orphans.clone(),
+        );
+        r.register(
+            "relay_adopted_replicas",
+            "Registrations of dead api-servers this process adopted (their changes published)",
+            m.relay_adopted.clone(),
         );
         m
     }

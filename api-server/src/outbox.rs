@@ -13,14 +13,21 @@
 //! clock when there is none of these). It only moves forward, and it is what the relay persists:
 //! after a crash, scanning from `W − overlap` finds every change that might not be on Kafka.
 //!
+//! The watermark is this process's own: with several replicas each registers its own (module
+//! `replicas`). Writes begin only while the relay vouches for this process's registration
+//! (its last heartbeat is recent): a process whose relay cannot persist its watermark takes no
+//! write it might fail to publish.
+//!
 //! It does no I/O: the relay task (module `relay`) sends, scans and persists; this module only
 //! decides what to send and how far the watermark may go, which makes it table-testable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use pipeline_contract::kafka::{EventHeaders, MessageId};
 use pipeline_contract::time::Timestamp;
+use pipeline_contract::worker::lease::RelayBacklog;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -86,7 +93,15 @@ struct State {
     watermark: i64,
     /// Changes left to the scan because memory was full.
     overflowed: u64,
+    /// Until when the relay vouches for this process's registration (`None`: not registered).
+    vouched_until: Option<Instant>,
 }
+
+/// A write was refused because the relay has not persisted this process's registration
+/// recently (MongoDB unreachable from the relay, or the relay not started yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the relay has not registered this api-server recently; writes wait until it has")]
+pub struct Unvouched;
 
 /// The shared outbox (see the module documentation).
 #[derive(Debug)]
@@ -95,6 +110,8 @@ pub struct Outbox {
     max_pending: usize,
     /// Woken after every committed write and every scan request.
     pub wake: Notify,
+    /// Notified when the relay vouches for this process (start-up waits for the first time).
+    pub vouched: Notify,
 }
 
 /// A write in flight. Dropping it without [`Outbox::committed`] or [`Ticket::not_written`] means
@@ -163,6 +180,7 @@ impl Outbox {
             state: Mutex::new(State::default()),
             max_pending: max_pending.max(1),
             wake: Notify::new(),
+            vouched: Notify::new(),
         })
     }
 
@@ -171,9 +189,23 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a write about to happen and gives it its `updatedAt`.
-    pub fn begin(self: &Arc<Self>) -> Ticket {
-        self.begin_at(Timestamp::now().timestamp_millis())
+    /// Registers a write about to happen and gives it its `updatedAt`; refused while the relay
+    /// does not vouch for this process (see the module documentation).
+    pub fn begin(self: &Arc<Self>) -> Result<Ticket, Unvouched> {
+        if !self.is_vouched(Instant::now()) {
+            return Err(Unvouched);
+        }
+        Ok(self.begin_at(Timestamp::now().timestamp_millis()))
+    }
+
+    /// The relay persisted this process's registration: writes may begin until `until`.
+    pub fn vouch(&self, until: Instant) {
+        self.lock().vouched_until = Some(until);
+        self.vouched.notify_one();
+    }
+
+    pub fn is_vouched(&self, now: Instant) -> bool {
+        self.lock().vouched_until.is_some_and(|until| now < until)
     }
 
     fn begin_at(self: &Arc<Self>, now: i64) -> Ticket {
@@ -282,10 +314,24 @@ impl Outbox {
     /// Where the scan should continue, if one is needed and memory has room for what it finds.
     pub fn scan_cursor(&self) -> Option<After> {
         let state = self.lock();
-        if state.pending.len() >= (self.max_pending / 2).max(1) {
+        if !self.has_room(&state) {
             return None;
         }
         state.recovery.clone()
+    }
+
+    fn has_room(&self, state: &State) -> bool {
+        state.pending.len() < (self.max_pending / 2).max(1)
+    }
+
+    /// Whether memory has room for another page of a scan (an adoption's, see `replicas`).
+    pub fn has_room_for_scan(&self) -> bool {
+        self.has_room(&self.lock())
+    }
+
+    /// The stamp of the oldest change held and not yet acknowledged by Kafka.
+    pub fn oldest_pending_stamp(&self) -> Option<i64> {
+        self.lock().pending.first_key_value().map(|(k, _)| k.stamp)
     }
 
     /// The scan from `from` read a page ending at `last` (`None`: nothing found); `complete`
@@ -299,10 +345,26 @@ impl Outbox {
     }
 
     /// Whether everything held in memory is published (shutdown waits for this; a scan still
-    /// wanted is left to the next start, which scans from the persisted watermark).
+    /// wanted is left to whoever adopts this process's registration).
     pub fn is_drained(&self) -> bool {
         let state = self.lock();
         state.writing.is_empty() && state.pending.is_empty()
+    }
+
+    /// Whether nothing at all is owed: drained, and no scan wanted.
+    pub fn owes_nothing(&self) -> bool {
+        let state = self.lock();
+        state.writing.is_empty() && state.pending.is_empty() && state.recovery.is_none()
+    }
+
+    /// The changes held in memory and not yet on Kafka, counted by age bucket at `now`
+    /// (index = bucket, `Clear` first).
+    pub fn pending_by_age(&self, now: i64) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for key in self.lock().pending.keys() {
+            counts[RelayBacklog::of_age_millis(now.saturating_sub(key.stamp)) as usize] += 1;
+        }
+        counts
     }
 
     /// The watermark now; forgets known versions that fell behind it by more than `keep_ms`.
@@ -488,7 +550,7 @@ mod tests {
     }
 
     #[test]
-    fn an_earlier_scan_request_wins_and_a_sweep_does_not_lower_the_watermark() {
+    fn an_earlier_scan_request_wins_and_a_scan_below_the_watermark_does_not_lower_it() {
         let outbox = Outbox::new(10);
         assert_eq!(outbox.watermark_at(1_000, 0), 1_000);
         outbox.request_scan(500);
@@ -513,5 +575,34 @@ mod tests {
         assert!(!outbox.recovered(&doc(1, 1, 100)).unwrap(), "kept");
         outbox.watermark_at(1_000, 50);
         assert!(outbox.recovered(&doc(1, 1, 100)).unwrap(), "forgotten");
+    }
+
+    #[test]
+    fn writes_begin_only_while_the_relay_vouches_for_this_process() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.begin().unwrap_err(), Unvouched, "not registered yet");
+        let now = Instant::now();
+        outbox.vouch(now + std::time::Duration::from_secs(15));
+        assert!(outbox.begin().is_ok());
+        assert!(!outbox.is_vouched(now + std::time::Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn the_backlog_counts_unpublished_changes_by_age() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.oldest_pending_stamp(), None);
+        for (id, stamp) in [(1, 1_000), (2, 50_000), (3, 95_000), (4, 99_000)] {
+            let t = outbox.begin_at(stamp);
+            outbox.committed(t, &doc(id, 1, stamp));
+        }
+        // At 100 s: 99 s old (over 1m), 50 s (over 10s), 5 s and 1 s (clear).
+        assert_eq!(outbox.pending_by_age(100_000), [2, 1, 1, 0]);
+        assert_eq!(outbox.oldest_pending_stamp(), Some(1_000));
+        assert!(!outbox.owes_nothing());
+        for (key, _) in outbox.take_unsent(10) {
+            outbox.published(key);
+        }
+        assert_eq!(outbox.pending_by_age(100_000), [0; 4]);
+        assert!(outbox.owes_nothing());
     }
 }

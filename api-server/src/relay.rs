@@ -3,13 +3,15 @@
 //!
 //! One task. It sends what the [`Outbox`] holds through an idempotent producer (`acks=all`),
 //! marks records published only when Kafka acknowledged them, pages through MongoDB when the
-//! outbox asks for a scan (at start from the persisted watermark minus the overlap, after a write
-//! whose outcome was unknown, when memory was full, and on a periodic sweep), and persists the
-//! watermark about once a second. A failed send is retried after a pause; while Kafka is away
-//! the records wait in memory up to `--relay-max-pending`, beyond that in MongoDB itself.
+//! outbox asks for a scan (after a write whose outcome was unknown, when memory was full), and
+//! once a second persists this process's registration (watermark and heartbeat) and looks at
+//! its peers' (module `replicas`): the changes of a peer presumed dead are adopted, scanned from
+//! its watermark minus the overlap and published here. A failed send is retried after a pause;
+//! while Kafka is away the records wait in memory up to `--relay-max-pending`, beyond that in
+//! MongoDB itself.
 //!
 //! It never writes message documents and never decides what a change is: the service writes,
-//! the outbox keeps the books.
+//! the outbox keeps the books, `replicas` decides whom to adopt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +19,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pipeline_contract::time::Timestamp;
+use pipeline_contract::worker::lease::RelayBacklog;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaArgs, RelayArgs};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PendingKey};
-use crate::store::{After, Store};
+use crate::replicas::{Peers, Plan, Registration};
+use crate::store::{After, Store, StoredMessage};
 
 /// Records handed to the producer at once (its own queue holds more; this bounds memory).
 const MAX_SENDING: usize = 4096;
@@ -35,6 +39,8 @@ const MAX_SENDING: usize = 4096;
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long the relay lets new changes gather after a wake-up before sending them.
 const GATHER: Duration = Duration::from_millis(20);
+/// How often the registration is persisted and the peers looked at.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Longest wait on shutdown for the outbox to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -63,41 +69,86 @@ pub struct Relay {
     pub kafka: KafkaArgs,
     pub args: RelayArgs,
     pub metrics: Arc<Metrics>,
+    /// This process's registration id (unique per process) and name among its peers.
+    pub id: String,
+    pub pod: String,
 }
 
 type Delivery = (PendingKey, Result<(), KafkaError>);
 
+/// The producer and how sending goes.
+struct Link {
+    producer: FutureProducer,
+    /// No sends before this (a pause after a failure).
+    resend_after: Instant,
+    /// Since when every delivery failed (`None` after a success).
+    failing_since: Option<Instant>,
+}
+
+/// The adoption of dead peers' registrations under way.
+#[derive(Debug)]
+struct Adoption {
+    registrations: Vec<Registration>,
+    cursor: After,
+    /// The scan reached the end of the collection.
+    complete: bool,
+    /// The latest `updatedAt` the scan read: adoption is done when nothing at or before it is
+    /// still waiting for Kafka.
+    scanned_to: i64,
+}
+
+/// What the once-a-second housekeeping carries from one tick to the next.
+#[derive(Debug)]
+struct Books {
+    peers: Peers,
+    beat: i64,
+    started_at: Timestamp,
+    adoption: Option<Adoption>,
+    /// The last plan's orphans (dead, not adopted yet) and their oldest watermark, for the lag.
+    orphans: usize,
+    oldest_orphan: Option<i64>,
+    /// Warnings already given, so each is logged once per change.
+    warned: (bool, bool, Vec<(String, String)>),
+    heartbeat_failing: bool,
+}
+
 impl Relay {
-    /// Runs until `shutdown`, then drains what it can within [`SHUTDOWN_FLUSH`] and persists the
-    /// watermark. What is left is found again by the next start's scan.
+    /// Runs until `shutdown`, then drains what it can within [`SHUTDOWN_FLUSH`] and removes its
+    /// registration, or persists it when something is still owed (found again by whoever
+    /// adopts it: the next process in this pod at once, a peer after the expiry).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let overlap = i64::try_from(self.args.overlap().as_millis()).unwrap_or(i64::MAX);
-        let mut producer = producer(&self.kafka, &self.args)?;
-        let start = match self.store.watermark().await {
-            Ok(Some(millis)) => millis.saturating_sub(overlap),
-            Ok(None) => 0,
-            Err(error) => {
-                // Without the watermark, scan everything: slow once, never lossy.
-                tracing::warn!(%error, "reading the relay watermark failed; scanning from the start");
-                0
-            }
+        let mut link = Link {
+            producer: producer(&self.kafka, &self.args)?,
+            resend_after: Instant::now(),
+            failing_since: None,
         };
-        tracing::info!(from = %Timestamp::from_millis(start).unwrap_or_else(Timestamp::now), "relay starting: scanning for unpublished changes");
-        self.outbox.request_scan(start);
+        let mut books = Books {
+            peers: Peers::new(&self.id, &self.pod, self.args.replica_expiry()),
+            beat: 0,
+            started_at: Timestamp::now(),
+            adoption: None,
+            orphans: 0,
+            oldest_orphan: None,
+            warned: (false, false, Vec::new()),
+            heartbeat_failing: false,
+        };
+        tracing::info!(registration = %self.id, pod = %self.pod, "relay starting: registering, then looking for dead peers' changes");
+        // Writes wait for the first heartbeat (the outbox refuses them until it is vouched for).
+        self.housekeep(&mut books, overlap).await;
 
         let mut sending: FuturesUnordered<futures::future::BoxFuture<'static, Delivery>> =
             FuturesUnordered::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut next_sweep = self
-            .args
-            .sweep_interval()
-            .map(|every| Instant::now() + every);
-        let mut resend_after = Instant::now();
-        let mut persisted = i64::MIN;
+        // Housekeeping runs between any two steps once it is due, so that no long scan can hold
+        // back the heartbeat (a peer would presume this process dead, and writes would stop).
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut stop_by: Option<Instant> = None;
 
         loop {
+            if Instant::now() >= next_housekeeping {
+                self.housekeep(&mut books, overlap).await;
+                next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
             if stop_by.is_none() && shutdown.is_cancelled() {
                 tracing::info!(
                     pending = self.outbox.snapshot().pending,
@@ -106,7 +157,7 @@ impl Relay {
                 stop_by = Some(Instant::now() + SHUTDOWN_FLUSH);
             }
             // 1. Hand unsent records to the producer (unless pausing after a failure).
-            if Instant::now() >= resend_after && sending.len() < MAX_SENDING {
+            if Instant::now() >= link.resend_after && sending.len() < MAX_SENDING {
                 for (key, record) in self.outbox.take_unsent(MAX_SENDING - sending.len()) {
                     let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
                     for (name, value) in &record.headers {
@@ -119,7 +170,7 @@ impl Relay {
                         .key(&record.key)
                         .payload(&record.payload)
                         .headers(headers);
-                    match producer.send_result(future_record) {
+                    match link.producer.send_result(future_record) {
                         Ok(delivery) => sending.push(Box::pin(async move {
                             let result = match delivery.await {
                                 Ok(Ok(_)) => Ok(()),
@@ -135,7 +186,7 @@ impl Relay {
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                             ) {
                                 tracing::warn!(%error, "handing a record to the producer failed");
-                                resend_after = Instant::now() + RETRY_PAUSE;
+                                link.resend_after = Instant::now() + RETRY_PAUSE;
                             }
                             break;
                         }
@@ -144,46 +195,28 @@ impl Relay {
             }
 
             // 2. One page of a scan, when one is wanted and memory has room (not when stopping:
-            //    the next start scans from the watermark anyway).
-            if let Some(from) = self.outbox.scan_cursor().filter(|_| stop_by.is_none()) {
-                match self
-                    .store
-                    .changed_since(&from, self.args.relay_scan_page)
-                    .await
-                {
-                    Ok(docs) => {
-                        let complete = docs.len()
-                            < usize::try_from(self.args.relay_scan_page).unwrap_or(usize::MAX);
-                        let mut queued = 0u64;
-                        for doc in &docs {
-                            match self.outbox.recovered(doc) {
-                                Ok(true) => queued += 1,
-                                Ok(false) => {}
-                                Err(error) => {
-                                    // Nothing can publish it; skipping keeps every other change
-                                    // flowing. Loud, because it needs a human.
-                                    tracing::error!(%error, "skipping a corrupt message document");
-                                    self.metrics.relay_corrupt.inc();
-                                }
-                            }
-                        }
-                        self.metrics.relay_recovered.inc_by(queued);
-                        let last = docs.last().map(|d| After {
-                            millis: d.updated_at.timestamp_millis(),
-                            id: d.id.clone(),
-                        });
-                        self.outbox.scanned(&from, last, complete);
-                        if queued > 0 {
-                            tracing::info!(queued, complete, "scan found unpublished changes");
-                        }
-                        if !complete {
-                            continue;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "relay scan failed; retrying");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
+            //    whoever adopts this registration scans from its watermark anyway).
+            if let Some(from) = self.outbox.scan_cursor().filter(|_| stop_by.is_none())
+                && let Some((last, complete)) = self.scan_page(&from).await
+            {
+                self.outbox.scanned(&from, last, complete);
+                if !complete {
+                    continue;
+                }
+            }
+            // 2b. One page of an adoption, likewise.
+            if let Some(job) = books.adoption.as_mut().filter(|j| !j.complete)
+                && stop_by.is_none()
+                && self.outbox.has_room_for_scan()
+                && let Some((last, complete)) = self.scan_page(&job.cursor).await
+            {
+                if let Some(last) = last {
+                    job.scanned_to = job.scanned_to.max(last.millis);
+                    job.cursor = last;
+                }
+                job.complete = complete;
+                if !complete {
+                    continue;
                 }
             }
 
@@ -194,13 +227,13 @@ impl Relay {
             }
 
             // 3. Wait for an acknowledgement, a write, a tick or the end.
-            let pause = tokio::time::sleep_until(resend_after.max(Instant::now()));
+            let pause = tokio::time::sleep_until(link.resend_after.max(Instant::now()));
             tokio::select! {
                 Some((key, result)) = sending.next(), if !sending.is_empty() => {
-                    self.delivered(key, result, &mut resend_after, &mut producer);
+                    self.delivered(key, result, &mut link);
                     // Take every other acknowledgement that is ready before sending more.
                     while let Some(Some((key, result))) = futures::FutureExt::now_or_never(sending.next()) {
-                        self.delivered(key, result, &mut resend_after, &mut producer);
+                        self.delivered(key, result, &mut link);
                     }
                 }
                 () = self.outbox.wake.notified() => {
@@ -208,54 +241,59 @@ impl Relay {
                     // instead of one wake-up per write (the writes are durable already).
                     tokio::time::sleep(GATHER).await;
                 }
-                () = pause, if resend_after > Instant::now() => {}
-                _ = tick.tick() => {
-                    if let (Some(at), Some(every)) = (next_sweep, self.args.sweep_interval())
-                        && Instant::now() >= at
-                    {
-                        next_sweep = Some(Instant::now() + every);
-                        let w = self.outbox.watermark(overlap * 2);
-                        self.outbox.request_scan(w.saturating_sub(overlap));
-                    }
-                    self.persist(&mut persisted, overlap).await;
-                }
+                () = pause, if link.resend_after > Instant::now() => {}
+                () = tokio::time::sleep_until(next_housekeeping) => {}
                 // Handled at the top of the loop.
                 () = shutdown.cancelled(), if stop_by.is_none() => {}
             }
         }
-        // Whatever is still in flight is abandoned; the watermark below it makes the next start
-        // publish it again.
+        // Whatever is still in flight is abandoned; the registration's watermark below it makes
+        // whoever adopts it publish it again. Owing nothing, the registration goes.
         drop(sending);
-        self.persist(&mut persisted, overlap).await;
-        let _ = producer.flush(Duration::from_secs(1));
+        if self.outbox.owes_nothing() && books.adoption.is_none() {
+            match self.store.deregister(&self.id).await {
+                Ok(()) => tracing::info!("relay owes nothing: registration removed"),
+                Err(error) => {
+                    tracing::warn!(%error, "removing the relay registration failed; a peer will adopt it")
+                }
+            }
+        } else {
+            self.heartbeat(&mut books).await;
+            tracing::warn!(watermark = %millis_to_time(self.outbox.snapshot().watermark), "relay stopped owing changes: a restart in this pod, or a peer after the expiry, publishes them");
+        }
+        let _ = link.producer.flush(Duration::from_secs(1));
         tracing::info!(snapshot = ?self.outbox.snapshot(), "relay stopped");
         Ok(())
     }
 
-    fn delivered(
-        &self,
-        key: PendingKey,
-        result: Result<(), KafkaError>,
-        resend_after: &mut Instant,
-        producer: &mut FutureProducer,
-    ) {
+    fn delivered(&self, key: PendingKey, result: Result<(), KafkaError>, link: &mut Link) {
         match result {
             Ok(()) => {
                 self.outbox.published(key);
                 self.metrics.relay_published.inc();
+                link.failing_since = None;
             }
             Err(error) => {
                 self.outbox.failed(key);
                 self.metrics.relay_failures.inc();
                 // One line per burst of failures (an outage fails every record in flight).
-                if *resend_after <= Instant::now() {
+                if link.resend_after <= Instant::now() {
                     tracing::warn!(%error, id = %key.id, version = key.version, pending = self.outbox.snapshot().pending, "publishing failed; retrying in 1 s");
                 }
-                *resend_after = Instant::now() + RETRY_PAUSE;
-                if let Some(fatal) = producer.client().fatal_error() {
-                    tracing::error!(error = ?fatal, "the producer hit a fatal error; creating a new one");
+                link.resend_after = Instant::now() + RETRY_PAUSE;
+                let failing_since = *link.failing_since.get_or_insert_with(Instant::now);
+                let fatal = link.producer.client().fatal_error();
+                // A producer can stay wedged after the broker returns (seen here: one of three
+                // replicas timed out every record for minutes while the others recovered at
+                // once); a fresh one costs nothing, the records wait in the outbox.
+                let wedged = failing_since.elapsed() >= self.args.stuck_producer_after();
+                if fatal.is_some() || wedged {
+                    tracing::warn!(fatal = ?fatal, failing_for = ?failing_since.elapsed(), "replacing the Kafka producer");
                     match self::producer(&self.kafka, &self.args) {
-                        Ok(fresh) => *producer = fresh,
+                        Ok(fresh) => {
+                            link.producer = fresh;
+                            link.failing_since = Some(Instant::now());
+                        }
                         Err(error) => tracing::error!(%error, "creating a new producer failed"),
                     }
                 }
@@ -263,20 +301,198 @@ impl Relay {
         }
     }
 
-    async fn persist(&self, persisted: &mut i64, overlap: i64) {
-        let w = self.outbox.watermark(overlap * 2);
-        self.metrics
-            .relay_lag_seconds
-            .set(self.outbox.lag_millis() as f64 / 1000.0);
+    /// One page of a scan from `from`: queues what is unpublished, returns where it ended and
+    /// whether it was the last page (`None`: the read failed, retry later).
+    async fn scan_page(&self, from: &After) -> Option<(Option<After>, bool)> {
+        let docs = match self
+            .store
+            .changed_since(from, self.args.relay_scan_page)
+            .await
+        {
+            Ok(docs) => docs,
+            Err(error) => {
+                tracing::warn!(%error, "relay scan failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                return None;
+            }
+        };
+        let complete =
+            docs.len() < usize::try_from(self.args.relay_scan_page).unwrap_or(usize::MAX);
+        let mut queued = 0u64;
+        for doc in &docs {
+            match self.outbox.recovered(doc) {
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    // Nothing can publish it; skipping keeps every other change flowing. Loud,
+                    // because it needs a human.
+                    tracing::error!(%error, "skipping a corrupt message document");
+                    self.metrics.relay_corrupt.inc();
+                }
+            }
+        }
+        self.metrics.relay_recovered.inc_by(queued);
+        if queued > 0 {
+            tracing::info!(queued, complete, "scan found unpublished changes");
+        }
+        let last = docs.last().map(|d: &StoredMessage| After {
+            millis: d.updated_at.timestamp_millis(),
+            id: d.id.clone(),
+        });
+        Some((last, complete))
+    }
+
+    /// Persists this process's registration; on success, vouches for writes for half the
+    /// expiry from the moment the request left (before any peer can presume this process dead).
+    async fn heartbeat(&self, books: &mut Books) {
+        let sent = std::time::Instant::now();
+        books.beat += 1;
+        let me = Registration {
+            id: self.id.clone(),
+            pod: Some(self.pod.clone()),
+            topic: Some(self.kafka.topic.clone()),
+            millis: self
+                .outbox
+                .watermark(i64::try_from(self.args.overlap().as_millis() * 2).unwrap_or(i64::MAX)),
+            beat: Some(books.beat),
+            adopted: false,
+            claimed_by: None,
+        };
+        match self.store.heartbeat(&me, books.started_at).await {
+            Ok(()) => {
+                self.outbox.vouch(sent + self.args.replica_expiry() / 2);
+                if std::mem::take(&mut books.heartbeat_failing) {
+                    tracing::info!("relay registration persisted again");
+                }
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut books.heartbeat_failing, true) {
+                    tracing::warn!(%error, "persisting the relay registration failed; writes stop when it is older than half the expiry");
+                }
+            }
+        }
+    }
+
+    /// Once a second: heartbeat, peers, adoption, metrics.
+    async fn housekeep(&self, books: &mut Books, overlap: i64) {
+        self.heartbeat(books).await;
+        match self.store.registrations().await {
+            Ok(registrations) => {
+                let plan = books.peers.observe(
+                    &registrations,
+                    &self.kafka.topic,
+                    std::time::Instant::now(),
+                );
+                self.act_on(books, &plan, overlap).await;
+            }
+            Err(error) => tracing::warn!(%error, "reading the relay registrations failed"),
+        }
+        if let Some(job) = books.adoption.as_ref().filter(|j| j.complete)
+            && self
+                .outbox
+                .oldest_pending_stamp()
+                .is_none_or(|stamp| stamp > job.scanned_to)
+        {
+            for r in &job.registrations {
+                match self.store.mark_adopted(&r.id, r.pulse(), &self.id).await {
+                    Ok(true) => {
+                        self.metrics.relay_adopted.inc();
+                        tracing::info!(registration = %r.id, pod = ?r.pod, "adopted: every change it owed is on Kafka");
+                    }
+                    Ok(false) => {
+                        tracing::info!(registration = %r.id, "not marked adopted: its owner is alive after all")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, registration = %r.id, "marking a registration adopted failed; it will be adopted again")
+                    }
+                }
+            }
+            books.adoption = None;
+        }
+        self.update_metrics(books);
+    }
+
+    async fn act_on(&self, books: &mut Books, plan: &Plan, overlap: i64) {
+        if plan.legacy_writer != books.warned.0 && plan.legacy_writer {
+            tracing::warn!(
+                "an api-server of an older version shares this database: it raises the shared relay watermark and can lose changes if it dies while Kafka is away; finish the rolling update"
+            );
+        }
+        if plan.same_pod_peer != books.warned.1 && plan.same_pod_peer {
+            tracing::warn!(pod = %self.pod, "another live api-server uses this pod name (POD_NAME): give each process its own");
+        }
+        if plan.other_topics != books.warned.2 && !plan.other_topics.is_empty() {
+            tracing::warn!(peers = ?plan.other_topics, topic = %self.kafka.topic, "live api-servers on this database relay to another topic; changes adopted from them are published to this process's topic");
+        }
+        books.warned = (
+            plan.legacy_writer,
+            plan.same_pod_peer,
+            plan.other_topics.clone(),
+        );
+        for (id, pulse) in &plan.forget {
+            if let Err(error) = self.store.forget(id, *pulse).await {
+                tracing::warn!(%error, registration = %id, "deleting an adopted registration failed");
+            }
+        }
+        books.orphans = plan.orphans;
+        books.oldest_orphan = plan.oldest_orphan_millis;
+        if books.adoption.is_none() && !plan.adopt.is_empty() {
+            for r in &plan.adopt {
+                if let Err(error) = self.store.claim(&r.id, &self.id).await {
+                    tracing::debug!(%error, registration = %r.id, "claiming a registration failed");
+                }
+            }
+            let from = plan.adopt.iter().map(|r| r.millis).min().unwrap_or(0);
+            let from = from.saturating_sub(overlap);
+            tracing::warn!(
+                registrations = ?plan.adopt.iter().map(|r| (&r.id, &r.pod)).collect::<Vec<_>>(),
+                from = %millis_to_time(from),
+                "adopting the changes of api-servers presumed dead"
+            );
+            books.adoption = Some(Adoption {
+                registrations: plan.adopt.clone(),
+                cursor: After {
+                    millis: from,
+                    id: String::new(),
+                },
+                complete: false,
+                scanned_to: from,
+            });
+            self.outbox.wake.notify_one();
+        }
+    }
+
+    fn update_metrics(&self, books: &Books) {
+        let now = Timestamp::now().timestamp_millis();
+        let orphan_age = books
+            .oldest_orphan
+            .map_or(0, |m| now.saturating_sub(m).max(0));
+        let lag = self.outbox.lag_millis().max(orphan_age);
+        self.metrics.relay_lag_seconds.set(lag as f64 / 1000.0);
         let snapshot = self.outbox.snapshot();
         self.metrics
             .relay_pending
             .set(i64::try_from(snapshot.pending).unwrap_or(i64::MAX));
-        if w > *persisted {
-            match self.store.raise_watermark(w).await {
-                Ok(()) => *persisted = w,
-                Err(error) => tracing::warn!(%error, "persisting the relay watermark failed"),
-            }
+        for (bucket, count) in self.outbox.pending_by_age(now).into_iter().enumerate() {
+            let age = [
+                RelayBacklog::Clear,
+                RelayBacklog::Over10s,
+                RelayBacklog::Over1m,
+                RelayBacklog::Over10m,
+            ][bucket];
+            self.metrics
+                .relay_unpublished
+                .get_or_create(&crate::metrics::AgeLabels {
+                    age: age.as_str().to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.metrics
+            .relay_orphans
+            .set(i64::try_from(books.orphans).unwrap_or(i64::MAX));
     }
+}
+
+fn millis_to_time(millis: i64) -> Timestamp {
+    Timestamp::from_millis(millis).unwrap_or_else(Timestamp::now)
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::etag::IfMatch;
 use crate::idempotency::{IdempotencyKey, request_fingerprint};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Unvouched};
 use crate::problem::Problem;
 use crate::store::{After, Change, Message, Store, StoreError, StoredMessage, to_bson};
 use crate::validate::{MessagePatch, NewMessage};
@@ -67,6 +67,11 @@ pub fn store_problem(error: StoreError) -> Problem {
     }
 }
 
+fn unvouched(error: Unvouched) -> Problem {
+    tracing::warn!(%error, "write refused");
+    Problem::unavailable(error.to_string())
+}
+
 fn not_found(id: Uuid) -> Problem {
     Problem::not_found(format!("no message {id}"))
 }
@@ -82,6 +87,11 @@ impl Messages {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether writes are taken (the relay vouches for this process's registration).
+    pub fn accepts_writes(&self) -> bool {
+        self.outbox.is_vouched(std::time::Instant::now())
     }
 
     async fn lock(&self, id: Uuid) -> MutexGuard<'_, ()> {
@@ -101,7 +111,7 @@ impl Messages {
         let fingerprint = key.map(|_| request_fingerprint(&new).to_string());
         let id = key.map_or_else(Uuid::new_v4, |k| k.message_id(tenant));
         let _guard = self.lock(id).await;
-        let ticket = self.outbox.begin();
+        let ticket = self.outbox.begin().map_err(unvouched)?;
         let now = to_bson(ticket.stamp());
         let doc = StoredMessage {
             id: id.to_string(),
@@ -221,7 +231,7 @@ impl Messages {
                 return Err(Problem::version_mismatch(current.version()));
             }
             let change = make(&current);
-            let ticket = self.outbox.begin();
+            let ticket = self.outbox.begin().map_err(unvouched)?;
             let at = ticket.stamp();
             let applied = self
                 .store
@@ -277,9 +287,16 @@ impl Messages {
         Ok(Page { items, next })
     }
 
-    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka.
+    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka: older than
+    /// every replica's watermark, this process's included.
     pub async fn purge(&self, deleted_before: Timestamp) -> Result<u64, StoreError> {
-        let published_before = Timestamp::from_millis(self.outbox.snapshot().watermark)
+        let own = self.outbox.snapshot().watermark;
+        let lowest = self
+            .store
+            .lowest_watermark()
+            .await?
+            .map_or(own, |w| w.min(own));
+        let published_before = Timestamp::from_millis(lowest)
             .unwrap_or_else(|| Timestamp::from_millis(0).expect("epoch"));
         self.store
             .purge_tombstones(deleted_before, published_before)

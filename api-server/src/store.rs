@@ -1,5 +1,5 @@
 //! The MongoDB repository: message documents, their conditional writes, and the relay's
-//! watermark.
+//! registrations (one per api-server process: watermark and heartbeat, see `replicas`).
 //!
 //! Owns the document shape (below), every query, and the indexes they need. Every write is one
 //! document operation; updates are conditional on `{_id, tenantId, version}` so that a stale
@@ -32,6 +32,8 @@ use pipeline_contract::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use crate::replicas::{Pulse, Registration};
 
 /// A message document as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,8 +213,6 @@ pub struct Store {
     relay_state: Collection<Document>,
     db: mongodb::Database,
 }
-
-const WATERMARK_ID: &str = "watermark";
 
 pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     matches!(
@@ -401,25 +401,97 @@ impl Store {
         Ok(result.deleted_count)
     }
 
-    /// The persisted watermark (milliseconds), if any.
-    pub async fn watermark(&self) -> Result<Option<i64>, StoreError> {
-        let found = self
-            .relay_state
-            .find_one(doc! {"_id": WATERMARK_ID})
-            .await?;
-        Ok(found.and_then(|d| d.get_i64("millis").ok()))
-    }
-
-    /// Raises the persisted watermark to `millis` (never lowers it).
-    pub async fn raise_watermark(&self, millis: i64) -> Result<(), StoreError> {
+    /// Writes this process's registration (creating it again if a survivor deleted it): its
+    /// watermark and the next heartbeat, and clears any adoption mark (it is alive).
+    pub async fn heartbeat(
+        &self,
+        me: &Registration,
+        started_at: Timestamp,
+    ) -> Result<(), StoreError> {
         self.relay_state
             .update_one(
-                doc! {"_id": WATERMARK_ID},
-                doc! {"$max": {"millis": millis}},
+                doc! {"_id": &me.id},
+                doc! {
+                    "$set": {
+                        "pod": me.pod.as_deref(),
+                        "topic": me.topic.as_deref(),
+                        "millis": me.millis,
+                        "beat": me.beat,
+                        "beatAt": DateTime::now(),
+                        "startedAt": to_bson(started_at),
+                    },
+                    "$unset": {"adopted": "", "adoptedBy": "", "claimedBy": ""},
+                },
             )
             .upsert(true)
             .await?;
         Ok(())
+    }
+
+    /// Every registration; documents of another shape are skipped with a warning.
+    pub async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        let docs: Vec<Document> = self.relay_state.find(doc! {}).await?.try_collect().await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| match bson::from_document::<Registration>(d.clone()) {
+                Ok(r) => Some(r),
+                Err(error) => {
+                    tracing::warn!(%error, document = %d, "ignoring a relay registration of another shape");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// The lowest watermark of any registration: every change before it is on Kafka.
+    pub async fn lowest_watermark(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.registrations().await?.iter().map(|r| r.millis).min())
+    }
+
+    /// Marks a registration as being adopted by `by` (best effort: it only spares other
+    /// survivors a second scan).
+    pub async fn claim(&self, id: &str, by: &str) -> Result<(), StoreError> {
+        self.relay_state
+            .update_one(
+                doc! {"_id": id, "adopted": {"$ne": true}},
+                doc! {"$set": {"claimedBy": by}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a registration adopted, unless its owner showed a sign of life since `pulse`.
+    pub async fn mark_adopted(&self, id: &str, pulse: Pulse, by: &str) -> Result<bool, StoreError> {
+        let result = self
+            .relay_state
+            .update_one(
+                pulse_filter(id, pulse),
+                doc! {"$set": {"adopted": true, "adoptedBy": by, "adoptedAt": DateTime::now()}},
+            )
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Deletes an adopted registration still at `pulse`.
+    pub async fn forget(&self, id: &str, pulse: Pulse) -> Result<(), StoreError> {
+        let mut filter = pulse_filter(id, pulse);
+        filter.insert("adopted", true);
+        self.relay_state.delete_one(filter).await?;
+        Ok(())
+    }
+
+    /// Deletes this process's registration (a clean stop that owes nothing).
+    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
+        self.relay_state.delete_one(doc! {"_id": id}).await?;
+        Ok(())
+    }
+}
+
+/// A registration that has not moved since `pulse`.
+fn pulse_filter(id: &str, pulse: Pulse) -> Document {
+    match pulse {
+        Pulse::Beat(beat) => doc! {"_id": id, "beat": beat},
+        Pulse::Legacy(millis) => doc! {"_id": id, "beat": {"$exists": false}, "millis": millis},
     }
 }
 

@@ -1,67 +1,53 @@
 //! A Kafka outage must not fail API writes: with the rig's Kafka stopped, creates, updates and
-//! deletes still succeed (MongoDB has them), `/ready` stays green, the relay's lag grows; once
-//! Kafka is back every change is published.
+//! deletes still succeed (MongoDB has them), `/ready` stays green, the relay's lag grows and the
+//! worker Lease says so (`messagepipeline.io/relay-backlog`); once Kafka is back every change is
+//! published and the Lease says `clear` again.
 //!
 //! This test stops the shared Kafka, so it lives alone in its test binary (cargo runs test
 //! binaries one after another) and starts Kafka again even when it fails.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{KEY_A, Server, Setup, converged};
+use common::{KEY_A, KafkaDown, Server, Setup, converged, metric};
+use e2e::{rig::rig, wait};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-fn devstack(script: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../devstack")
-        .join(script);
-    let status = Command::new("bash")
-        .arg(&path)
-        .arg("kafka")
-        .status()
-        .expect("devstack runs");
-    assert!(status.success(), "devstack/{script} kafka failed");
-}
-
-/// Starts Kafka again when dropped, whatever happened in between.
-struct KafkaDown;
-
-impl KafkaDown {
-    fn stop() -> Self {
-        devstack("down");
-        Self
-    }
-}
-
-impl Drop for KafkaDown {
-    fn drop(&mut self) {
-        devstack("up");
-    }
-}
-
-async fn relay_lag_seconds(server: &Server) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("api_relay_lag_seconds "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_succeed_while_kafka_is_down_and_are_published_when_it_returns() {
     let setup = Setup::new("outage").await;
+    let client = rig().kube_client().await;
+    let namespace = rig().create_namespace(&client, "outage").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let backlog = async || {
+        let lease = leases.get_opt("orders-api-orders-api-0").await.ok()??;
+        lease
+            .metadata
+            .annotations?
+            .get("messagepipeline.io/relay-backlog")
+            .cloned()
+    };
     // Short delivery timeout, so the outage goes through the relay's own retry path too.
-    let server = Server::start_with(&setup, &[("RELAY_MESSAGE_TIMEOUT_MS", "3000")]).await;
+    let server = Server::start_with(
+        &setup,
+        &[
+            ("RELAY_MESSAGE_TIMEOUT_MS", "3000"),
+            ("MP_PIPELINE_NAME", "orders"),
+            ("MP_PIPELINE_NAMESPACE", namespace.as_str()),
+            ("POD_NAME", "orders-api-0"),
+            ("KUBECONFIG", rig().kubeconfig()),
+        ],
+    )
+    .await;
+    wait::until("the Lease says clear", Duration::from_secs(30), || async {
+        (backlog().await.as_deref() == Some("clear")).then_some(())
+    })
+    .await;
     let a = server.client(KEY_A);
     a.create(Uuid::new_v4(), "before the outage").await;
     converged(&setup, Duration::from_secs(30)).await;
@@ -97,9 +83,26 @@ async fn writes_succeed_while_kafka_is_down_and_are_published_when_it_returns() 
     );
     // Past one delivery timeout: sends have failed and are being retried.
     e2e::wait::until("relay lag above 4 s", Duration::from_secs(30), || async {
-        (relay_lag_seconds(&server).await > 4.0).then_some(())
+        (metric(&server, "api_relay_lag_seconds")
+            .await
+            .unwrap_or(0.0)
+            > 4.0)
+            .then_some(())
     })
     .await;
+    wait::until(
+        "the Lease says over-10s",
+        Duration::from_secs(60),
+        || async { (backlog().await.as_deref() == Some("over-10s")).then_some(()) },
+    )
+    .await;
+    assert!(
+        metric(&server, "api_relay_unpublished{age=\"over-10s\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0,
+        "the metric counts them by age"
+    );
     drop(outage);
 
     let published = converged(&setup, Duration::from_secs(120)).await;
@@ -116,7 +119,15 @@ async fn writes_succeed_while_kafka_is_down_and_are_published_when_it_returns() 
         10
     );
     e2e::wait::until("relay lag back to 0", Duration::from_secs(30), || async {
-        (relay_lag_seconds(&server).await == 0.0).then_some(())
+        (metric(&server, "api_relay_lag_seconds").await == Some(0.0)).then_some(())
     })
     .await;
+    wait::until(
+        "the Lease says clear again",
+        Duration::from_secs(30),
+        || async { (backlog().await.as_deref() == Some("clear")).then_some(()) },
+    )
+    .await;
+    drop(server);
+    rig().delete_namespace(&client, &namespace).await;
 }

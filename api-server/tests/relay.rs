@@ -97,6 +97,22 @@ async fn every_change_is_on_the_topic_keyed_and_with_contract_headers() {
     );
 }
 
+async fn relay_registrations(setup: &Setup) -> Vec<mongodb::bson::Document> {
+    use futures::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(e2e::rig::rig().mongodb_uri())
+        .await
+        .unwrap();
+    client
+        .database(&setup.database)
+        .collection::<mongodb::bson::Document>("messages_relay")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_publishes_nothing_twice_and_misses_nothing() {
     let setup = Setup::new("relay-restart").await;
@@ -110,9 +126,11 @@ async fn a_graceful_restart_publishes_nothing_twice_and_misses_nothing() {
     let before = setup.events().len();
     assert_eq!(before, 20);
 
-    // The restart scans from the persisted watermark minus the overlap: with an overlap of 0
-    // nothing already acknowledged is sent again.
-    let server = Server::start_with(&setup, &[("RELAY_OVERLAP_MS", "0")]).await;
+    // A clean stop that owes nothing removes its registration: the next process has nothing to
+    // adopt and sends nothing again (with the default overlap).
+    let registrations = relay_registrations(&setup).await;
+    assert!(registrations.is_empty(), "{registrations:?}");
+    let server = Server::start(&setup).await;
     let b = server.client(KEY_A);
     let late = b.create(Uuid::new_v4(), "after restart").await;
     let published = converged(&setup, Duration::from_secs(30)).await;

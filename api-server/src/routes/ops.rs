@@ -14,10 +14,16 @@ pub async fn live() -> &'static str {
     "ok"
 }
 
-/// MongoDB answers. Kafka is deliberately not part of it: a Kafka outage must not stop the API
-/// (the relay catches up), or every pod would turn unready at once.
+/// MongoDB answers and the relay has registered this process (writes are taken). Kafka is
+/// deliberately not part of it: a Kafka outage must not stop the API (the relay catches up), or
+/// every pod would turn unready at once.
 pub async fn ready(State(state): State<SharedState>) -> Response {
     match state.messages.store().ping().await {
+        Ok(()) if !state.messages.accepts_writes() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the relay has not registered this api-server recently",
+        )
+            .into_response(),
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready: MongoDB does not answer");
