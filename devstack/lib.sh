@@ -78,7 +78,7 @@ MP_ENV_FILE=$MP_RUN_ROOT/rig.env
 export MP_DEVSTACK_DIR MP_CACHE_DIR MP_BUILD_ROOT MP_RUN_ROOT MP_ENV_FILE
 
 # Start order; `down` stops in reverse order.
-SERVICES=(kafka ferretdb opensearch kube)
+SERVICES=(kafka ferretdb opensearch kube node)
 # Client tools (see "Tools" above).
 TOOLS=(helm)
 

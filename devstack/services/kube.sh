@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Kubernetes control plane on loopback: etcd 3.6 (client 127.0.0.1:2379, peer 127.0.0.1:2380),
-# kube-apiserver (https://127.0.0.1:6443) and a kube-controller-manager that runs only the
-# garbage-collector and namespace controllers (no deployment/replicaset/... controllers, no
-# scheduler, no kubelet: Deployments never get pods; tests set their status by hand).
+# kube-apiserver (https://127.0.0.1:6443, Node and RBAC authorization, a client certificate for
+# kubelets) and a kube-controller-manager that runs only the controllers in KUBE_CONTROLLERS (no
+# deployment/replicaset/... controllers yet: Deployments get no pods; tests set their status by
+# hand). The scheduler and the kubelet are node.sh's.
 # Binaries are built from the Go module proxy through the wrapper modules devstack/kube (kube-
 # apiserver, kube-controller-manager, kubectl) and devstack/etcd. Flags follow controller-runtime's
 # envtest. A CA, serving and client certificates and the service-account key pair are made with
@@ -27,8 +28,10 @@ KUBE_ETCD_PEER_PORT=2380
 KUBE_CM_PORT=10257
 KUBE_SERVICE_CIDR=10.96.0.0/12
 # The controllers kube-controller-manager runs (names as in k8s.io/kubernetes
-# cmd/kube-controller-manager/names; "garbagecollector" and "namespace" are their aliases).
-KUBE_CONTROLLERS=garbage-collector-controller,namespace-controller
+# cmd/kube-controller-manager/names). The node lifecycle controller lifts the not-ready taint a
+# kubelet registers with (node.sh), and the pod garbage collector removes pods of a node that
+# went away; no workload controllers yet (Deployments get no pods, tests set their status).
+KUBE_CONTROLLERS=garbage-collector-controller,namespace-controller,node-lifecycle-controller,pod-garbage-collector-controller
 # shellcheck disable=SC2034 # read by devstack/up through ${NAME}_START_TIMEOUT
 KUBE_START_TIMEOUT=120
 # How long the apiserver waits for etcd, and the controller-manager for the apiserver, before
@@ -137,6 +140,22 @@ _kube_cert() {
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
+# _kube_ensure_cert NAME SUBJECT EXTENSIONS: the certificate, made once (for identities added
+# after the PKI was first made, e.g. the node's).
+_kube_ensure_cert() {
+  local pki
+  pki=$(_kube_pki)
+  [[ -s $pki/$1.crt && -s $pki/$1.key ]] && return 0
+  (
+    umask 077
+    _kube_cert "$@"
+  )
+  [[ -s $pki/$1.crt ]] || {
+    mp_log "kube: openssl failed to make $pki/$1.crt"
+    return 1
+  }
+}
+
 _kube_pki_complete() {
   local pki f
   pki=$(_kube_pki)
@@ -181,6 +200,13 @@ extendedKeyUsage=clientAuth"
     mp_log "kube: openssl failed to make the certificates in $pki"
     return 1
   }
+}
+
+# The apiserver's identity towards kubelets (logs, exec, port-forward).
+_kube_kubelet_client_cert() {
+  _kube_ensure_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
 }
 
 # _kube_write_kubeconfig FILE USER CERT_NAME: certificates embedded, so FILE is self-contained.
@@ -235,6 +261,7 @@ kube_start() {
   run=$(_kube_run)
   pki=$(_kube_pki)
   _kube_make_pki || return 1
+  _kube_kubelet_client_cert || return 1
   _kube_write_kubeconfig "$(_kube_kubeconfig)" admin admin
   _kube_write_kubeconfig "$(_kube_cm_kubeconfig)" system:kube-controller-manager controller-manager
   etcd_url=http://127.0.0.1:$KUBE_ETCD_PORT
@@ -264,7 +291,10 @@ kube_start() {
       --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$KUBE_PORT" \
       --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
       --client-ca-file="$pki/ca.crt" \
-      --authorization-mode=RBAC \
+      --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+      --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+      --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+      --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
       --service-cluster-ip-range="$KUBE_SERVICE_CIDR" \

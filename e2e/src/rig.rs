@@ -71,6 +71,11 @@ impl Rig {
         })
     }
 
+    /// The name of the rig's Kubernetes node (pods run there).
+    pub fn node_name(&self) -> &str {
+        self.var("NODE_NAME")
+    }
+
     /// Kafka bootstrap servers as the rig wrote them, unchecked (for a process started while a
     /// test has Kafka stopped).
     pub fn kafka_servers(&self) -> &str {

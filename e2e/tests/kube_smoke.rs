@@ -2,7 +2,7 @@
 //! established, watches, server-side apply on the status subresource, garbage collection of
 //! owned objects, Leases, namespace deletion, and `kubectl get` of a custom resource.
 //!
-//! There is no kubelet: nothing here needs a pod.
+//! Pods on the rig's node are `node_smoke.rs`'s.
 
 use std::time::Duration;
 
@@ -69,19 +69,11 @@ async fn widget_crd(client: &Client) {
 
 /// A fresh namespace, deleted by [`drop_namespace`].
 async fn namespace(client: &Client) -> String {
-    let name = unique("smoke");
-    let nss: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    nss.create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    name
+    rig().create_namespace(client, "smoke").await
 }
 
 async fn drop_namespace(client: &Client, name: &str) {
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await;
+    rig().delete_namespace(client, name).await;
 }
 
 async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str)
