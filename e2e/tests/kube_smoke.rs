@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::{rig::rig, unique, wait};
+use e2e::{rig::rig, wait};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
