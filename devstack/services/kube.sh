@@ -74,6 +74,25 @@ kube_address() { printf '127.0.0.1:%s\n' "$KUBE_PORT"; }
 kube_log() { _kube_logfile apiserver; }
 kube_env() { printf 'KUBECONFIG=%s\nKUBECTL=%s\n' "$(_kube_kubeconfig)" "$(_kube_bin kubectl)"; }
 
+# The linker flags of every Kubernetes binary the rig builds (node.sh's too): no symbol tables,
+# and the version stamps that Kubernetes' own build (hack/lib/version.sh) sets: /version and
+# `kubectl version` report them, clients parse gitVersion, and a kubelet reports it as the
+# node's version. The date is the tag's (from the Go module proxy).
+_kube_ldflags() {
+  local date major minor ldflags p
+  date=$(cd "$MP_DEVSTACK_DIR/kube" && go list -m -f '{{.Time.Format "2006-01-02T15:04:05Z07:00"}}' k8s.io/kubernetes) || return 1
+  major=${KUBE_VERSION#v}
+  minor=${major#*.}
+  major=${major%%.*}
+  minor=${minor%%.*}
+  ldflags="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    ldflags+=" -X $p.gitCommit= -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+  printf '%s\n' "$ldflags"
+}
+
 kube_install() {
   local build etcd_build hash src=$MP_DEVSTACK_DIR/kube etcd_src=$MP_DEVSTACK_DIR/etcd
   [[ -n $KUBE_VERSION && -n $KUBE_ETCD_VERSION ]] || mp_die "kube: cannot read versions from devstack/kube/go.mod, devstack/etcd/go.mod"
@@ -99,19 +118,8 @@ kube_install() {
   if ! [[ -x $build/bin/kube-apiserver && -x $build/bin/kube-controller-manager && -x $build/bin/kubectl ]] ||
     ! mp_stamp_ok "$build" "$hash"; then
     mp_log "kube: building kube-apiserver, kube-controller-manager, kubectl $KUBE_VERSION into $build (a cold build takes ~7 min on 2 cores, up to 2 GiB per compiler process)"
-    # The version stamps that Kubernetes' own build (hack/lib/version.sh) sets: /version and
-    # `kubectl version` report them and clients parse gitVersion. The date is the tag's (proxy).
-    local date major minor ldflags p
-    date=$(cd "$src" && go list -m -f '{{.Time.Format "2006-01-02T15:04:05Z07:00"}}' k8s.io/kubernetes) || return 1
-    major=${KUBE_VERSION#v}
-    minor=${major#*.}
-    major=${major%%.*}
-    minor=${minor%%.*}
-    ldflags="-s -w"
-    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-      ldflags+=" -X $p.gitCommit= -X $p.gitTreeState=clean -X $p.buildDate=$date"
-    done
+    local ldflags
+    ldflags=$(_kube_ldflags) || return 1
     rm -rf "$build/bin.tmp"
     mkdir -p "$build/bin.tmp"
     # One go build for the three: they share most packages. The main packages are listed as

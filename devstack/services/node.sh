@@ -63,21 +63,14 @@ node_install() {
   mp_require_cmd iptables iptables
   mp_require_cmd ip iproute2
   build=$(_node_build)
-  # "node-v1" stands for the recipe below: change it when changing the recipe.
-  hash=$(mp_inputs_hash "$src/go.mod" "$src/go.sum" "$pause_src/go.mod" "$pause_src/main.go" <(echo node-v1))
+  # "node-v2" stands for the recipe below: change it when changing the recipe.
+  hash=$(mp_inputs_hash "$src/go.mod" "$src/go.sum" "$pause_src/go.mod" "$pause_src/main.go" <(echo node-v2))
   if [[ -x $build/bin/kubelet && -s $build/images/pause.tar ]] && mp_stamp_ok "$build" "$hash"; then
     return 0
   fi
   mp_log "node: building kubelet, kube-scheduler, kube-proxy $KUBE_VERSION and the pause image into $build (~2 min with a warm Go cache)"
-  local ldflags p major minor
-  major=${KUBE_VERSION#v}
-  minor=${major#*.}
-  major=${major%%.*}
-  minor=${minor%%.*}
-  ldflags="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-  done
+  local ldflags
+  ldflags=$(_kube_ldflags) || return 1
   rm -rf "$build/bin.tmp" "$build/images"
   mkdir -p "$build/bin.tmp" "$build/images"
   (cd "$src" && mp_run_logged "$build/install.log" env CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" \

@@ -221,12 +221,14 @@ async fn reconcile(
     })
 }
 
+/// Writes `status` unless it equals `previous` (the status as stored, see [`stored_status`]).
 async fn write_status(
     ctx: &Context,
     mp: &MessagePipeline,
+    previous: &MessagePipelineStatus,
     status: MessagePipelineStatus,
 ) -> Result<(), Error> {
-    if mp.status.as_ref() == Some(&status) {
+    if previous == &status {
         return Ok(());
     }
     let api: Api<MessagePipeline> =
@@ -241,10 +243,27 @@ async fn write_status(
     Ok(())
 }
 
+/// The status as the API server holds it now. The cached object a reconcile runs with may
+/// predate this operator's own last status write (a reconcile queued by a child's event runs
+/// with the store as it was then); computing from it would move every `lastTransitionTime`
+/// without a change, and write again.
+async fn stored_status(
+    ctx: &Context,
+    mp: &MessagePipeline,
+) -> Result<MessagePipelineStatus, Error> {
+    let api: Api<MessagePipeline> =
+        Api::namespaced(ctx.client.clone(), &mp.namespace().unwrap_or_default());
+    Ok(api
+        .get_status(&mp.name_any())
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
 async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let generation = mp.metadata.generation;
-    let previous = mp.status.clone().unwrap_or_default();
+    let previous = stored_status(ctx, mp).await?;
 
     // 1. Validate, and refuse claims another pipeline holds.
     let problems = validate::validate(mp);
@@ -260,6 +279,7 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         write_status(
             ctx,
             mp,
+            &previous,
             status::refused("InvalidSpec", &problems, &previous, generation, now),
         )
         .await?;
@@ -281,6 +301,7 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         write_status(
             ctx,
             mp,
+            &previous,
             status::refused("ResourceConflict", &conflicts, &previous, generation, now),
         )
         .await?;
@@ -412,7 +433,7 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    write_status(ctx, mp, new_status).await?;
+    write_status(ctx, mp, &previous, new_status).await?;
     Ok(Action::requeue(REQUEUE))
 }
 
