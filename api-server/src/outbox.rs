@@ -305,7 +305,7 @@ impl Outbox {
         self.lock().sending.remove(&key);
     }
 
-    /// Asks for a scan from `from_millis` (a periodic sweep, or the start after a restart).
+    /// Asks for a scan from `from_millis`.
     pub fn request_scan(&self, from_millis: i64) {
         request_scan(&mut self.lock(), from_millis);
         self.wake.notify_one();
@@ -384,7 +384,7 @@ impl Outbox {
         if let Some(cursor) = &state.recovery {
             w = w.min(cursor.millis);
         }
-        // A scan requested below the reported watermark (a sweep) does not move it back.
+        // A scan requested below the reported watermark does not move it back.
         w = w.max(state.watermark);
         state.watermark = w;
         let horizon = w.saturating_sub(keep_ms);
@@ -410,7 +410,7 @@ impl Outbox {
         let oldest = [
             state.writing.first_key_value().map(|(&(s, _), _)| s),
             state.pending.first_key_value().map(|(k, _)| k.stamp),
-            // A sweep re-reads below the watermark: that is not lag.
+            // A scan re-reading below the watermark is not lag by itself.
             state
                 .recovery
                 .as_ref()
