@@ -305,8 +305,10 @@ impl Outbox {
         self.lock().sending.remove(&key);
     }
 
-    /// Asks for a scan from `from_millis`.
-    pub fn request_scan(&self, from_millis: i64) {
+    /// Asks for a scan from `from_millis` (tests: production asks through a ticket's drop and
+    /// a full outbox).
+    #[cfg(test)]
+    fn request_scan(&self, from_millis: i64) {
         request_scan(&mut self.lock(), from_millis);
         self.wake.notify_one();
     }
