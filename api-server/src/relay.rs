@@ -473,13 +473,10 @@ impl Relay {
         self.metrics
             .relay_pending
             .set(i64::try_from(snapshot.pending).unwrap_or(i64::MAX));
-        for (bucket, count) in self.outbox.pending_by_age(now).into_iter().enumerate() {
-            let age = [
-                RelayBacklog::Clear,
-                RelayBacklog::Over10s,
-                RelayBacklog::Over1m,
-                RelayBacklog::Over10m,
-            ][bucket];
+        for (age, count) in RelayBacklog::ALL
+            .into_iter()
+            .zip(self.outbox.pending_by_age(now))
+        {
             self.metrics
                 .relay_unpublished
                 .get_or_create(&crate::metrics::AgeLabels {

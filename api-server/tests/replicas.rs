@@ -80,6 +80,15 @@ impl Cluster {
         .await
     }
 
+    /// Kills replica `i` with SIGKILL for good (until a later `spawn` takes its place) and
+    /// waits until the survivors see its heartbeat stop, while Kafka is still away.
+    async fn kill_and_see_it_orphaned(&mut self, i: usize) {
+        self.servers[i].take().unwrap().kill9();
+        self.publish_bases();
+        self.metric_sum("api_relay_orphaned_replicas", |n| n >= 1.0)
+            .await;
+    }
+
     /// Points the writers at the servers running now.
     fn publish_bases(&self) {
         *self.bases.write().unwrap() = self.live().map(|s| s.base.clone()).collect();
@@ -182,16 +191,11 @@ async fn a_replica_killed_and_restarted_under_a_new_name_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start("replicas-restart").await;
     with_kafka_down(&mut cluster, async |c| {
-        c.servers[0].as_mut().unwrap().kill9();
-        c.servers[0] = None;
-        c.publish_bases();
+        c.kill_and_see_it_orphaned(0).await;
         c.writes(60, "writes on the survivors").await;
         let replacement = c.spawn().await;
         c.servers[0] = Some(replacement);
         c.publish_bases();
-        // The survivors see the dead replica's heartbeat stop while Kafka is still away.
-        c.metric_sum("api_relay_orphaned_replicas", |n| n >= 1.0)
-            .await;
     })
     .await;
     cluster.finish(1.0).await;
@@ -202,11 +206,7 @@ async fn a_replica_killed_for_good_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start("replicas-scale-down").await;
     with_kafka_down(&mut cluster, async |c| {
-        c.servers[1].as_mut().unwrap().kill9();
-        c.servers[1] = None;
-        c.publish_bases();
-        c.metric_sum("api_relay_orphaned_replicas", |n| n >= 1.0)
-            .await;
+        c.kill_and_see_it_orphaned(1).await;
     })
     .await;
     cluster.finish(1.0).await;

@@ -92,6 +92,9 @@ pub mod lease {
     }
 
     impl RelayBacklog {
+        /// Every bucket, best first (`as usize` is the index here).
+        pub const ALL: [Self; 4] = [Self::Clear, Self::Over10s, Self::Over1m, Self::Over10m];
+
         /// The bucket of the oldest unpublished change, `age_ms` old (0 when there is none).
         pub const fn of_age_millis(age_ms: i64) -> Self {
             match age_ms {
@@ -112,9 +115,7 @@ pub mod lease {
         }
 
         pub fn parse(s: &str) -> Option<Self> {
-            [Self::Clear, Self::Over10s, Self::Over1m, Self::Over10m]
-                .into_iter()
-                .find(|b| b.as_str() == s)
+            Self::ALL.into_iter().find(|b| b.as_str() == s)
         }
     }
     /// How often a worker renews its Lease.
