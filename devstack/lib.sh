@@ -77,6 +77,14 @@ MP_RUN_ROOT=$MP_CACHE_DIR/run
 MP_ENV_FILE=$MP_RUN_ROOT/rig.env
 export MP_DEVSTACK_DIR MP_CACHE_DIR MP_BUILD_ROOT MP_RUN_ROOT MP_ENV_FILE
 
+# The rig's own network: a bridge on this machine with one address, on which the services that
+# pods use listen (besides 127.0.0.1 where the server can listen twice), and the node's pods get
+# addresses of the same /24. Nothing is routed off the machine (no masquerading).
+MP_RIG_BRIDGE=mp0
+MP_RIG_ADDRESS=10.244.0.1
+MP_RIG_PREFIX=24
+export MP_RIG_BRIDGE MP_RIG_ADDRESS
+
 # Start order; `down` stops in reverse order.
 SERVICES=(kafka ferretdb opensearch kube node)
 # Client tools (see "Tools" above).
@@ -268,6 +276,7 @@ mp_write_env() {
     rm -f "$MP_ENV_FILE"
     return 0
   fi
+  lines+=("RIG_ADDRESS=$MP_RIG_ADDRESS")
   for s in "${TOOLS[@]}"; do
     if "${s}_installed"; then
       mapfile -t -O "${#lines[@]}" lines < <("${s}_env")
@@ -275,6 +284,28 @@ mp_write_env() {
   done
   printf '%s\n' "${lines[@]}" >"$MP_ENV_FILE.tmp"
   mv -f "$MP_ENV_FILE.tmp" "$MP_ENV_FILE"
+}
+
+# The bridge MP_RIG_BRIDGE with MP_RIG_ADDRESS, made before any service starts (they listen on
+# it). Creating an interface needs root: the rig does not run without it.
+mp_network_up() {
+  [[ $(id -u) -eq 0 ]] || mp_die "the rig needs root: it creates the bridge $MP_RIG_BRIDGE for its services and pods, and runs a Kubernetes node (run as root, e.g. sudo make up)"
+  mp_require_cmd ip iproute2
+  if ! ip link show "$MP_RIG_BRIDGE" >/dev/null 2>&1; then
+    ip link add "$MP_RIG_BRIDGE" type bridge || return 1
+  fi
+  if ! ip -4 addr show dev "$MP_RIG_BRIDGE" | grep -q "inet $MP_RIG_ADDRESS/"; then
+    ip addr add "$MP_RIG_ADDRESS/$MP_RIG_PREFIX" dev "$MP_RIG_BRIDGE" || return 1
+  fi
+  ip link set "$MP_RIG_BRIDGE" up
+}
+
+# Removes the bridge (once no service runs: they listen on it).
+mp_network_down() {
+  if ip link show "$MP_RIG_BRIDGE" >/dev/null 2>&1; then
+    ip link delete "$MP_RIG_BRIDGE"
+  fi
+  return 0
 }
 
 mp_load_all_tools() {

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# FerretDB 1.24.2 (MongoDB wire protocol) over Debian's PostgreSQL 15, both on loopback.
+# FerretDB 1.24.2 (MongoDB wire protocol) over Debian's PostgreSQL 15 (on loopback). FerretDB 1
+# listens on one TCP address only: the rig's bridge address, which this machine's clients and
+# the node's pods both reach (so MONGODB_URI and MONGODB_POD_URI are the same).
 # FerretDB is built from devstack/ferretdb (a wrapper embedding github.com/FerretDB/FerretDB/ferretdb,
 # which also has the `--ping` health probe). PostgreSQL runs from its own data dir under
 # run/ferretdb/pgdata on a non-default port, with the postgres user when started as root.
@@ -32,9 +34,11 @@ if [[ $(id -u) -eq 0 ]]; then
     --inh-caps=+dac_read_search --ambient-caps=+dac_read_search --)
 fi
 
-ferretdb_address() { printf '127.0.0.1:%s\n' "$FERRETDB_PORT"; }
+ferretdb_address() { printf '%s:%s\n' "$MP_RIG_ADDRESS" "$FERRETDB_PORT"; }
 ferretdb_log() { printf '%s/ferretdb.log\n' "$(_ferretdb_run)"; }
-ferretdb_env() { printf 'MONGODB_URI=mongodb://127.0.0.1:%s/\n' "$FERRETDB_PORT"; }
+ferretdb_env() {
+  printf 'MONGODB_URI=mongodb://%s/\nMONGODB_POD_URI=mongodb://%s/\n' "$(ferretdb_address)" "$(ferretdb_address)"
+}
 
 ferretdb_install() {
   local build hash src=$MP_DEVSTACK_DIR/ferretdb
@@ -105,16 +109,16 @@ ferretdb_start() {
   ferretdb_running && return 0
   _ferretdb_pg_start || return 1
   mp_pid_running "$(_ferretdb_pidfile)" "$(_ferretdb_marker)" && return 0
-  mp_require_port_free 127.0.0.1 "$FERRETDB_PORT" ferretdb
+  mp_require_port_free "$MP_RIG_ADDRESS" "$FERRETDB_PORT" ferretdb
   # The embedded FerretDB never sends telemetry; --telemetry is accepted for the record.
   mp_daemon_start "$(_ferretdb_pidfile)" "$(ferretdb_log)" \
-    "$(_ferretdb_bin)" --listen-addr="127.0.0.1:$FERRETDB_PORT" --handler=postgresql \
+    "$(_ferretdb_bin)" --listen-addr="$(ferretdb_address)" --handler=postgresql \
     --postgresql-url="$(_ferretdb_pg_url)" --telemetry=disable
 }
 
 # Health: a MongoDB `ping` command; FerretDB answers it after querying PostgreSQL's status.
 ferretdb_health() {
-  "$(_ferretdb_bin)" --ping="mongodb://127.0.0.1:$FERRETDB_PORT/" --timeout=2s
+  "$(_ferretdb_bin)" --ping="mongodb://$(ferretdb_address)/" --timeout=2s
 }
 
 ferretdb_stop() {

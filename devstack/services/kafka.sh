@@ -5,6 +5,8 @@
 KAFKA_VERSION=4.1.2
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
+# The listener pods use, on the rig's bridge address (advertised there, so their clients stay on it).
+KAFKA_POD_PORT=9094
 KAFKA_HEAP=${KAFKA_HEAP:--Xms256m -Xmx512m}
 # shellcheck disable=SC2034 # read by devstack/up through ${NAME}_START_TIMEOUT
 KAFKA_START_TIMEOUT=120
@@ -18,7 +20,10 @@ _kafka_marker() { printf '%s/server.properties\n' "$(_kafka_run)"; }
 
 kafka_address() { printf '127.0.0.1:%s\n' "$KAFKA_PORT"; }
 kafka_log() { printf '%s/kafka.log\n' "$(_kafka_run)"; }
-kafka_env() { printf 'KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%s\n' "$KAFKA_PORT"; }
+kafka_env() {
+  printf 'KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%s\nKAFKA_POD_BOOTSTRAP_SERVERS=%s:%s\n' "$KAFKA_PORT" \
+    "$MP_RIG_ADDRESS" "$KAFKA_POD_PORT"
+}
 
 kafka_install() {
   local build hash
@@ -44,11 +49,13 @@ kafka_start() {
   kafka_running && return 0
   mp_require_port_free 127.0.0.1 "$KAFKA_PORT" kafka
   mp_require_port_free 127.0.0.1 "$KAFKA_CONTROLLER_PORT" kafka
+  mp_require_port_free "$MP_RIG_ADDRESS" "$KAFKA_POD_PORT" kafka
   build=$(_kafka_build)
   run=$(_kafka_run)
   data=$run/data
   mp_render "$MP_DEVSTACK_DIR/kafka/server.properties.in" "$run/server.properties" \
-    "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "DATA_DIR=$data"
+    "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "DATA_DIR=$data" \
+    "POD_ADDRESS=$MP_RIG_ADDRESS" "POD_PORT=$KAFKA_POD_PORT"
   cp "$MP_DEVSTACK_DIR/kafka/log4j2.properties" "$run/log4j2.properties"
   if [[ ! -f $data/meta.properties ]]; then
     # A cluster id is 16 random bytes in URL-safe base64 without padding (as `random-uuid`).

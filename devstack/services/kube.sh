@@ -1,9 +1,10 @@
 # shellcheck shell=bash
-# Kubernetes control plane on loopback: etcd 3.6 (client 127.0.0.1:2379, peer 127.0.0.1:2380),
-# kube-apiserver (https://127.0.0.1:6443, Node and RBAC authorization, a client certificate for
-# kubelets) and a kube-controller-manager that runs only the controllers in KUBE_CONTROLLERS (no
-# deployment/replicaset/... controllers yet: Deployments get no pods; tests set their status by
-# hand). The scheduler and the kubelet are node.sh's.
+# Kubernetes control plane: etcd 3.6 on loopback (client 127.0.0.1:2379, peer 127.0.0.1:2380),
+# kube-apiserver on the rig's bridge address (https://$MP_RIG_ADDRESS:6443, which pods reach
+# through the `kubernetes` Service and in-cluster config accepts; Node and RBAC authorization, the
+# ServiceAccount and NodeRestriction admission plugins, a client certificate for kubelets) and a
+# kube-controller-manager running the controllers in KUBE_CONTROLLERS. The scheduler and the
+# kubelet are node.sh's.
 # Binaries are built from the Go module proxy through the wrapper modules devstack/kube (kube-
 # apiserver, kube-controller-manager, kubectl) and devstack/etcd. Flags follow controller-runtime's
 # envtest. A CA, serving and client certificates and the service-account key pair are made with
@@ -28,10 +29,12 @@ KUBE_ETCD_PEER_PORT=2380
 KUBE_CM_PORT=10257
 KUBE_SERVICE_CIDR=10.96.0.0/12
 # The controllers kube-controller-manager runs (names as in k8s.io/kubernetes
-# cmd/kube-controller-manager/names). The node lifecycle controller lifts the not-ready taint a
-# kubelet registers with (node.sh), and the pod garbage collector removes pods of a node that
-# went away; no workload controllers yet (Deployments get no pods, tests set their status).
-KUBE_CONTROLLERS=garbage-collector-controller,namespace-controller,node-lifecycle-controller,pod-garbage-collector-controller
+# cmd/kube-controller-manager/names): workloads (Deployments, ReplicaSets, Jobs, CronJobs, PDB
+# status), EndpointSlices for Services, every namespace's `default` ServiceAccount and
+# kube-root-ca.crt ConfigMap (in-cluster config), the node lifecycle controller (lifts the
+# not-ready taint a kubelet registers with, node.sh), and garbage collection of objects, pods of a
+# node that went away, and finished Jobs.
+KUBE_CONTROLLERS=garbage-collector-controller,namespace-controller,node-lifecycle-controller,pod-garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,disruption-controller,job-controller,cronjob-controller,ttl-after-finished-controller
 # shellcheck disable=SC2034 # read by devstack/up through ${NAME}_START_TIMEOUT
 KUBE_START_TIMEOUT=120
 # How long the apiserver waits for etcd, and the controller-manager for the apiserver, before
@@ -70,7 +73,7 @@ _kube_marker() {
 }
 _kube_proc_running() { mp_pid_running "$(_kube_pidfile "$1")" "$(_kube_marker "$1")"; }
 
-kube_address() { printf '127.0.0.1:%s\n' "$KUBE_PORT"; }
+kube_address() { printf '%s:%s\n' "$MP_RIG_ADDRESS" "$KUBE_PORT"; }
 kube_log() { _kube_logfile apiserver; }
 kube_env() { printf 'KUBECONFIG=%s\nKUBECTL=%s\n' "$(_kube_kubeconfig)" "$(_kube_bin kubectl)"; }
 
@@ -167,7 +170,7 @@ _kube_ensure_cert() {
 _kube_pki_complete() {
   local pki f
   pki=$(_kube_pki)
-  for f in ca.crt ca.key apiserver.crt apiserver.key admin.crt admin.key controller-manager.crt \
+  for f in ca.crt ca.key admin.crt admin.key controller-manager.crt \
     controller-manager.key sa.key sa.pub; do
     [[ -s $pki/$f ]] || return 1
   done
@@ -189,11 +192,6 @@ _kube_make_pki() {
     openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=devstack-kube-ca" -days 3650 -sha256 \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
       -out "$pki/ca.crt"
-    # 10.96.0.1: the ClusterIP of the `kubernetes` Service (first address of KUBE_SERVICE_CIDR).
-    _kube_cert apiserver "/CN=kube-apiserver" "basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     local client="basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
@@ -208,6 +206,22 @@ extendedKeyUsage=clientAuth"
     mp_log "kube: openssl failed to make the certificates in $pki"
     return 1
   }
+}
+
+# The apiserver's serving certificate: its address on the rig's bridge, 10.96.0.1 (the ClusterIP
+# of the `kubernetes` Service, first address of KUBE_SERVICE_CIDR) and the Service's names. Made
+# again when it does not name the bridge address (a PKI made before the rig had its network).
+_kube_apiserver_cert() {
+  local pki
+  pki=$(_kube_pki)
+  if [[ -s $pki/apiserver.crt ]] &&
+    ! openssl x509 -noout -ext subjectAltName -in "$pki/apiserver.crt" 2>/dev/null | grep -q "IP Address:$MP_RIG_ADDRESS\(,\|$\)"; then
+    rm -f "$pki/apiserver.crt" "$pki/apiserver.key"
+  fi
+  _kube_ensure_cert apiserver "/CN=kube-apiserver" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:$MP_RIG_ADDRESS,IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 }
 
 # The apiserver's identity towards kubelets (logs, exec, port-forward).
@@ -230,7 +244,7 @@ kind: Config
 clusters:
 - name: devstack
   cluster:
-    server: https://127.0.0.1:$KUBE_PORT
+    server: https://$(kube_address)
     certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
 users:
 - name: $user
@@ -269,11 +283,12 @@ kube_start() {
   run=$(_kube_run)
   pki=$(_kube_pki)
   _kube_make_pki || return 1
+  _kube_apiserver_cert || return 1
   _kube_kubelet_client_cert || return 1
   _kube_write_kubeconfig "$(_kube_kubeconfig)" admin admin
   _kube_write_kubeconfig "$(_kube_cm_kubeconfig)" system:kube-controller-manager controller-manager
   etcd_url=http://127.0.0.1:$KUBE_ETCD_PORT
-  api_url=https://127.0.0.1:$KUBE_PORT
+  api_url=https://$(kube_address)
 
   if ! _kube_proc_running etcd; then
     mp_require_port_free 127.0.0.1 "$KUBE_ETCD_PORT" "kube (etcd)"
@@ -289,17 +304,15 @@ kube_start() {
   fi
 
   if ! _kube_proc_running apiserver; then
-    mp_require_port_free 127.0.0.1 "$KUBE_PORT" "kube (kube-apiserver)"
-    # The ServiceAccount admission plugin is off (as in envtest): no controller creates the
-    # `default` ServiceAccount, and Pods would be refused without it.
+    mp_require_port_free "$MP_RIG_ADDRESS" "$KUBE_PORT" "kube (kube-apiserver)"
     mapfile -d '' -t pid_args < <(_kube_wait_then_exec "$etcd_url/health" "$KUBE_DEP_WAIT" --)
     mp_daemon_start "$(_kube_pidfile apiserver)" "$(_kube_logfile apiserver)" "${pid_args[@]}" \
       "$(_kube_bin kube-apiserver)" \
       --etcd-servers="$etcd_url" \
-      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$KUBE_PORT" \
+      --bind-address="$MP_RIG_ADDRESS" --advertise-address="$MP_RIG_ADDRESS" --secure-port="$KUBE_PORT" \
       --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
       --client-ca-file="$pki/ca.crt" \
-      --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+      --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction,ServiceAccount \
       --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
       --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
       --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
@@ -307,7 +320,6 @@ kube_start() {
       --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
       --service-cluster-ip-range="$KUBE_SERVICE_CIDR" \
       --allow-privileged=true \
-      --disable-admission-plugins=ServiceAccount \
       --cert-dir="$run/apiserver-certs" \
       --profiling=false || return 1
   fi
@@ -321,6 +333,7 @@ kube_start() {
       --kubeconfig="$(_kube_cm_kubeconfig)" \
       --bind-address=127.0.0.1 --secure-port="$KUBE_CM_PORT" --cert-dir="$run/controller-manager-certs" \
       --controllers="$KUBE_CONTROLLERS" \
+      --root-ca-file="$pki/ca.crt" \
       --use-service-account-credentials=false --leader-elect=false \
       --profiling=false || return 1
   fi
@@ -332,7 +345,7 @@ kube_health() {
   local pki
   pki=$(_kube_pki)
   [[ $(curl -sS --max-time 3 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "https://127.0.0.1:$KUBE_PORT/readyz") == ok ]] &&
+    "https://$(kube_address)/readyz") == ok ]] &&
     [[ $(curl -sSk --max-time 3 "https://127.0.0.1:$KUBE_CM_PORT/healthz") == ok ]]
 }
 

@@ -8,9 +8,10 @@
 # Nothing can be pulled here: the sandbox ("pause") image is built from devstack/node/pause with
 # umoci and imported into containerd; pods use imagePullPolicy Never.
 #
-# Network: the rig creates the bridge $NODE_BRIDGE with $NODE_BRIDGE_IP/24 on this machine; pods
-# get addresses of $NODE_POD_CIDR on it (host-local IPAM), the host is their gateway, and nothing
-# is masqueraded: pod traffic reaches only this machine, its bridge, pods and Services.
+# Network: pods get addresses of $NODE_POD_CIDR on the rig's bridge $MP_RIG_BRIDGE (lib.sh makes
+# it, with $MP_RIG_ADDRESS, before any service starts), host-local IPAM; the host is their gateway
+# and nothing is masqueraded: pod traffic reaches only this machine (the services listening on
+# $MP_RIG_ADDRESS), its bridge, pods and Services.
 #
 # Health: the Node is Ready and schedulable, and a probe pod (the pause program answering HTTP)
 # answers through the pod network.
@@ -21,8 +22,7 @@
 # See the conventions at the top of lib.sh.
 
 NODE_NAME=devstack-node
-NODE_BRIDGE=mp0
-NODE_BRIDGE_IP=10.244.0.1
+# Pods get addresses on the rig's bridge (lib.sh), which is their gateway.
 NODE_POD_CIDR=10.244.0.0/24
 NODE_KUBELET_PORT=10250
 NODE_IMAGE_PAUSE=localhost/message-pipeline/pause:v1
@@ -48,9 +48,9 @@ _node_proc_running() { mp_pid_running "$(_node_pidfile "$1")" "$(_node_marker "$
 _node_kubectl() { "$(_kube_bin kubectl)" --kubeconfig "$(_kube_kubeconfig)" "$@"; }
 _node_ctr() { ctr --address "$(_node_sock)" --namespace k8s.io "$@"; }
 
-node_address() { printf '%s (node %s)\n' "$NODE_BRIDGE_IP" "$NODE_NAME"; }
+node_address() { printf '%s (node %s)\n' "$MP_RIG_ADDRESS" "$NODE_NAME"; }
 node_log() { _node_logfile kubelet; }
-node_env() { printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\n' "$NODE_NAME" "$NODE_BRIDGE_IP"; }
+node_env() { printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\n' "$NODE_NAME" "$MP_RIG_ADDRESS"; }
 
 node_install() {
   local build hash src=$MP_DEVSTACK_DIR/kube pause_src=$MP_DEVSTACK_DIR/node/pause
@@ -111,7 +111,7 @@ extendedKeyUsage=clientAuth"
   _kube_ensure_cert kubelet-serving "/CN=$NODE_NAME" "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:$NODE_BRIDGE_IP,IP:127.0.0.1,DNS:$NODE_NAME"
+subjectAltName=IP:$MP_RIG_ADDRESS,IP:127.0.0.1,DNS:$NODE_NAME"
   _kube_ensure_cert scheduler "/CN=system:kube-scheduler" "$ext_client"
   _kube_ensure_cert proxy "/CN=system:kube-proxy" "$ext_client"
 }
@@ -152,13 +152,13 @@ EOF
   "plugins": [
     {
       "type": "bridge",
-      "bridge": "$NODE_BRIDGE",
+      "bridge": "$MP_RIG_BRIDGE",
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$NODE_BRIDGE_IP"}]],
+        "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$MP_RIG_ADDRESS"}]],
         "routes": [{"dst": "0.0.0.0/0"}],
         "dataDir": "$run/cni/ipam"
       }
@@ -170,7 +170,7 @@ EOF
   cat >"$run/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_BRIDGE_IP
+address: $MP_RIG_ADDRESS
 port: $NODE_KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -223,13 +223,10 @@ _node_host_network() {
   modprobe br_netfilter 2>/dev/null || true
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
-  if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
-    ip link add "$NODE_BRIDGE" type bridge || return 1
-  fi
-  if ! ip -4 addr show dev "$NODE_BRIDGE" | grep -q "inet $NODE_BRIDGE_IP/"; then
-    ip addr add "$NODE_BRIDGE_IP/24" dev "$NODE_BRIDGE" || return 1
-  fi
-  ip link set "$NODE_BRIDGE" up
+  ip link show "$MP_RIG_BRIDGE" >/dev/null 2>&1 || {
+    mp_log "node: the rig's bridge $MP_RIG_BRIDGE is missing (devstack/up makes it)"
+    return 1
+  }
 }
 
 _node_probe_pod() {
@@ -294,7 +291,7 @@ node_start() {
   if ! _node_proc_running kubelet; then
     mp_daemon_start "$(_node_pidfile kubelet)" "$(_node_logfile kubelet)" \
       "$(_node_bin kubelet)" --config="$run/kubelet.yaml" --kubeconfig="$run/kubelet.kubeconfig" \
-      --root-dir="$run/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_BRIDGE_IP" || return 1
+      --root-dir="$run/kubelet" --hostname-override="$NODE_NAME" --node-ip="$MP_RIG_ADDRESS" || return 1
   fi
   if ! _node_proc_running scheduler; then
     mp_daemon_start "$(_node_pidfile scheduler)" "$(_node_logfile scheduler)" \
@@ -328,7 +325,8 @@ node_health() {
 }
 
 # Stops the processes, then removes what they left on the host: pod sandboxes and containers,
-# mounts under the kubelet's root, network namespaces, the bridge, iptables chains, cgroups.
+# mounts under the kubelet's root, network namespaces, iptables chains, cgroups (the bridge is
+# the rig's: down removes it with the last service).
 node_stop() {
   local run task ns m
   run=$(_node_run)
@@ -359,7 +357,6 @@ node_stop() {
   for ns in /var/run/netns/cni-*; do
     [[ -e $ns ]] && ip netns delete "$(basename "$ns")" 2>/dev/null
   done
-  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && ip link delete "$NODE_BRIDGE"
   if [[ -x $(_node_bin kube-proxy) ]]; then
     "$(_node_bin kube-proxy)" --cleanup >/dev/null 2>&1 || true
   fi

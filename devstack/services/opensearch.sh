@@ -19,7 +19,10 @@ _opensearch_marker() { printf 'OpenSearchRunner -basePath %s\n' "$(_opensearch_h
 
 opensearch_address() { printf '127.0.0.1:%s\n' "$OPENSEARCH_PORT"; }
 opensearch_log() { printf '%s/opensearch.log\n' "$(_opensearch_run)"; }
-opensearch_env() { printf 'ELASTICSEARCH_URL=http://127.0.0.1:%s\n' "$OPENSEARCH_PORT"; }
+opensearch_env() {
+  printf 'ELASTICSEARCH_URL=http://127.0.0.1:%s\nELASTICSEARCH_POD_URL=http://%s:%s\n' "$OPENSEARCH_PORT" \
+    "$MP_RIG_ADDRESS" "$OPENSEARCH_PORT"
+}
 
 opensearch_install() {
   local build hash
@@ -54,11 +57,12 @@ opensearch_start() {
   local run home conf
   opensearch_running && return 0
   mp_require_port_free 127.0.0.1 "$OPENSEARCH_PORT" opensearch
+  mp_require_port_free "$MP_RIG_ADDRESS" "$OPENSEARCH_PORT" opensearch
   run=$(_opensearch_run)
   home=$(_opensearch_home)
   conf=$home/node_1/config
   mkdir -p "$conf" "$run/tmp"
-  cp "$MP_DEVSTACK_DIR/opensearch/opensearch.yml" "$conf/opensearch.yml"
+  mp_render "$MP_DEVSTACK_DIR/opensearch/opensearch.yml" "$conf/opensearch.yml" "RIG_ADDRESS=$MP_RIG_ADDRESS"
   cp "$MP_DEVSTACK_DIR/opensearch/log4j2.properties" "$conf/log4j2.properties"
   # JVM options follow OpenSearch's own config/jvm.options for JDK 17.
   # shellcheck disable=SC2086 # OPENSEARCH_HEAP is a list of JVM options

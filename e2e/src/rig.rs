@@ -48,10 +48,23 @@ impl Rig {
                 .collect(),
             Err(_) => HashMap::new(),
         };
+        // The worker image `make image` imported into the node (devstack/image writes it).
+        if let Some(dir) = env_file.parent()
+            && let Ok(text) = std::fs::read_to_string(dir.join("image.env"))
+        {
+            vars.extend(
+                text.lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())),
+            );
+        }
         for key in [
             "KAFKA_BOOTSTRAP_SERVERS",
+            "KAFKA_POD_BOOTSTRAP_SERVERS",
             "MONGODB_URI",
+            "MONGODB_POD_URI",
             "ELASTICSEARCH_URL",
+            "ELASTICSEARCH_POD_URL",
             "KUBECONFIG",
             "HELM",
         ] {
@@ -71,6 +84,11 @@ impl Rig {
         })
     }
 
+    /// The rig's address on its bridge: pods reach this machine there.
+    pub fn rig_address(&self) -> &str {
+        self.var("RIG_ADDRESS")
+    }
+
     /// The name of the rig's Kubernetes node (pods run there).
     pub fn node_name(&self) -> &str {
         self.var("NODE_NAME")
@@ -88,6 +106,27 @@ impl Rig {
         let first = servers.split(',').next().unwrap_or_default();
         ensure_reachable("Kafka", first);
         servers
+    }
+
+    /// The addresses of the rig's services as pods on its node reach them (the rig's bridge
+    /// address), for the endpoints of a MessagePipeline whose workers run as pods.
+    pub fn pod_endpoints(&self) -> PodEndpoints<'_> {
+        PodEndpoints {
+            kafka: self.var("KAFKA_POD_BOOTSTRAP_SERVERS"),
+            mongodb_uri: self.var("MONGODB_POD_URI"),
+            search_url: self.var("ELASTICSEARCH_POD_URL").trim_end_matches('/'),
+        }
+    }
+
+    /// The worker image on the rig's node, and a second name of the same image (for a change of
+    /// a pipeline's image), as `make image` imported them.
+    pub fn worker_image(&self) -> (&str, &str) {
+        let missing = |key: &str| {
+            self.vars.get(key).map(String::as_str).unwrap_or_else(|| {
+                panic!("the worker image is not on the rig's node: {key} is not in image.env next to {}; run `make image`", self.env_file.display())
+            })
+        };
+        (missing("WORKER_IMAGE"), missing("WORKER_IMAGE_NEXT"))
     }
 
     /// The MongoDB connection string, after checking its host accepts connections.
@@ -129,8 +168,18 @@ impl Rig {
     }
 }
 
+/// See [`Rig::pod_endpoints`].
+#[derive(Debug, Clone, Copy)]
+pub struct PodEndpoints<'a> {
+    pub kafka: &'a str,
+    pub mongodb_uri: &'a str,
+    pub search_url: &'a str,
+}
+
 impl Rig {
-    /// Creates a namespace named `<prefix>-<unique>` on the rig's API server; returns its name.
+    /// Creates a namespace named `<prefix>-<unique>` on the rig's API server and waits until its
+    /// `default` ServiceAccount exists (Pods are refused before: the ServiceAccount admission
+    /// plugin is on); returns its name.
     pub async fn create_namespace(&self, client: &kube::Client, prefix: &str) -> String {
         use k8s_openapi::api::core::v1::Namespace;
         let name = crate::unique(prefix);
@@ -141,6 +190,14 @@ impl Rig {
             .create(&kube::api::PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(client.clone(), &name);
+        crate::wait::until(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(30),
+            || async { accounts.get_opt("default").await.ok().flatten().map(|_| ()) },
+        )
+        .await;
         name
     }
 

@@ -2,13 +2,16 @@
 //! image (nothing can be pulled) starts as a non-root user with a read-only root filesystem,
 //! passes its readiness probe, answers on its pod IP through the CNI bridge, its log is read
 //! through the API server (which must authenticate to the kubelet), and deleting its namespace
-//! stops it.
+//! stops it. A Deployment gets available pods from the real controllers, with their
+//! ServiceAccount token mounted, its Service routes to them, and a deleted pod is replaced.
 
 use std::time::Duration;
 
 use e2e::{rig::rig, wait};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, LogParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
 
 /// Built by devstack/services/node.sh from devstack/node/pause.
@@ -106,4 +109,150 @@ async fn a_pod_runs_on_the_node_answers_on_its_ip_and_stops_with_its_namespace()
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_killed_pod_is_replaced()
+{
+    let client = rig().kube_client().await;
+    let namespace = rig().create_namespace(&client, "node-deploy").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "web",
+                        "image": IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/pause", "-http", ":8080"],
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+
+    let available = || async {
+        let status = deployments.get("web").await.ok()?.status?;
+        (status.available_replicas == Some(2)).then_some(())
+    };
+    wait::until("2/2 replicas available", Duration::from_secs(90), available).await;
+
+    // In-cluster config works in these pods: the token is mounted and the CA published.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let listed = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    for pod in &listed.items {
+        let mounts = pod.spec.as_ref().unwrap().containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"),
+            "the ServiceAccount token is mounted: {mounts:?}"
+        );
+    }
+    let ca = Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .get("kube-root-ca.crt")
+        .await
+        .expect("the root CA is published in the namespace");
+    assert!(ca.data.unwrap_or_default().contains_key("ca.crt"));
+
+    // The Service: its EndpointSlice lists both pods, and its ClusterIP answers from this host
+    // (kube-proxy's rules).
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
+    wait::until("2 ready endpoints", Duration::from_secs(30), || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .ok()?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        (ready == 2).then_some(())
+    })
+    .await;
+    let ip = services
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let body = wait::until("the Service answers", Duration::from_secs(30), || async {
+        http.get(format!("http://{ip}/"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(body, "ok\n");
+
+    // A pod force-deleted: the ReplicaSet replaces it.
+    let victim = listed.items[0].metadata.name.clone().unwrap();
+    pods.delete(&victim, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait::until(
+        "a replacement pod, 2/2 available again",
+        Duration::from_secs(90),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let replaced = list
+                .items
+                .iter()
+                .all(|p| p.metadata.name.as_deref() != Some(victim.as_str()));
+            let status = deployments.get("web").await.ok()?.status?;
+            (replaced && list.items.len() == 2 && status.available_replicas == Some(2))
+                .then_some(())
+        },
+    )
+    .await;
+    rig().delete_namespace(&client, &namespace).await;
 }

@@ -114,7 +114,9 @@ async fn main() {
             "metadata": {"name": format!("p{i:03}")},
             "spec": {
                 "image": "registry.example/message-pipeline:0.1.0",
-                "api": {"auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
+                // No pods: this measures the operator, and 200 workers would not fit the rig's node.
+                "api": {"replicas": 0, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
+                "indexer": {"replicas": 0},
                 "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
                 "kafka": {"bootstrapServers": rig().kafka(),
                           "topic": {"name": format!("{namespace}-t{i:03}"), "partitions": 3, "replicationFactor": 1},

@@ -133,11 +133,14 @@ impl Env {
     }
 
     /// A pipeline spec on the rig with a unique topic, group and alias; `patch` is merged in.
+    /// Both Deployments have 0 replicas: these tests are about what the operator writes, and the
+    /// rig's controllers would otherwise start pods (of an image that is not there); workers
+    /// running as pods are the cluster e2e's (e2e/tests/cluster.rs).
     pub fn spec(&self, patch: Value) -> Value {
         let mut spec = json!({
             "image": "registry.example/message-pipeline:0.1.0",
-            "api": {"replicas": 2, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
-            "indexer": {"replicas": 2},
+            "api": {"replicas": 0, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
+            "indexer": {"replicas": 0},
             "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
             "kafka": {
                 "bootstrapServers": rig().kafka(),
