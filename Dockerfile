@@ -33,13 +33,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# Shared libraries the binaries may load (TLS roots, OpenSSL, curl); nothing else, and no tool
-# the containers need: every command is exec'd directly, no shell is used at run time.
+# The packages of image/runtime-packages (the rig's image build, devstack/image, installs the
+# same list into its own Debian base).
+COPY image/runtime-packages /tmp/runtime-packages
 # hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates libssl3 libcurl4 \
- && rm -rf /var/lib/apt/lists/*
+ && sed 's/#.*//' /tmp/runtime-packages | xargs \
+      env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages
 COPY --from=build --chown=0:0 --chmod=0755 /out/api-server /out/indexer /out/operator /usr/local/bin/
 # A numeric non-root user (Kubernetes' runAsNonRoot can only verify a numeric one); 65532 is the
 # uid the chart and the operator's worker Deployments run as.

@@ -6,11 +6,12 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status test check lint fmt bench bench-api bench-operator demo
+.PHONY: up down status image test e2e-full check lint fmt bench bench-api bench-operator demo
 
-## The whole pipeline on the rig: operator, a MessagePipeline, both workers, messages through the
-## API, and `kubectl get mp -o wide` with every condition (e2e/demo.sh says what it shows).
-demo: up
+## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
+## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
+## wide` with every condition (e2e/demo.sh says what it shows).
+demo: image
 	e2e/demo.sh
 
 ## Start the rig (installs and builds what is missing, returns when every service answers).
@@ -25,9 +26,21 @@ down:
 status:
 	devstack/status
 
-## The test command: rig up, formatting, clippy with warnings denied, every test of the workspace.
-test: up check
+## The worker image (the Dockerfile's runtime stage on a Debian base the rig makes, with the
+## binaries the tests build) imported into the rig's node; its name goes to run/image.env.
+image: up
+	cargo test --workspace --no-run --quiet
+	devstack/image target/debug
+
+## The test command: rig up, formatting, clippy with warnings denied, the worker image on the
+## rig's node, every test of the workspace.
+test: up check image
 	cargo test --workspace
+
+## The long cluster scenarios (indexer 1 -> 3 -> 1, a minute of chaos with pods killed at 100+
+## writes/s); not part of `make test`. CHAOS_SECS (default 60) tunes the chaos.
+e2e-full: up image
+	cargo test -p e2e --features full --test cluster_full -- --nocapture
 
 ## Benchmarks against the rig (release build): indexer throughput vs the raw _bulk ceiling,
 ## freshness, peak RSS. BENCH_EVENTS (default 200000), BENCH_RATE, BENCH_STEADY_SECS tune it.
@@ -52,3 +65,4 @@ fmt:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p e2e --all-targets --features full -- -D warnings

@@ -125,3 +125,19 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
     records.sort_by_key(|r| (r.partition, r.offset));
     records
 }
+
+/// Whether the broker knows `topic` (metadata without auto-creation).
+pub fn topic_exists(topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none())
+}

@@ -3,12 +3,17 @@
 //! Every test here talks to the real servers `devstack/up` starts. When one is not there, the
 //! test fails (never skips) with one line saying how to start the rig.
 
+/// The operator installed with its chart, pipelines whose workers run as pods, and the checks
+/// every cluster scenario ends with.
+pub mod cluster;
 /// Creating topics and reading them back whole, without a consumer group.
 pub mod kafka;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.
 pub mod rig;
+/// Steady writes through the API, and what was acknowledged.
+pub mod traffic;
 /// Waiting on a condition with a deadline instead of sleeping and hoping.
 pub mod wait;
 

@@ -6,8 +6,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A TCP proxy on 127.0.0.1 that a test can cut and restore, to make a server unreachable for
-/// one client without touching the server the other tests share.
+/// A TCP proxy (on 127.0.0.1, or an address of the test's choosing) that a test can cut and
+/// restore, to make a server unreachable for one client without touching the server the other
+/// tests share.
 ///
 /// While cut, it closes every open connection and every new one at once (the client sees a
 /// reset or an early close, as with a dead peer).
@@ -22,7 +23,12 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts forwarding a fresh local port to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on("127.0.0.1", upstream).await
+    }
+
+    /// The same on a fresh port of `ip` (e.g. the rig's bridge address, which pods reach).
+    pub async fn start_on(ip: &str, upstream: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
@@ -60,7 +66,7 @@ impl TcpProxy {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<ip>:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -329,8 +329,8 @@ fn chart_lints_renders_and_every_object_is_accepted() {
     );
     failures.extend(dry_run("helm template (default values)", &rendered));
 
-    // One namespace watched: Role + RoleBinding there, and the leader-election Role in the
-    // release namespace; nothing cluster-wide.
+    // One namespace watched: Role + RoleBinding there, the leader-election Role in the release
+    // namespace, and cluster-wide only `list` of MessagePipelines (claims span namespaces).
     let origin = format!("helm template (watchNamespace={watched_ns})");
     let rendered = objects(
         &origin,
@@ -340,6 +340,8 @@ fn chart_lints_renders_and_every_object_is_accepted() {
     assert_eq!(
         kinds(&rendered),
         expected(&[
+            ("ClusterRole", "", 1),
+            ("ClusterRoleBinding", "", 1),
             ("Deployment", &release_ns, 1),
             ("Role", &release_ns, 1),
             ("Role", &watched_ns, 1),

@@ -1,0 +1,529 @@
+//! The product installed on the rig's node as users install it: the CRD applied server-side, the
+//! operator from its chart with `helm`, running as a pod, and MessagePipelines whose workers run
+//! as pods of the image `make image` imported; plus the checks every cluster scenario ends with
+//! (nothing acknowledged lost, the index equal to MongoDB document by document).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use messagepipeline_crd::MessagePipeline;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::rig::rig;
+use crate::traffic::{Acked, writer};
+use crate::{unique, wait};
+
+/// The chart, the CRD and the repository they come from.
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../charts/message-pipeline-operator"
+);
+const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/messagepipeline.yaml");
+/// The API key of the tenant the scenarios write as (its SHA-256 is in the keys Secret).
+pub const KEY: &str = "cluster-e2e-key-7d41a9";
+pub const TENANT: &str = "cluster-tenant";
+
+/// Runs `command`, panicking with its output when it fails; returns stdout.
+pub fn run(mut command: Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// One namespace holding an operator release (watching only this namespace) and the Secrets a
+/// pipeline references.
+#[allow(missing_debug_implementations)] // kube::Client is not Debug
+pub struct Install {
+    pub client: kube::Client,
+    pub namespace: String,
+    pub release: String,
+    /// The images on the node: the one installed, and a second name for the same image.
+    pub image: String,
+    pub image_next: String,
+}
+
+impl Install {
+    /// CRD, namespace, Secrets, and `helm upgrade --install` of the operator (waits until its
+    /// pod is ready).
+    pub async fn new(prefix: &str) -> Self {
+        let client = rig().kube_client().await;
+        let mut apply = rig().kubectl();
+        apply.args(["apply", "--server-side", "--force-conflicts", "-f", CRD]);
+        run(apply, "kubectl apply --server-side of the CRD");
+        let mut established = rig().kubectl();
+        established.args([
+            "wait",
+            "--for=condition=Established",
+            "crd/messagepipelines.messagepipeline.io",
+            "--timeout=60s",
+        ]);
+        run(established, "the CRD established");
+
+        let namespace = rig().create_namespace(&client, prefix).await;
+        let (image, image_next) = rig().worker_image();
+        let install = Self {
+            client,
+            release: format!("op-{}", &namespace[namespace.len() - 8..]),
+            namespace,
+            image: image.to_owned(),
+            image_next: image_next.to_owned(),
+        };
+        install.secrets().await;
+        install.helm_upgrade(&install.image.clone(), &[]);
+        install
+    }
+
+    async fn secrets(&self) {
+        use sha2::{Digest, Sha256};
+        let digest: String = Sha256::digest(KEY.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let keys = format!("- name: cluster-e2e\n  tenant: {TENANT}\n  sha256: {digest}\n");
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        for (name, key, value) in [
+            ("api-keys", "keys.yaml", keys.as_str()),
+            ("mongodb", "uri", rig().pod_endpoints().mongodb_uri),
+        ] {
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name},
+                "stringData": {key: value},
+            });
+            api.patch(
+                name,
+                &PatchParams::apply("cluster-e2e").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    /// `helm upgrade --install` of the operator from `image`, with extra `--set`s; waits until
+    /// the release's pods are ready.
+    pub fn helm_upgrade(&self, image: &str, sets: &[&str]) {
+        let (repository, tag) = image.rsplit_once(':').expect("an image with a tag");
+        let mut helm = rig().helm();
+        helm.args([
+            "upgrade",
+            "--install",
+            &self.release,
+            CHART,
+            "--namespace",
+            &self.namespace,
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+        for set in [
+            format!("watchNamespace={}", self.namespace),
+            format!("image.repository={repository}"),
+            format!("image.tag={tag}"),
+            "image.pullPolicy=Never".to_owned(),
+        ]
+        .iter()
+        .map(String::as_str)
+        .chain(sets.iter().copied())
+        {
+            helm.args(["--set", set]);
+        }
+        run(helm, &format!("helm upgrade --install {}", self.release));
+    }
+
+    /// `helm uninstall` (its cluster-wide objects go with it), then the namespace.
+    pub async fn remove(&self) {
+        let mut helm = rig().helm();
+        helm.args([
+            "uninstall",
+            &self.release,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+        ]);
+        run(helm, &format!("helm uninstall {}", self.release));
+        rig().delete_namespace(&self.client, &self.namespace).await;
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The operator's pods (of this release).
+    pub async fn operator_pods(&self) -> Vec<Pod> {
+        self.api::<Pod>()
+            .list(
+                &ListParams::default()
+                    .labels(&format!("app.kubernetes.io/instance={}", self.release)),
+            )
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Applies a MessagePipeline named `name` on the rig's pod-reachable endpoints (unique topic,
+    /// group, alias and database), `search_url` for the search engine, `patch` merged in.
+    pub async fn apply_pipeline(&self, name: &str, search_url: &str, patch: Value) -> Pipeline {
+        let endpoints = rig().pod_endpoints();
+        let pipeline = Pipeline {
+            name: name.to_owned(),
+            namespace: self.namespace.clone(),
+            database: unique("cluster").replace('-', "_"),
+            topic: unique("cluster-events"),
+            alias: unique("cluster-messages"),
+        };
+        let mut spec = json!({
+            "image": self.image,
+            "imagePullPolicy": "Never",
+            "api": {"replicas": 2, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
+            "indexer": {"replicas": 2},
+            "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}, "database": pipeline.database},
+            "kafka": {
+                "bootstrapServers": endpoints.kafka,
+                "topic": {"name": pipeline.topic, "partitions": 3, "replicationFactor": 1},
+                "consumerGroup": unique("cluster-group"),
+            },
+            "elasticsearch": {"url": search_url, "alias": pipeline.alias, "replicas": 0},
+            "deletionPolicy": "Delete",
+        });
+        merge(&mut spec, patch);
+        self.patch_pipeline(name, spec).await;
+        pipeline
+    }
+
+    /// [`Install::apply_pipeline`], then waits (at most `within`) until it is Ready with its
+    /// `api` and `indexer` replicas ready.
+    pub async fn ready_pipeline(
+        &self,
+        name: &str,
+        search_url: &str,
+        patch: Value,
+        (api, indexer): (i32, i32),
+        within: Duration,
+    ) -> Pipeline {
+        let pipeline = self.apply_pipeline(name, search_url, patch).await;
+        pipeline
+            .until(
+                self,
+                &format!("Ready=True with {api} and {indexer} ready workers"),
+                within,
+                |mp| ready_with(mp, api, indexer),
+            )
+            .await;
+        pipeline
+    }
+
+    /// The pipeline's spec as stored, `change` applied, applied again (server-side).
+    pub async fn change_spec(&self, name: &str, change: impl FnOnce(&mut Value)) {
+        let stored = self.api::<MessagePipeline>().get(name).await.unwrap();
+        let mut spec = serde_json::to_value(&stored.spec).unwrap();
+        change(&mut spec);
+        self.patch_pipeline(name, spec).await;
+    }
+
+    /// Server-side apply of a pipeline's whole spec.
+    pub async fn patch_pipeline(&self, name: &str, spec: Value) {
+        let mp = json!({
+            "apiVersion": "messagepipeline.io/v1alpha1",
+            "kind": "MessagePipeline",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        self.api::<MessagePipeline>()
+            .patch(
+                name,
+                &PatchParams::apply("cluster-e2e").force(),
+                &Patch::Apply(&mp),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying MessagePipeline {name}: {e}"));
+    }
+}
+
+/// A pipeline the scenarios applied: where its data is.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub namespace: String,
+    pub database: String,
+    pub topic: String,
+    pub alias: String,
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    if let (Some(t), Value::Object(p)) = (target.as_object_mut(), patch) {
+        for (k, v) in p {
+            match t.get_mut(&k) {
+                Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                _ => {
+                    t.insert(k, v);
+                }
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn mps(&self, install: &Install) -> Api<MessagePipeline> {
+        install.api()
+    }
+
+    /// Waits until `check` holds for the resource (at most `timeout`); returns it.
+    pub async fn until(
+        &self,
+        install: &Install,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&MessagePipeline) -> bool,
+    ) -> MessagePipeline {
+        let api = self.mps(install);
+        wait::until(what, timeout, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                let mp = api.get(&self.name).await.ok()?;
+                check(&mp).then_some(mp)
+            }
+        })
+        .await
+    }
+
+    /// The api-server's Service as this machine reaches it (its ClusterIP, through kube-proxy).
+    pub async fn api_base(&self, install: &Install) -> String {
+        let service = install
+            .api::<Service>()
+            .get(&format!("{}-api", self.name))
+            .await
+            .unwrap();
+        let ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
+        format!("http://{ip}")
+    }
+
+    /// The pods of both roles.
+    pub async fn worker_pods(&self, install: &Install) -> Vec<Pod> {
+        let mut pods = self.pods(install, "api").await;
+        pods.extend(self.pods(install, "indexer").await);
+        pods
+    }
+
+    /// Pods of one role (`api` or `indexer`).
+    pub async fn pods(&self, install: &Install, role: &str) -> Vec<Pod> {
+        install
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!(
+                "messagepipeline.io/pipeline={},messagepipeline.io/role={role}",
+                self.name
+            )))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Per message id, its version in MongoDB and whether it is a tombstone.
+    pub async fn stored(&self) -> HashMap<Uuid, (u64, bool)> {
+        crate::traffic::stored(&self.database).await
+    }
+
+    /// Per document id in the index (through the alias), its external version and whether it is
+    /// a tombstone.
+    pub async fn indexed(&self) -> Option<HashMap<Uuid, (u64, bool)>> {
+        let http = reqwest::Client::new();
+        let url = format!(
+            "{}/{}/_search?version=true&size=10000",
+            rig().search_url(),
+            self.alias
+        );
+        let body: Value = http
+            .post(url)
+            .json(&json!({"query": {"match_all": {}}, "_source": ["deleted"]}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let hits = body["hits"]["hits"].as_array()?;
+        Some(
+            hits.iter()
+                .filter_map(|h| {
+                    Some((
+                        Uuid::parse_str(h["_id"].as_str()?).ok()?,
+                        (h["_version"].as_u64()?, h["_source"]["deleted"].as_bool()?),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// What every scenario ends with: every acknowledged write is in MongoDB (at its version or
+    /// later, a delete as a tombstone), and, within `timeout`, the index holds exactly MongoDB's
+    /// documents at MongoDB's versions. Returns the number of documents.
+    pub async fn verify(&self, acked: &HashMap<Uuid, (u64, bool)>, timeout: Duration) -> usize {
+        let stored = self.stored().await;
+        let mut lost = Vec::new();
+        for (id, (version, deleted)) in acked {
+            match stored.get(id) {
+                Some((v, d)) if v >= version && (!deleted || *d) => {}
+                other => lost.push(format!(
+                    "{id}: acknowledged v{version} deleted={deleted}, stored {other:?}"
+                )),
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes not in MongoDB: {lost:?}",
+            lost.len()
+        );
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            // MongoDB again: a relay may still publish a change written before the last read.
+            let stored = self.stored().await;
+            let indexed = self.indexed().await;
+            if indexed.as_ref() == Some(&stored) {
+                return stored.len();
+            }
+            if started.elapsed() > timeout {
+                let indexed = indexed.unwrap_or_default();
+                let missing: Vec<_> = stored
+                    .iter()
+                    .filter(|(id, v)| indexed.get(id) != Some(v))
+                    .take(10)
+                    .collect();
+                let extra: Vec<_> = indexed
+                    .keys()
+                    .filter(|id| !stored.contains_key(id))
+                    .take(10)
+                    .collect();
+                panic!(
+                    "the index does not equal MongoDB after {timeout:?}: {} stored, {} indexed; differing (first 10): {missing:?}; only in the index: {extra:?}; last seen {last:?}",
+                    stored.len(),
+                    indexed.len(),
+                    last = last.map(|(s, i): (usize, usize)| format!("{s} stored / {i} indexed")),
+                );
+            }
+            last = Some((stored.len(), indexed.as_ref().map_or(0, HashMap::len)));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Writers through one or more API bases until stopped; what they saw acknowledged.
+#[derive(Debug)]
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    done: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Traffic {
+    /// `writers` concurrent clients of `base`, each pausing `pause` between requests.
+    pub fn start(base: &str, writers: usize, pause: Duration) -> Self {
+        let bases = Arc::new(RwLock::new(vec![base.to_owned()]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+        let done = Arc::new(AtomicU64::new(0));
+        let tasks = (0..writers)
+            .map(|_| {
+                tokio::spawn(writer(
+                    bases.clone(),
+                    KEY.to_owned(),
+                    acked.clone(),
+                    stop.clone(),
+                    done.clone(),
+                    pause,
+                ))
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            done,
+            tasks,
+            started: Instant::now(),
+        }
+    }
+
+    /// Acknowledged writes so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further writes have been acknowledged (the API works right now).
+    pub async fn progresses(&self, more: u64, timeout: Duration) {
+        let target = self.done() + more;
+        wait::until("acknowledged writes", timeout, || async {
+            (self.done() >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writers; returns what was acknowledged, the count and the rate per second.
+    pub async fn stop(self) -> (HashMap<Uuid, (u64, bool)>, u64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let done = self.done.load(Ordering::Relaxed);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, done, rate)
+    }
+}
+
+/// Force-deletes a pod (grace period 0), as a node failure would end it.
+pub async fn force_delete(install: &Install, pod: &str) {
+    let _ = install
+        .api::<Pod>()
+        .delete(pod, &DeleteParams::default().grace_period(0))
+        .await;
+}
+
+/// The status of condition `type_` on `mp` (`None` when absent).
+pub fn condition<'a>(mp: &'a MessagePipeline, type_: &str) -> Option<&'a str> {
+    mp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+/// Ready=True for the current generation, with `api` and `indexer` workers ready and live by
+/// their Leases.
+pub fn ready_with(mp: &MessagePipeline, api: i32, indexer: i32) -> bool {
+    let Some(status) = &mp.status else {
+        return false;
+    };
+    condition(mp, "Ready") == Some("True")
+        && status.observed_generation == mp.metadata.generation
+        && (status.workers.api.ready, status.workers.api.live) == (api, api)
+        && (status.workers.indexer.ready, status.workers.indexer.live) == (indexer, indexer)
+}
+
+/// A pod the kubelet reports Ready, not being deleted.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
