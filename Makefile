@@ -29,7 +29,7 @@ status:
 ## The worker image (the Dockerfile's runtime stage on a Debian base the rig makes, with the
 ## binaries the tests build) imported into the rig's node; its name goes to run/image.env.
 image: up
-	cargo test --workspace --no-run --quiet
+	cargo test --workspace --no-run
 	devstack/image target/debug
 
 ## The test command: rig up, formatting, clippy with warnings denied, the worker image on the

@@ -38,6 +38,8 @@ pub struct WorkerState {
 pub struct Identity {
     pub pipeline: String,
     pub namespace: String,
+    /// `MP_PIPELINE_UID` (the operator sets it; a worker run by hand may not have it).
+    pub pipeline_uid: Option<String>,
     pub pod: String,
     pub role: Role,
 }
@@ -49,6 +51,7 @@ impl Identity {
         Some(Self {
             pipeline: var(env::PIPELINE_NAME)?,
             namespace: var(env::PIPELINE_NAMESPACE)?,
+            pipeline_uid: var(env::PIPELINE_UID),
             pod: var(env::POD_NAME)?,
             role,
         })
@@ -72,14 +75,18 @@ pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease 
             b.as_str().to_owned(),
         );
     }
+    let mut labels = BTreeMap::from([
+        (lease::LABEL_PIPELINE.to_owned(), id.pipeline.clone()),
+        (lease::LABEL_ROLE.to_owned(), id.role.as_str().to_owned()),
+    ]);
+    if let Some(uid) = &id.pipeline_uid {
+        labels.insert(lease::LABEL_PIPELINE_UID.to_owned(), uid.clone());
+    }
     Lease {
         metadata: ObjectMeta {
             name: Some(id.lease_name()),
             namespace: Some(id.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (lease::LABEL_PIPELINE.to_owned(), id.pipeline.clone()),
-                (lease::LABEL_ROLE.to_owned(), id.role.as_str().to_owned()),
-            ])),
+            labels: Some(labels),
             annotations: Some(annotations),
             ..ObjectMeta::default()
         },
@@ -173,6 +180,7 @@ mod tests {
         let id = Identity {
             pipeline: "orders".into(),
             namespace: "shop".into(),
+            pipeline_uid: Some("3f1c".into()),
             pod: "orders-indexer-7d9f".into(),
             role: Role::Indexer,
         };
@@ -194,9 +202,10 @@ mod tests {
         assert_eq!(
             (
                 labels[lease::LABEL_PIPELINE].as_str(),
+                labels[lease::LABEL_PIPELINE_UID].as_str(),
                 labels[lease::LABEL_ROLE].as_str()
             ),
-            ("orders", "indexer")
+            ("orders", "3f1c", "indexer")
         );
         let annotations = l.metadata.annotations.unwrap();
         assert_eq!(annotations[lease::ANNOTATION_READY], "true");

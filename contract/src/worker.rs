@@ -7,6 +7,9 @@ pub mod env {
     // Which pipeline and pod a worker belongs to (downward API; set by hand when run locally).
     pub const PIPELINE_NAME: &str = "MP_PIPELINE_NAME";
     pub const PIPELINE_NAMESPACE: &str = "MP_PIPELINE_NAMESPACE";
+    /// The uid of the MessagePipeline object: a pipeline deleted and created again under the
+    /// same name is another object, and its old workers (still stopping) are not its own.
+    pub const PIPELINE_UID: &str = "MP_PIPELINE_UID";
     pub const POD_NAME: &str = "POD_NAME";
 
     // Kafka.
@@ -70,6 +73,8 @@ impl Role {
 pub mod lease {
     /// Label: the MessagePipeline the worker belongs to.
     pub const LABEL_PIPELINE: &str = "messagepipeline.io/pipeline";
+    /// Label: the uid of that MessagePipeline object (when the worker was given one).
+    pub const LABEL_PIPELINE_UID: &str = "messagepipeline.io/pipeline-uid";
     /// Label: `api` or `indexer`.
     pub const LABEL_ROLE: &str = "messagepipeline.io/role";
     /// Annotation: `"true"` / `"false"`; changed only on transitions.

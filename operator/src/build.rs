@@ -261,6 +261,7 @@ fn common(
     let mut e = vec![
         plain(env::PIPELINE_NAME, mp.name_any()),
         plain(env::PIPELINE_NAMESPACE, mp.namespace().unwrap_or_default()),
+        plain(env::PIPELINE_UID, mp.uid().unwrap_or_default()),
         EnvVar {
             name: env::POD_NAME.into(),
             value: None,

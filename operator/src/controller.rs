@@ -562,7 +562,8 @@ async fn install_index(ctx: &Context, mp: &MessagePipeline) -> Result<bool, Erro
     Ok(report.changed())
 }
 
-/// Live workers of `mp` from their Leases; expired Leases are deleted.
+/// Live workers of `mp` (this object, not an earlier one of the same name) from their Leases;
+/// expired Leases are deleted.
 async fn live_workers(
     ctx: &Context,
     mp: &MessagePipeline,
@@ -577,7 +578,16 @@ async fn live_workers(
         )))
         .await?;
     let mut live = Vec::new();
+    let uid = mp.uid();
     for l in &leases.items {
+        if !status::of_pipeline(l, uid.as_deref()) {
+            // An earlier object of the same name: its workers are stopping; the Lease is
+            // deleted once it expires.
+            if status::expired(l, now) {
+                let _ = api.delete(&l.name_any(), &DeleteParams::default()).await;
+            }
+            continue;
+        }
         match status::live_worker(l, now) {
             Some(w) => live.push(w),
             None => {

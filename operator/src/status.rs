@@ -45,6 +45,21 @@ pub fn expired(l: &Lease, now: Timestamp) -> bool {
     }
 }
 
+/// Whether a Lease labelled with `mp`'s name belongs to the object with `uid`: a pipeline deleted
+/// and created again under the same name is another object, whose predecessor's workers may
+/// still be stopping. A Lease without the uid label (a worker given none) belongs.
+pub fn of_pipeline(l: &Lease, uid: Option<&str>) -> bool {
+    let label = l
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(lease::LABEL_PIPELINE_UID));
+    match (label, uid) {
+        (Some(label), Some(uid)) => label == uid,
+        _ => true,
+    }
+}
+
 /// The live worker a Lease stands for (`None` for an expired Lease).
 pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
     if expired(l, now) {
@@ -634,5 +649,35 @@ mod tests {
         );
         assert_eq!(live_worker(&lease(69, "api", "true"), now), None);
         assert!(expired(&Lease::default(), now));
+    }
+
+    #[test]
+    fn a_lease_belongs_to_the_object_whose_uid_it_carries() {
+        let lease = |uid: Option<&str>| Lease {
+            metadata: ObjectMeta {
+                labels: Some(
+                    uid.map(|u| (lease::LABEL_PIPELINE_UID.to_owned(), u.to_owned()))
+                        .into_iter()
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Lease::default()
+        };
+        let cases = [
+            (Some("a"), Some("a"), true),
+            (Some("old"), Some("new"), false),
+            // A worker given no uid, or a resource not stored yet: by name alone.
+            (None, Some("a"), true),
+            (Some("a"), None, true),
+            (None, None, true),
+        ];
+        for (label, uid, belongs) in cases {
+            assert_eq!(
+                of_pipeline(&lease(label), uid),
+                belongs,
+                "{label:?} {uid:?}"
+            );
+        }
     }
 }

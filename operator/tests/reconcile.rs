@@ -553,6 +553,17 @@ async fn status_follows_worker_leases() {
         Timestamp::from_second(now.as_second() - 600).unwrap(),
     );
     leases.create(&PostParams::default(), &stale).await.unwrap();
+    // A live Lease of an earlier object of the same name (deleted and created again while its
+    // workers were stopping): not this pipeline's.
+    let mut earlier = worker_lease("st", "indexer", "earlier", true, "open", now);
+    earlier.metadata.labels.as_mut().unwrap().insert(
+        "messagepipeline.io/pipeline-uid".to_owned(),
+        "an-earlier-object".to_owned(),
+    );
+    leases
+        .create(&PostParams::default(), &earlier)
+        .await
+        .unwrap();
     // (Scaled to zero and no live indexer is Ready already: wait for the Leases to be counted.)
     let mp = env
         .until("st", "Ready=True, 2 and 2 ready workers", |mp| {
@@ -567,7 +578,7 @@ async fn status_follows_worker_leases() {
     let s = mp.status.unwrap();
     assert_eq!(
         s.workers.indexer.live, 2,
-        "the expired Lease does not count"
+        "neither the expired Lease nor the earlier object's count"
     );
     assert_eq!(s.breaker.as_deref(), Some("closed"));
     wait::until(
