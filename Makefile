@@ -38,8 +38,11 @@ test: up check image
 	cargo test --workspace
 
 ## The long cluster scenarios (indexer 1 -> 3 -> 1, a minute of chaos with pods killed at 100+
-## writes/s); not part of `make test`. CHAOS_SECS (default 60) tunes the chaos.
-e2e-full: up image
+## writes/s); not part of `make test`. Its image holds release builds (the chaos asks for a write
+## rate the debug builds of `make image` do not reach on 2 cores). CHAOS_SECS (default 60).
+e2e-full: up
+	cargo build --release -p api-server -p indexer -p operator
+	devstack/image target/release
 	cargo test -p e2e --features full --test cluster_full -- --nocapture
 
 ## Benchmarks against the rig (release build): indexer throughput vs the raw _bulk ceiling,
