@@ -51,6 +51,15 @@ pub struct Install {
     /// The images on the node: the one installed, and a second name for the same image.
     pub image: String,
     pub image_next: String,
+    removed: bool,
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.teardown();
+        }
+    }
 }
 
 impl Install {
@@ -78,6 +87,7 @@ impl Install {
             namespace,
             image: image.to_owned(),
             image_next: image_next.to_owned(),
+            removed: false,
         };
         install.secrets().await;
         install.helm_upgrade(&install.image.clone(), &[]);
@@ -144,8 +154,27 @@ impl Install {
         run(helm, &format!("helm upgrade --install {}", self.release));
     }
 
-    /// `helm uninstall` (its cluster-wide objects go with it), then the namespace.
-    pub async fn remove(&self) {
+    /// The pipelines deleted while the operator still runs (their finalizer is its to remove; a
+    /// namespace holding one would stay Terminating), then `helm uninstall` (its cluster-wide
+    /// objects go with it), then the namespace. A scenario that fails before calling this gets
+    /// the same when the `Install` is dropped: its pods would otherwise hold the node's capacity
+    /// and starve the next scenario.
+    pub async fn remove(mut self) {
+        self.removed = true;
+        tokio::task::block_in_place(|| self.teardown());
+    }
+
+    fn teardown(&self) {
+        let mut delete = rig().kubectl();
+        delete.args([
+            "delete",
+            "messagepipelines",
+            "--all",
+            "--namespace",
+            &self.namespace,
+            "--timeout=90s",
+        ]);
+        let _ = delete.output();
         let mut helm = rig().helm();
         helm.args([
             "uninstall",
@@ -154,8 +183,10 @@ impl Install {
             &self.namespace,
             "--wait",
         ]);
-        run(helm, &format!("helm uninstall {}", self.release));
-        rig().delete_namespace(&self.client, &self.namespace).await;
+        let _ = helm.output();
+        let mut namespace = rig().kubectl();
+        namespace.args(["delete", "namespace", &self.namespace, "--wait=false"]);
+        let _ = namespace.output();
     }
 
     pub fn api<K>(&self) -> Api<K>
