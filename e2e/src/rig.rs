@@ -121,12 +121,12 @@ impl Rig {
     /// The worker image on the rig's node, and a second name of the same image (for a change of
     /// a pipeline's image), as `make image` imported them.
     pub fn worker_image(&self) -> (&str, &str) {
-        let missing = |key: &str| {
+        let image_var = |key: &str| {
             self.vars.get(key).map(String::as_str).unwrap_or_else(|| {
                 panic!("the worker image is not on the rig's node: {key} is not in image.env next to {}; run `make image`", self.env_file.display())
             })
         };
-        (missing("WORKER_IMAGE"), missing("WORKER_IMAGE_NEXT"))
+        (image_var("WORKER_IMAGE"), image_var("WORKER_IMAGE_NEXT"))
     }
 
     /// The MongoDB connection string, after checking its host accepts connections.
