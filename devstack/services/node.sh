@@ -1,9 +1,12 @@
 # shellcheck shell=bash
 # A Kubernetes node on this machine, for the control plane of kube.sh: containerd (Debian) with
 # runc and the CNI bridge plugin, kubelet, kube-scheduler and kube-proxy (iptables mode) built
-# from the wrapper module devstack/kube, one node named $NODE_NAME. Starts after kube (the
-# control plane); the controller-manager still runs only its garbage-collector and namespace
-# controllers, so Deployments get no pods yet: bare Pods run.
+# from the wrapper module devstack/kube, one node named $NODE_NAME, and the cluster DNS: CoreDNS
+# built from the wrapper module devstack/coredns (only the plugins used), a process of this
+# machine answering on $MP_RIG_ADDRESS:53, which the kubelet gives pods as their nameserver.
+# It serves cluster.local from the API server (its own identity, read-only RBAC) and answers
+# NXDOMAIN for every other name: nothing is forwarded off the machine. Starts after kube (the
+# control plane).
 #
 # Nothing can be pulled here: the sandbox ("pause") image is built from devstack/node/pause with
 # umoci and imported into containerd; pods use imagePullPolicy Never.
@@ -13,8 +16,8 @@
 # and nothing is masqueraded: pod traffic reaches only this machine (the services listening on
 # $MP_RIG_ADDRESS), its bridge, pods and Services.
 #
-# Health: the Node is Ready and schedulable, and a probe pod (the pause program answering HTTP)
-# answers through the pod network.
+# Health: the Node is Ready and schedulable, a probe pod (the pause program answering HTTP)
+# answers through the pod network, and CoreDNS is ready (its view of the API server synced).
 #
 # Root is required (containerd, kubelet, bridges, iptables). The VM lacks CAP_SYS_RESOURCE:
 # containerd's CRI plugin runs with restrict_oom_score_adj. cgroup v1: kubelet with
@@ -26,6 +29,8 @@ NODE_NAME=devstack-node
 NODE_POD_CIDR=10.244.0.0/24
 NODE_KUBELET_PORT=10250
 NODE_IMAGE_PAUSE=localhost/message-pipeline/pause:v1
+# CoreDNS's readiness endpoint (loopback only).
+NODE_DNS_READY=127.0.0.1:8181
 # shellcheck disable=SC2034 # read by devstack/up through ${NAME}_START_TIMEOUT
 NODE_START_TIMEOUT=120
 
@@ -42,6 +47,7 @@ _node_marker() {
     kubelet) printf -- '--config=%s/kubelet.yaml\n' "$(_node_run)" ;;
     scheduler) printf -- '--kubeconfig=%s/scheduler.kubeconfig\n' "$(_node_run)" ;;
     proxy) printf -- '--kubeconfig=%s/proxy.kubeconfig\n' "$(_node_run)" ;;
+    dns) printf -- '-conf %s/Corefile\n' "$(_node_run)" ;;
   esac
 }
 _node_proc_running() { mp_pid_running "$(_node_pidfile "$1")" "$(_node_marker "$1")"; }
@@ -50,10 +56,13 @@ _node_ctr() { ctr --address "$(_node_sock)" --namespace k8s.io "$@"; }
 
 node_address() { printf '%s (node %s)\n' "$MP_RIG_ADDRESS" "$NODE_NAME"; }
 node_log() { _node_logfile kubelet; }
-node_env() { printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\n' "$NODE_NAME" "$MP_RIG_ADDRESS"; }
+node_env() {
+  printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\nCLUSTER_DNS=%s\n' "$NODE_NAME" "$MP_RIG_ADDRESS" "$MP_RIG_ADDRESS"
+}
 
 node_install() {
   local build hash src=$MP_DEVSTACK_DIR/kube pause_src=$MP_DEVSTACK_DIR/node/pause
+  local dns_src=$MP_DEVSTACK_DIR/coredns
   [[ $(id -u) -eq 0 ]] || mp_die "node: needs root (containerd, kubelet, a bridge, iptables)"
   mp_require_cmd containerd containerd
   mp_require_cmd runc runc
@@ -63,12 +72,14 @@ node_install() {
   mp_require_cmd iptables iptables
   mp_require_cmd ip iproute2
   build=$(_node_build)
-  # "node-v2" stands for the recipe below: change it when changing the recipe.
-  hash=$(mp_inputs_hash "$src/go.mod" "$src/go.sum" "$pause_src/go.mod" "$pause_src/main.go" <(echo node-v2))
-  if [[ -x $build/bin/kubelet && -s $build/images/pause.tar ]] && mp_stamp_ok "$build" "$hash"; then
+  # "node-v3" stands for the recipe below: change it when changing the recipe.
+  hash=$(mp_inputs_hash "$src/go.mod" "$src/go.sum" "$pause_src/go.mod" "$pause_src/main.go" \
+    "$dns_src/go.mod" "$dns_src/go.sum" "$dns_src/main.go" <(echo node-v3))
+  if [[ -x $build/bin/kubelet && -x $build/bin/coredns && -s $build/images/pause.tar ]] &&
+    mp_stamp_ok "$build" "$hash"; then
     return 0
   fi
-  mp_log "node: building kubelet, kube-scheduler, kube-proxy $KUBE_VERSION and the pause image into $build (~2 min with a warm Go cache)"
+  mp_log "node: building kubelet, kube-scheduler, kube-proxy $KUBE_VERSION, CoreDNS and the pause image into $build (~2 min with a warm Go cache, ~4 min cold)"
   local ldflags
   ldflags=$(_kube_ldflags) || return 1
   rm -rf "$build/bin.tmp" "$build/images"
@@ -78,6 +89,8 @@ node_install() {
     k8s.io/kubernetes/cmd/kube-proxy) || return 1
   (cd "$pause_src" && mp_run_logged "$build/pause.log" env CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" \
     -o "$build/bin.tmp/pause" .) || return 1
+  (cd "$dns_src" && mp_run_logged "$build/coredns.log" env CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" \
+    -o "$build/bin.tmp/coredns" .) || return 1
   # The image: one layer holding /pause, run as nobody (65535).
   local img=$build/images/work
   rm -rf "$img"
@@ -114,6 +127,7 @@ extendedKeyUsage=serverAuth
 subjectAltName=IP:$MP_RIG_ADDRESS,IP:127.0.0.1,DNS:$NODE_NAME"
   _kube_ensure_cert scheduler "/CN=system:kube-scheduler" "$ext_client"
   _kube_ensure_cert proxy "/CN=system:kube-proxy" "$ext_client"
+  _kube_ensure_cert coredns "/CN=devstack:coredns" "$ext_client"
 }
 
 _node_configs() {
@@ -124,6 +138,28 @@ _node_configs() {
   _kube_write_kubeconfig "$run/kubelet.kubeconfig" "system:node:$NODE_NAME" kubelet
   _kube_write_kubeconfig "$run/scheduler.kubeconfig" system:kube-scheduler scheduler
   _kube_write_kubeconfig "$run/proxy.kubeconfig" system:kube-proxy proxy
+  _kube_write_kubeconfig "$run/coredns.kubeconfig" devstack:coredns coredns
+  # Two zones: the cluster's from the API server, and every other name answered NXDOMAIN (no
+  # forwarding: pod traffic stays on this machine).
+  cat >"$run/Corefile" <<EOF
+cluster.local:53 {
+  bind $MP_RIG_ADDRESS
+  errors
+  ready $NODE_DNS_READY
+  kubernetes cluster.local {
+    kubeconfig $run/coredns.kubeconfig
+    pods disabled
+  }
+  cache 30
+}
+.:53 {
+  bind $MP_RIG_ADDRESS
+  errors
+  template ANY ANY {
+    rcode NXDOMAIN
+  }
+}
+EOF
   cat >"$run/containerd/config.toml" <<EOF
 version = 2
 root = "$run/containerd/root"
@@ -187,6 +223,7 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 clusterDomain: cluster.local
+clusterDNS: [$MP_RIG_ADDRESS]
 resolvConf: /etc/resolv.conf
 podCIDR: $NODE_POD_CIDR
 maxPods: 60
@@ -203,7 +240,37 @@ EOF
 
 node_running() {
   _node_proc_running containerd && _node_proc_running kubelet && _node_proc_running scheduler &&
-    _node_proc_running proxy
+    _node_proc_running proxy && _node_proc_running dns
+}
+
+# What CoreDNS may read: Services, EndpointSlices and Namespaces, nothing else.
+_node_dns_rbac() {
+  _node_kubectl apply --server-side --field-manager=devstack -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: devstack:coredns
+rules:
+- apiGroups: [""]
+  resources: [services, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: devstack:coredns
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: devstack:coredns
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: devstack:coredns
+EOF
 }
 
 # Host settings the node changes, saved before the first change so `down` can put them back
@@ -284,8 +351,13 @@ node_start() {
   _node_host_network || return 1
 
   _node_containerd || return 1
-  if ! _node_ctr images check "name==$NODE_IMAGE_PAUSE" 2>/dev/null | grep -q complete; then
+  # Imported again whenever the build made a new one (same name, new program).
+  local pause_sum
+  pause_sum=$(sha256sum <"$build/images/pause.tar")
+  if [[ $(cat "$run/pause.imported" 2>/dev/null) != "$pause_sum" ]] ||
+    ! _node_ctr images check "name==$NODE_IMAGE_PAUSE" 2>/dev/null | grep -q complete; then
     _node_ctr images import "$build/images/pause.tar" >/dev/null || return 1
+    printf '%s\n' "$pause_sum" >"$run/pause.imported"
   fi
 
   if ! _node_proc_running kubelet; then
@@ -305,6 +377,14 @@ node_start() {
       --proxy-mode=iptables --cluster-cidr="$NODE_POD_CIDR" --conntrack-max-per-core=0 \
       --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 || return 1
   fi
+  if ! _node_proc_running dns; then
+    _node_dns_rbac || {
+      mp_log "node: applying CoreDNS's RBAC failed"
+      return 1
+    }
+    mp_daemon_start "$(_node_pidfile dns)" "$(_node_logfile dns)" \
+      "$(_node_bin coredns)" -conf "$run/Corefile" || return 1
+  fi
 }
 
 node_health() {
@@ -321,7 +401,8 @@ node_health() {
     _node_probe_pod >/dev/null 2>&1 || true
     return 1
   fi
-  [[ $(curl -sS --max-time 2 "http://$ip:8080/" 2>/dev/null) == ok ]]
+  [[ $(curl -sS --max-time 2 "http://$ip:8080/" 2>/dev/null) == ok ]] || return 1
+  curl -fsS --max-time 2 "http://$NODE_DNS_READY/ready" >/dev/null 2>&1
 }
 
 # Stops the processes, then removes what they left on the host: pod sandboxes and containers,
@@ -330,6 +411,7 @@ node_health() {
 node_stop() {
   local run task ns m
   run=$(_node_run)
+  mp_daemon_stop "$(_node_pidfile dns)" "$(_node_marker dns)" TERM 10
   mp_daemon_stop "$(_node_pidfile proxy)" "$(_node_marker proxy)" TERM 10
   mp_daemon_stop "$(_node_pidfile scheduler)" "$(_node_marker scheduler)" TERM 10
   mp_daemon_stop "$(_node_pidfile kubelet)" "$(_node_marker kubelet)" TERM 20

@@ -3,7 +3,8 @@
 //! passes its readiness probe, answers on its pod IP through the CNI bridge, its log is read
 //! through the API server (which must authenticate to the kubelet), and deleting its namespace
 //! stops it. A Deployment gets available pods from the real controllers, with their
-//! ServiceAccount token mounted, its Service routes to them, and a deleted pod is replaced.
+//! ServiceAccount token mounted, its Service routes to them (from this host by its ClusterIP,
+//! from a pod by its name through the cluster DNS), and a deleted pod is replaced.
 
 use std::time::Duration;
 
@@ -230,6 +231,49 @@ async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_kille
     })
     .await;
     assert_eq!(body, "ok\n");
+
+    // From a pod, by name: the cluster DNS (CoreDNS on the rig's bridge, the kubelet's
+    // clusterDNS) resolves the short name through the pod's search path and the full name, and
+    // the Service's rules route to an endpoint.
+    let fqdn = format!("http://web.{namespace}.svc.cluster.local/");
+    let client_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "by-name"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "get",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/pause", "-get", "http://web/", fqdn],
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &client_pod)
+        .await
+        .unwrap();
+    let phase = wait::until(
+        "the pod that GETs the Service by name to finish",
+        Duration::from_secs(60),
+        || async {
+            let phase = pods.get("by-name").await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let log = pods
+        .logs("by-name", &LogParams::default())
+        .await
+        .unwrap_or_else(|e| format!("(no log: {e})"));
+    assert_eq!(phase, "Succeeded", "the pod's output: {log}");
+    assert_eq!(log, format!("http://web/ ok\n{fqdn} ok\n"));
 
     // A pod force-deleted: the ReplicaSet replaces it.
     let victim = listed.items[0].metadata.name.clone().unwrap();
