@@ -15,7 +15,8 @@ use messagepipeline_crd::MessagePipeline;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::rig::rig;
+use crate::forward::ServiceForward;
+use crate::rig::{ServiceAccess, rig};
 use crate::traffic::{Acked, writer};
 use crate::{unique, wait};
 
@@ -51,6 +52,8 @@ pub struct Install {
     /// The images on the node: the one installed, and a second name for the same image.
     pub image: String,
     pub image_next: String,
+    /// Port-forwards to the pipelines' Services ([`Pipeline::api_forwarded`]), closed with it.
+    forwards: Mutex<Vec<ServiceForward>>,
     removed: bool,
 }
 
@@ -87,6 +90,7 @@ impl Install {
             namespace,
             image: image.to_owned(),
             image_next: image_next.to_owned(),
+            forwards: Mutex::default(),
             removed: false,
         };
         install.secrets().await;
@@ -335,15 +339,43 @@ impl Pipeline {
         .await
     }
 
-    /// The api-server's Service as this machine reaches it (its ClusterIP, through kube-proxy).
+    /// The api-server's Service as this machine reaches it ([`Rig::service_access`]): its
+    /// ClusterIP through kube-proxy's rules where this machine is the node, else
+    /// [`Pipeline::api_forwarded`].
+    ///
+    /// [`Rig::service_access`]: crate::rig::Rig::service_access
     pub async fn api_base(&self, install: &Install) -> String {
-        let service = install
-            .api::<Service>()
-            .get(&format!("{}-api", self.name))
-            .await
-            .unwrap();
-        let ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
-        format!("http://{ip}")
+        match rig().service_access() {
+            ServiceAccess::ClusterIp => {
+                let service = install
+                    .api::<Service>()
+                    .get(&self.api_service())
+                    .await
+                    .unwrap();
+                let ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
+                format!("http://{ip}")
+            }
+            ServiceAccess::PortForward => self.api_forwarded(install).await,
+        }
+    }
+
+    /// The api-server's Service through the API server's port-forward to its ready endpoints
+    /// (open until `install` is removed).
+    pub async fn api_forwarded(&self, install: &Install) -> String {
+        let forward = ServiceForward::start(
+            install.client.clone(),
+            &self.namespace,
+            &self.api_service(),
+            80,
+        )
+        .await;
+        let url = forward.url();
+        install.forwards.lock().unwrap().push(forward);
+        url
+    }
+
+    fn api_service(&self) -> String {
+        format!("{}-api", self.name)
     }
 
     /// The pods of both roles.

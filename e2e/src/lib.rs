@@ -6,6 +6,8 @@
 /// The operator installed with its chart, pipelines whose workers run as pods, and the checks
 /// every cluster scenario ends with.
 pub mod cluster;
+/// A Service reached through the API server's port-forward, where this machine is not the node.
+pub mod forward;
 /// Creating topics and reading them back whole, without a consumer group.
 pub mod kafka;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.

@@ -66,7 +66,12 @@ impl Rig {
             "ELASTICSEARCH_URL",
             "ELASTICSEARCH_POD_URL",
             "KUBECONFIG",
+            "KUBECTL",
             "HELM",
+            "RIG_ADDRESS",
+            "WORKER_IMAGE",
+            "WORKER_IMAGE_NEXT",
+            "SERVICE_ACCESS",
         ] {
             if let Ok(value) = std::env::var(key) {
                 vars.insert(key.to_owned(), value);
@@ -87,6 +92,20 @@ impl Rig {
     /// The rig's address on its bridge: pods reach this machine there.
     pub fn rig_address(&self) -> &str {
         self.var("RIG_ADDRESS")
+    }
+
+    /// How this machine reaches a Service of the cluster: `SERVICE_ACCESS` of the env file,
+    /// `cluster-ip` unless set (the rig's machine is its node, kube-proxy's rules route a
+    /// ClusterIP); `port-forward` where the node is elsewhere (kind: e2e/kind/run.sh sets it).
+    pub fn service_access(&self) -> ServiceAccess {
+        match self.vars.get("SERVICE_ACCESS").map(String::as_str) {
+            None | Some("cluster-ip") => ServiceAccess::ClusterIp,
+            Some("port-forward") => ServiceAccess::PortForward,
+            Some(other) => panic!(
+                "SERVICE_ACCESS={other} (from {} or the environment) is neither `cluster-ip` nor `port-forward`",
+                self.env_file.display()
+            ),
+        }
     }
 
     /// The name of the rig's Kubernetes node (pods run there).
@@ -166,6 +185,15 @@ impl Rig {
         ensure_reachable("the search engine", &host);
         url
     }
+}
+
+/// See [`Rig::service_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAccess {
+    /// `http://<ClusterIP>`: this machine is the node.
+    ClusterIp,
+    /// Through the API server to the Service's ready endpoints ([`crate::forward`]).
+    PortForward,
 }
 
 /// See [`Rig::pod_endpoints`].

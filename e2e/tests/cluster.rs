@@ -173,13 +173,21 @@ async fn installed_with_helm_it_becomes_ready_serves_through_its_service_and_run
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    let read = http
-        .get(format!("{base}/v1/messages/{id}"))
-        .bearer_auth(cluster::KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
+    // Read back through the Service, then through the API server's port-forward to its
+    // endpoints: how the scenarios reach it where this machine is not the node
+    // (e2e/kind/run.sh).
+    let forwarded = pipeline.api_forwarded(&install).await;
+    for via in [&base, &forwarded] {
+        let read = http
+            .get(format!("{via}/v1/messages/{id}"))
+            .bearer_auth(cluster::KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "GET through {via}");
+        let read: serde_json::Value = read.json().await.unwrap();
+        assert_eq!(read["content"], "through the service", "{read}");
+    }
     wait::until(
         "the message found by search",
         Duration::from_secs(60),
