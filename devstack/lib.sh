@@ -79,11 +79,15 @@ export MP_DEVSTACK_DIR MP_CACHE_DIR MP_BUILD_ROOT MP_RUN_ROOT MP_ENV_FILE
 
 # The rig's own network: a bridge on this machine with one address, on which the services that
 # pods use listen (besides 127.0.0.1 where the server can listen twice), and the node's pods get
-# addresses of the same /24. Nothing is routed off the machine (no masquerading).
+# addresses of the same /24. Nothing is routed off the machine: no masquerading, and the
+# FORWARD chain rejects what pods send anywhere but the bridge.
 MP_RIG_BRIDGE=mp0
 MP_RIG_ADDRESS=10.244.0.1
 MP_RIG_PREFIX=24
-export MP_RIG_BRIDGE MP_RIG_ADDRESS
+# The cluster's Service addresses (kube.sh). Routed to the bridge, so that a ClusterIP without
+# kube-proxy's rules (yet) goes nowhere instead of out of the default route.
+MP_RIG_SERVICE_CIDR=10.96.0.0/12
+export MP_RIG_BRIDGE MP_RIG_ADDRESS MP_RIG_SERVICE_CIDR
 
 # Start order; `down` stops in reverse order.
 SERVICES=(kafka ferretdb opensearch kube node)
@@ -218,7 +222,9 @@ mp_wait_for_health() {
   deadline=$((SECONDS + timeout))
   log=$("${name}_log")
   while ! "${name}_health" >/dev/null 2>&1; do
-    if ! "${name}_running"; then
+    # Twice, half a second apart: a process in the middle of exec (the wrappers that wait for a
+    # dependency, then exec the server) has an empty /proc cmdline for a moment.
+    if ! "${name}_running" && { sleep 0.5; ! "${name}_running"; }; then
       mp_log "$name exited during start-up; last 40 lines of $log:"
       tail -n 40 "$log" >&2
       return 1
@@ -298,10 +304,19 @@ mp_network_up() {
     ip addr add "$MP_RIG_ADDRESS/$MP_RIG_PREFIX" dev "$MP_RIG_BRIDGE" || return 1
   fi
   ip link set "$MP_RIG_BRIDGE" up
+  ip route replace "$MP_RIG_SERVICE_CIDR" dev "$MP_RIG_BRIDGE"
+  # Pods reach this machine, each other and Services; nothing they send is forwarded off it.
+  mp_require_cmd iptables iptables
+  iptables -C FORWARD "${_mp_rig_egress[@]}" 2>/dev/null ||
+    iptables -I FORWARD 1 "${_mp_rig_egress[@]}" || return 1
 }
+_mp_rig_egress=(-i "$MP_RIG_BRIDGE" ! -o "$MP_RIG_BRIDGE" -j REJECT)
 
 # Removes the bridge (once no service runs: they listen on it).
 mp_network_down() {
+  while iptables -C FORWARD "${_mp_rig_egress[@]}" 2>/dev/null; do
+    iptables -D FORWARD "${_mp_rig_egress[@]}" || break
+  done
   if ip link show "$MP_RIG_BRIDGE" >/dev/null 2>&1; then
     ip link delete "$MP_RIG_BRIDGE"
   fi

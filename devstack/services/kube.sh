@@ -27,7 +27,7 @@ KUBE_PORT=6443
 KUBE_ETCD_PORT=2379
 KUBE_ETCD_PEER_PORT=2380
 KUBE_CM_PORT=10257
-KUBE_SERVICE_CIDR=10.96.0.0/12
+KUBE_SERVICE_CIDR=$MP_RIG_SERVICE_CIDR
 # The controllers kube-controller-manager runs (names as in k8s.io/kubernetes
 # cmd/kube-controller-manager/names): workloads (Deployments, ReplicaSets, Jobs, CronJobs, PDB
 # status), EndpointSlices for Services, every namespace's `default` ServiceAccount and

@@ -275,6 +275,35 @@ async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_kille
     assert_eq!(phase, "Succeeded", "the pod's output: {log}");
     assert_eq!(log, format!("http://web/ ok\n{fqdn} ok\n"));
 
+    // Nothing leaves the machine: a pod's connection to an address off it (TEST-NET-3) is
+    // rejected by this machine's FORWARD rule, not answered by whatever the default route leads
+    // to.
+    let mut off_machine = client_pod.clone();
+    off_machine.metadata.name = Some("off-machine".to_owned());
+    off_machine.spec.as_mut().unwrap().containers[0].command = Some(
+        ["/pause", "-get", "http://203.0.113.1/"]
+            .map(String::from)
+            .to_vec(),
+    );
+    pods.create(&PostParams::default(), &off_machine)
+        .await
+        .unwrap();
+    let phase = wait::until(
+        "the pod that GETs an address off the machine to finish",
+        Duration::from_secs(60),
+        || async {
+            let phase = pods.get("off-machine").await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let log = pods
+        .logs("off-machine", &LogParams::default())
+        .await
+        .unwrap_or_default();
+    assert_eq!(phase, "Failed", "{log}");
+    assert!(log.contains("connection refused"), "{log}");
+
     // A pod force-deleted: the ReplicaSet replaces it.
     let victim = listed.items[0].metadata.name.clone().unwrap();
     pods.delete(&victim, &DeleteParams::default().grace_period(0))
