@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: up down status image test e2e-full check lint fmt bench bench-api bench-operator demo
+.PHONY: deps up down status image test e2e-full check lint fmt bench bench-api bench-operator demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -14,8 +14,14 @@ export MP_CACHE_DIR
 demo: image
 	e2e/demo.sh
 
-## Start the rig (installs and builds what is missing, returns when every service answers).
-up:
+## The Debian packages of devstack/packages that are missing (apt-get, as root), and a check of
+## the toolchains the machine brings (Go >= 1.24, cargo). Quick when everything is there.
+deps:
+	devstack/deps
+
+## Start the rig (its first step is deps; builds what is missing, returns when every service
+## answers).
+up: deps
 	devstack/up
 
 ## Stop exactly what the rig started.
@@ -60,8 +66,8 @@ bench-api: up
 bench-operator: up
 	cargo bench -p operator --bench fifty
 
-## Static checks only (no rig needed).
-check: fmt lint
+## Static checks only (no rig needed; the build's packages are).
+check: deps fmt lint
 
 fmt:
 	cargo fmt --all -- --check

@@ -49,10 +49,12 @@
 #   mp_run_dir SERVICE                      prints (and creates) $MP_CACHE_DIR/run/SERVICE
 #   mp_inputs_hash FILE...                  sha256 over the files' contents
 #   mp_stamp_ok DIR HASH / mp_stamp_write DIR HASH   DIR/.inputs stamp check / write
-#   mp_run_logged LOGFILE CMD...            run CMD with output to LOGFILE; on failure print
-#                                           its last 40 lines and return non-zero
+#   mp_run_logged LOGFILE CMD...            run CMD with output to LOGFILE, saying every 30 s
+#                                           that it still runs; on failure print its last 40
+#                                           lines and return non-zero
 #   mp_render TEMPLATE OUT KEY=VALUE...     copy TEMPLATE to OUT replacing @KEY@ by VALUE
-#   mp_require_cmd CMD [DEBIAN_PACKAGE]     apt-get install the package if CMD is missing (root)
+#   mp_require_cmd CMD [DEBIAN_PACKAGE]     fail, naming the package, if CMD is missing (devstack/deps
+#                                           installs devstack/packages)
 #   mp_daemon_start PIDFILE LOGFILE CMD...  start CMD detached (setsid, stdin /dev/null, output
 #                                           appended to LOGFILE), its pid written to PIDFILE
 #   mp_pid_running PIDFILE MARKER           0 if PIDFILE's pid is alive and its /proc cmdline
@@ -112,10 +114,21 @@ mp_stamp_ok() { [[ -f $1/.inputs && $(<"$1/.inputs") == "$2" ]]; }
 mp_stamp_write() { printf '%s\n' "$2" >"$1/.inputs"; }
 
 mp_run_logged() {
-  local logfile=$1
+  local logfile=$1 pid rc=0 started=$SECONDS next=30
   shift
   mkdir -p "$(dirname "$logfile")"
-  if ! "$@" >"$logfile" 2>&1; then
+  # In the background, so that a long cold build says every 30 s that it is still going.
+  "$@" >"$logfile" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 0.2
+    if ((SECONDS - started >= next)); then
+      mp_log "  still running after $((SECONDS - started)) s (log: $logfile)"
+      next=$((next + 30))
+    fi
+  done
+  wait "$pid" || rc=$?
+  if ((rc != 0)); then
     mp_log "command failed: $* (last 40 lines of $logfile follow)"
     tail -n 40 "$logfile" >&2
     return 1
@@ -134,19 +147,12 @@ mp_render() {
   mv -f "$out.tmp" "$out"
 }
 
-MP_APT_UPDATED=
 mp_require_cmd() {
   local cmd=$1 pkg=${2:-}
   command -v "$cmd" >/dev/null 2>&1 && return 0
   [[ -x $cmd ]] && return 0
   [[ -n $pkg ]] || mp_die "'$cmd' is required and not installed"
-  [[ $(id -u) -eq 0 ]] || mp_die "'$cmd' is missing: run 'apt-get install -y $pkg' as root"
-  mp_log "installing Debian package $pkg (for $cmd)"
-  if [[ -z $MP_APT_UPDATED ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || mp_die "apt-get update failed"
-    MP_APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 || mp_die "apt-get install $pkg failed"
+  mp_die "'$cmd' is missing: its Debian package $pkg is in devstack/packages; run make deps (as root) to install what is missing"
 }
 
 mp_pid() {

@@ -449,9 +449,9 @@ fn kind_scripts_parse_and_pass_shellcheck() {
         shellcheck.arg("--external-sources").arg(script);
         let out = match shellcheck.output() {
             Ok(out) => out,
-            Err(e) => panic!(
-                "cannot run shellcheck ({e}): install it with `apt-get install -y shellcheck` (.ci/run does)"
-            ),
+            Err(e) => {
+                panic!("cannot run shellcheck ({e}): it is in devstack/packages: run `make deps`")
+            }
         };
         if !out.status.success() {
             failures.push(format!(
