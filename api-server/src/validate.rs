@@ -4,8 +4,9 @@
 //! body is not JSON, or JSON of the wrong shape: a wrong type, an unknown field, a `null` where
 //! a value belongs; the detail names the field and the position. Validation answers 422 with
 //! *every* violation of well-shaped input as a field error (a JSON Pointer and a message):
-//! missing required fields, identifiers that are not UUIDs, content length, and the metadata
-//! limits that keep one tenant's metadata from bloating or confusing the search index.
+//! missing required fields, identifiers that are not UUIDs, content length, U+0000 in any stored
+//! string ([`NUL_RULE`]), and the metadata limits that keep one tenant's metadata from bloating or
+//! confusing the search index.
 //!
 //! Metadata rules, and why: at most [`Limits::max_metadata_keys`] keys per object and nesting at
 //! most [`Limits::max_metadata_depth`] levels (the metadata object is level 1; every nested
@@ -136,8 +137,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 fn malformed(inner: &serde_json::Error, path: Option<&serde_path_to_error::Path>) -> Problem {
     let (line, column) = (inner.line(), inner.column());
     let message = message_without_position(inner);
-    if inner.is_data() {
-        let pointer = path.map(path_to_pointer).unwrap_or_default();
+    let pointer = path.map(path_to_pointer).unwrap_or_default();
+    // A syntax error inside a field's value (a lone surrogate, a bad escape, a raw control
+    // character in a string) names that field too.
+    let in_a_value = path.is_some_and(|p| {
+        p.iter().next().is_some()
+            && p.iter()
+                .all(|s| !matches!(s, serde_path_to_error::Segment::Unknown))
+    });
+    if inner.is_data() || (inner.is_syntax() && in_a_value) {
         let field = if pointer.is_empty() {
             "the body".to_owned()
         } else {
@@ -275,9 +283,16 @@ fn check_uuid(value: Option<String>, pointer: &str, errors: &mut Vec<FieldError>
     }
 }
 
+/// Why U+0000 is refused in every string a client stores: MongoDB's BSON keys are
+/// NUL-terminated, and FerretDB on PostgreSQL refuses the character in any string
+/// (`unsupported Unicode escape sequence`), so the write would fail after validation passed.
+pub const NUL_RULE: &str = "must not contain U+0000 (NUL), which the storage cannot hold";
+
 fn check_content(content: &str, limits: &Limits, errors: &mut Vec<FieldError>) {
     if content.is_empty() {
         errors.push(FieldError::new("/content", "must not be empty"));
+    } else if content.contains('\0') {
+        errors.push(FieldError::new("/content", NUL_RULE));
     } else if content.len() > limits.max_content_bytes {
         errors.push(FieldError::new(
             "/content",
@@ -365,6 +380,9 @@ fn check_value(
                 pointer.truncate(len);
             }
         }
+        Value::String(text) if text.contains('\0') => {
+            errors.push(FieldError::new(pointer.clone(), NUL_RULE));
+        }
         _ => {}
     }
 }
@@ -377,6 +395,8 @@ fn key_problem(key: &str) -> Option<String> {
             "key is {} bytes, at most {MAX_METADATA_KEY_BYTES} allowed",
             key.len()
         ))
+    } else if key.contains('\0') {
+        Some(format!("key {NUL_RULE}"))
     } else if key.split('.').any(str::is_empty) {
         Some("key must not start or end with `.` or contain `..`".to_owned())
     } else {
@@ -541,6 +561,19 @@ mod tests {
                 vec![("/metadata", "has 3 keys, at most 2 allowed")],
             ),
             (
+                // U+0000 anywhere a string is stored: content, a key, a value, nested.
+                json!({"conversationId": CONV, "senderId": SENDER, "content": "a\u{0}b",
+                       "metadata": {"k\u{0}": 1, "v": ["ok", {"w": "\u{0}"}]}}),
+                vec![
+                    ("/content", NUL_RULE),
+                    (
+                        "/metadata/k\u{0}",
+                        "key must not contain U+0000 (NUL), which the storage cannot hold",
+                    ),
+                    ("/metadata/v/1/w", NUL_RULE),
+                ],
+            ),
+            (
                 json!({"conversationId": CONV, "senderId": SENDER, "content": "x",
                        "metadata": {"a": {"b": {"c": 1, "d": 2, "e": 3}}}}),
                 vec![("/metadata/a/b", "has 3 keys, at most 2 allowed")],
@@ -645,6 +678,12 @@ mod tests {
                 Err((422, vec!["/content", "/metadata/"])),
             ),
             (r#"{"content": null}"#, Err((400, vec!["/content"]))),
+            (
+                r#"{"content": "\u0000", "metadata": {"k": "a\u0000"}}"#,
+                Err((422, vec!["/content", "/metadata/k"])),
+            ),
+            // A lone surrogate cannot be decoded into a string at all.
+            (r#"{"content": "\ud800"}"#, Err((400, vec!["/content"]))),
             (
                 r#"{"conversationId": "x"}"#,
                 Err((400, vec!["/conversationId"])),

@@ -246,6 +246,91 @@ async fn bad_requests_are_problems_that_say_why() {
     assert_eq!(stored.len(), 1, "{stored:?}");
 }
 
+/// U+0000 in every field a client sends: FerretDB on PostgreSQL refused it with `unsupported
+/// Unicode escape sequence` and the API answered 500. Now each is a 4xx problem naming the
+/// field, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_the_storage_cannot_hold_is_refused_in_every_field_before_any_write() {
+    let setup = Setup::new("api-nul").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let (conversation, sender) = (Uuid::new_v4(), Uuid::new_v4());
+    let create = |content: &str, metadata: Value| json!({"conversationId": conversation, "senderId": sender, "content": content, "metadata": metadata});
+    for (body, pointer) in [
+        (create("a\u{0}b", json!({})), "/content"),
+        (create("x", json!({"k\u{0}": 1})), "/metadata/k\u{0}"),
+        (create("x", json!({"k": "v\u{0}"})), "/metadata/k"),
+        (
+            create("x", json!({"k": [{"deep": "\u{0}"}]})),
+            "/metadata/k/0/deep",
+        ),
+    ] {
+        let reply = a.send(Method::POST, "/v1/messages", Some(&body), &[]).await;
+        let problem = reply.problem(422);
+        assert_eq!(problem["errors"][0]["pointer"], json!(pointer), "{problem}");
+        assert!(
+            problem["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("U+0000"),
+            "{problem}"
+        );
+    }
+    // A lone surrogate cannot become a string at all: 400, naming the field.
+    let response = a
+        .http
+        .post(format!("{}/v1/messages", a.base))
+        .bearer_auth(KEY_A)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"conversationId": "{conversation}", "senderId": "{sender}", "content": "\ud800"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/content", "{problem}");
+    // The identifiers are UUIDs: a NUL makes them not one (422), in a path not one either (400).
+    let reply = a
+        .send(
+            Method::POST,
+            "/v1/messages",
+            Some(&json!({"conversationId": "\u{0}", "senderId": sender, "content": "x"})),
+            &[],
+        )
+        .await;
+    reply.problem(422);
+    a.get("/v1/messages/%00").await.problem(400);
+    a.get("/v1/conversations/%00/messages").await.problem(400);
+    a.get(&format!(
+        "/v1/conversations/{conversation}/messages?cursor=%00"
+    ))
+    .await
+    .problem(400);
+
+    let id = a.create(conversation, "kept").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (patch, pointer) in [
+        (json!({"content": "\u{0}"}), "/content"),
+        (json!({"metadata": {"\u{0}": "v"}}), "/metadata/\u{0}"),
+    ] {
+        let reply = a.patch(&id, &patch, None).await;
+        assert_eq!(
+            reply.problem(422)["errors"][0]["pointer"],
+            json!(pointer),
+            "{reply:?}"
+        );
+    }
+    let read = a.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(read.body["content"], "kept");
+    assert_eq!(read.body["version"], 1);
+    let stored = setup.stored().await;
+    assert_eq!(stored.len(), 1, "only the valid message: {stored:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_is_required_and_decides_the_tenant() {
     let setup = Setup::new("api-auth").await;
