@@ -1,4 +1,4 @@
-//! The seed's examples (`spec/event-flow.md`, copied into `fixtures/`) against our encoding.
+//! The event examples the project started from (kept in `fixtures/`) against our encoding.
 //!
 //! They must decode, and what we encode must contain every field they have, with equal JSON
 //! values. Times are the one deliberate difference: we always write milliseconds
