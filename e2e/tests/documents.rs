@@ -81,7 +81,11 @@ fn every_document_reference_resolves_inside_the_repository() {
     assert!(files.len() > 50, "only {} tracked files", files.len());
     let mut broken = Vec::new();
     let mut checked = 0;
-    for file in &files {
+    // This file's own examples are data, not references.
+    for file in files
+        .iter()
+        .filter(|f| !f.ends_with("e2e/tests/documents.rs"))
+    {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue; // not text
         };
