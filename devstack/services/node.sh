@@ -56,9 +56,7 @@ _node_ctr() { ctr --address "$(_node_sock)" --namespace k8s.io "$@"; }
 
 node_address() { printf '%s (node %s)\n' "$MP_RIG_ADDRESS" "$NODE_NAME"; }
 node_log() { _node_logfile kubelet; }
-node_env() {
-  printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\nCLUSTER_DNS=%s\n' "$NODE_NAME" "$MP_RIG_ADDRESS" "$MP_RIG_ADDRESS"
-}
+node_env() { printf 'NODE_NAME=%s\nNODE_ADDRESS=%s\n' "$NODE_NAME" "$MP_RIG_ADDRESS"; }
 
 node_install() {
   local build hash src=$MP_DEVSTACK_DIR/kube pause_src=$MP_DEVSTACK_DIR/node/pause

@@ -256,22 +256,7 @@ async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_kille
         },
     }))
     .unwrap();
-    pods.create(&PostParams::default(), &client_pod)
-        .await
-        .unwrap();
-    let phase = wait::until(
-        "the pod that GETs the Service by name to finish",
-        Duration::from_secs(60),
-        || async {
-            let phase = pods.get("by-name").await.ok()?.status?.phase?;
-            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-        },
-    )
-    .await;
-    let log = pods
-        .logs("by-name", &LogParams::default())
-        .await
-        .unwrap_or_else(|e| format!("(no log: {e})"));
+    let (phase, log) = run_to_end(&pods, &client_pod).await;
     assert_eq!(phase, "Succeeded", "the pod's output: {log}");
     assert_eq!(log, format!("http://web/ ok\n{fqdn} ok\n"));
 
@@ -285,22 +270,7 @@ async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_kille
             .map(String::from)
             .to_vec(),
     );
-    pods.create(&PostParams::default(), &off_machine)
-        .await
-        .unwrap();
-    let phase = wait::until(
-        "the pod that GETs an address off the machine to finish",
-        Duration::from_secs(60),
-        || async {
-            let phase = pods.get("off-machine").await.ok()?.status?.phase?;
-            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-        },
-    )
-    .await;
-    let log = pods
-        .logs("off-machine", &LogParams::default())
-        .await
-        .unwrap_or_default();
+    let (phase, log) = run_to_end(&pods, &off_machine).await;
     assert_eq!(phase, "Failed", "{log}");
     assert!(log.contains("connection refused"), "{log}");
 
@@ -328,4 +298,25 @@ async fn a_deployment_gets_available_pods_its_service_routes_to_them_and_a_kille
     )
     .await;
     rig().delete_namespace(&client, &namespace).await;
+}
+
+/// Creates `pod` (restartPolicy Never) and waits until it has ended; its phase (`Succeeded` or
+/// `Failed`) and its log.
+async fn run_to_end(pods: &Api<Pod>, pod: &Pod) -> (String, String) {
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), pod).await.unwrap();
+    let phase = wait::until(
+        &format!("pod {name} to end"),
+        Duration::from_secs(60),
+        || async {
+            let phase = pods.get(&name).await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let log = pods
+        .logs(&name, &LogParams::default())
+        .await
+        .unwrap_or_else(|e| format!("(no log: {e})"));
+    (phase, log)
 }
