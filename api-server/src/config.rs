@@ -207,12 +207,13 @@ pub struct SearchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    /// Largest request body in bytes (413 beyond). The default (384 KiB) holds the largest
+    /// valid content and metadata even when every character takes four bytes in UTF-8.
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 384 * 1024)]
     pub max_body_bytes: usize,
-    /// Largest `content`, in UTF-8 bytes.
-    #[arg(long, env = "API_MAX_CONTENT_BYTES", default_value_t = Limits::default().max_content_bytes)]
-    pub max_content_bytes: usize,
+    /// Longest `content`, in characters (Unicode scalar values).
+    #[arg(long, env = "API_MAX_CONTENT_CHARS", default_value_t = Limits::default().max_content_chars)]
+    pub max_content_chars: usize,
     /// Most keys in one metadata object (at every level).
     #[arg(long, env = "API_MAX_METADATA_KEYS", default_value_t = Limits::default().max_metadata_keys)]
     pub max_metadata_keys: usize,
@@ -227,7 +228,7 @@ pub struct LimitArgs {
 impl LimitArgs {
     pub fn limits(&self) -> Limits {
         Limits {
-            max_content_bytes: self.max_content_bytes,
+            max_content_chars: self.max_content_chars,
             max_metadata_keys: self.max_metadata_keys,
             max_metadata_depth: self.max_metadata_depth,
             max_metadata_bytes: self.max_metadata_bytes,

@@ -1,77 +1,123 @@
-//! Opaque pagination cursors: `nextCursor` in a page, `cursor` in the next request.
+//! Pagination cursors: `nextCursor` in a page, `cursor` in the next request.
 //!
-//! A cursor is URL-safe base64 (no padding) of a small JSON value. Clients must treat it as
-//! opaque; this module is the only place that knows what is inside, so the format can change
-//! with the API version. A cursor that does not decode is a 400 naming the parameter, never a
-//! 500 and never silently the first page.
+//! A cursor is a position in a total order, written in a small fixed grammar: a conversation
+//! page's is `<creation millis>_<id>`, a search's `<score>_<creation millis>_<id>` (the score in
+//! exponent form, ignored when the search has no text). Every string of the grammar is a
+//! position, so the OpenAPI document can give the grammar as a pattern ([`PAGE_PATTERN`],
+//! [`SEARCH_PATTERN`]) and any value that matches it is answered with a page; anything else is a
+//! 400 naming the parameter, never a 500 and never silently the first page. Clients should still
+//! pass `nextCursor` unchanged: the grammar can change with the API version. The id is the
+//! message's UUID, which also keeps the value out of any query operator.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::problem::Problem;
 use crate::store::After;
 
-/// Longest cursor accepted, in characters (a search cursor holds a few sort values).
-const MAX_LEN: usize = 1024;
+/// Longest cursor accepted, in characters (the longest the grammar allows is shorter).
+pub const MAX_LEN: usize = 128;
 
-fn encode<T: Serialize>(value: &T) -> String {
-    // Serializing numbers, strings and arrays of them cannot fail.
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
+/// A conversation page's cursor, as a regular expression.
+pub const PAGE_PATTERN: &str = "^-?[0-9]{1,18}_[0-9A-Fa-f]{32}$";
+/// A search's cursor, as a regular expression.
+pub const SEARCH_PATTERN: &str =
+    "^-?[0-9](\\.[0-9]{1,17})?e-?[0-9]{1,2}_-?[0-9]{1,18}_[0-9A-Fa-f]{32}$";
+
+fn invalid() -> Problem {
+    Problem::invalid_parameter(
+        "cursor",
+        "not a cursor this API issues; pass `nextCursor` from the previous page unchanged",
+    )
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(cursor: &str) -> Result<T, Problem> {
-    let invalid = || {
-        Problem::invalid_parameter(
-            "cursor",
-            "not a cursor this API issued; pass `nextCursor` from the previous page unchanged",
-        )
+/// `-?[0-9]{1,18}` as an `i64` (18 digits always fit).
+fn millis(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    ((1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// 32 hex digits (a UUID's simple form) as the hyphenated id.
+fn id(text: &str) -> Option<String> {
+    (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Uuid::try_parse(text).ok())
+        .flatten()
+        .map(|id| id.to_string())
+}
+
+/// `-?D(.D{1,17})?e-?D{1,2}` as a finite `f64`.
+fn score(text: &str) -> Option<f64> {
+    let (mantissa, exponent) = text.split_once('e')?;
+    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let (int, fraction) = mantissa.split_once('.').unwrap_or((mantissa, "1"));
+    let exponent = exponent.strip_prefix('-').unwrap_or(exponent);
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
     };
-    if cursor.len() > MAX_LEN {
-        return Err(invalid());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    serde_json::from_slice(&bytes).map_err(|_| invalid())
+    (digits(int, 1..=1) && digits(fraction, 1..=17) && digits(exponent, 1..=2))
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
-/// The position after the last message of a conversation page: (creation millis, id).
+/// The position after the last message of a conversation page.
 pub fn encode_page(after: &After) -> String {
-    encode(&(after.millis, &after.id))
+    let id =
+        Uuid::try_parse(&after.id).map_or_else(|_| after.id.clone(), |u| u.simple().to_string());
+    format!("{}_{id}", after.millis)
 }
 
 pub fn decode_page(cursor: &str) -> Result<After, Problem> {
-    let (millis, id): (i64, String) = decode(cursor)?;
-    // Only ids this API wrote: a UUID, which also keeps the value out of any query operator.
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::invalid_parameter("cursor", "not a cursor this API issued"))?;
+    let (m, i) = cursor
+        .split_once('_')
+        .filter(|_| cursor.len() <= MAX_LEN)
+        .ok_or_else(invalid)?;
     Ok(After {
-        millis,
-        id: id.to_string(),
+        millis: millis(m).ok_or_else(invalid)?,
+        id: id(i).ok_or_else(invalid)?,
     })
 }
 
-/// A search engine's `search_after` values: scalars only.
-pub fn encode_search(sort: &[Value]) -> String {
-    encode(&sort)
+/// The search engine's `search_after` values of the last hit (`[score, millis, id]` with a
+/// text query, `[millis, id]` without) as a cursor; `None` if they are not of that shape.
+pub fn encode_search(sort: &[Value]) -> Option<String> {
+    let (score, rest) = match sort {
+        [score, rest @ ..] if sort.len() == 3 => (score.as_f64()?, rest),
+        rest => (0.0, rest),
+    };
+    let [millis, id] = rest else { return None };
+    let id = Uuid::try_parse(id.as_str()?).ok()?.simple();
+    Some(format!("{score:e}_{}_{id}", millis.as_i64()?))
 }
 
+/// A search cursor as `search_after` values: `expected_len` 3 with a text query (score
+/// first), 2 without.
 pub fn decode_search(cursor: &str, expected_len: usize) -> Result<Vec<Value>, Problem> {
-    let values: Vec<Value> = decode(cursor)?;
-    let scalar = |v: &Value| matches!(v, Value::Number(_) | Value::String(_) | Value::Bool(_));
-    if values.len() != expected_len || !values.iter().all(scalar) {
-        return Err(Problem::invalid_parameter(
-            "cursor",
-            "not a cursor for this query; pass `nextCursor` from the previous page with the same parameters",
-        ));
+    if cursor.len() > MAX_LEN {
+        return Err(invalid());
     }
-    Ok(values)
+    let mut parts = cursor.splitn(3, '_');
+    let (Some(s), Some(m), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    let score = score(s).ok_or_else(invalid)?;
+    let values = vec![
+        json!(millis(m).ok_or_else(invalid)?),
+        json!(id(i).ok_or_else(invalid)?),
+    ];
+    Ok(if expected_len == 3 {
+        std::iter::once(json!(score)).chain(values).collect()
+    } else {
+        values
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use regex::Regex;
     use serde_json::json;
+    use uuid::Uuid;
 
     use super::*;
 
@@ -82,34 +128,77 @@ mod tests {
             id: Uuid::from_u128(42).to_string(),
         };
         let cursor = encode_page(&after);
-        assert!(
-            cursor
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        assert_eq!(
+            cursor,
+            format!("1700000000123_{}", Uuid::from_u128(42).simple())
         );
         assert_eq!(decode_page(&cursor).unwrap(), after);
-        let bad = [
-            String::new(),
-            "!!".into(),
-            URL_SAFE_NO_PAD.encode(b"[1]"),
-            URL_SAFE_NO_PAD.encode(br#"[1, {"$gt": ""}]"#),
-            URL_SAFE_NO_PAD.encode(br#"[1, "not-a-uuid"]"#),
-            "A".repeat(MAX_LEN + 1),
+        let pattern = Regex::new(PAGE_PATTERN).unwrap();
+        let cases = [
+            (cursor.as_str(), true),
+            ("-5_0123456789abcdefABCDEF0123456789", true),
+            ("999999999999999999_00000000000000000000000000000000", true),
+            ("", false),
+            ("!!", false),
+            ("1", false),
+            ("1_", false),
+            ("1_x", false),
+            ("1_0123456789abcdef0123456789abcde", false),
+            ("1_0123456789abcdef0123456789abcdef0", false),
+            (
+                "1234567890123456789_0123456789abcdef0123456789abcdef",
+                false,
+            ),
+            ("+1_0123456789abcdef0123456789abcdef", false),
+            ("1_0123456789abcdef0123456789abcdef\n", false),
+            ("1_{$gt: ''}", false),
         ];
-        for cursor in bad {
-            let problem = decode_page(&cursor).unwrap_err();
-            assert_eq!(problem.status, 400, "{cursor}");
-            assert!(problem.detail.unwrap().starts_with("cursor: "));
+        for (cursor, valid) in cases {
+            assert_eq!(pattern.is_match(cursor), valid, "pattern: {cursor:?}");
+            match decode_page(cursor) {
+                Ok(_) => assert!(valid, "{cursor:?} decoded"),
+                Err(problem) => {
+                    assert!(!valid, "{cursor:?} refused");
+                    assert_eq!(problem.status, 400);
+                    assert!(problem.detail.unwrap().starts_with("cursor: "));
+                }
+            }
         }
     }
 
     #[test]
-    fn search_cursors_hold_scalars_of_the_expected_count() {
-        let sort = vec![json!(1.5), json!(1_700_000_000_000i64), json!("id")];
-        let cursor = encode_search(&sort);
+    fn search_cursors_round_trip_and_match_their_pattern() {
+        let id = Uuid::from_u128(7).to_string();
+        let sort = vec![json!(1.5), json!(1_700_000_000_000i64), json!(id)];
+        let cursor = encode_search(&sort).unwrap();
         assert_eq!(decode_search(&cursor, 3).unwrap(), sort);
-        assert_eq!(decode_search(&cursor, 2).unwrap_err().status, 400);
-        let nested = encode_search(&[json!({"a": 1}), json!(1), json!(2)]);
-        assert_eq!(decode_search(&nested, 3).unwrap_err().status, 400);
+        // Without a text query the score is carried and ignored.
+        let plain = encode_search(&sort[1..]).unwrap();
+        assert_eq!(decode_search(&plain, 2).unwrap(), sort[1..].to_vec());
+        assert_eq!(decode_search(&cursor, 2).unwrap(), sort[1..].to_vec());
+        assert_eq!(encode_search(&[json!({"a": 1}), json!(1), json!(id)]), None);
+        let pattern = Regex::new(SEARCH_PATTERN).unwrap();
+        let tiny = encode_search(&[json!(1.2345678901234567e-40), json!(-1), json!(id)]).unwrap();
+        let cases = [
+            (cursor.as_str(), true),
+            (plain.as_str(), true),
+            (tiny.as_str(), true),
+            ("0e0_1_0123456789abcdef0123456789abcdef", true),
+            (
+                "-9.99999999999999999e-99_1_0123456789abcdef0123456789abcdef",
+                true,
+            ),
+            ("1_0123456789abcdef0123456789abcdef", false),
+            ("1.5_1_0123456789abcdef0123456789abcdef", false),
+            ("1e100_1_0123456789abcdef0123456789abcdef", false),
+            ("12e1_1_0123456789abcdef0123456789abcdef", false),
+            ("1.e1_1_0123456789abcdef0123456789abcdef", false),
+            ("1e1_1_0123456789abcdef0123456789abcdef_", false),
+            ("", false),
+        ];
+        for (cursor, valid) in cases {
+            assert_eq!(pattern.is_match(cursor), valid, "pattern: {cursor:?}");
+            assert_eq!(decode_search(cursor, 3).is_ok(), valid, "{cursor:?}");
+        }
     }
 }

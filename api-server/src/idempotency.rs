@@ -34,6 +34,10 @@ pub const NAMESPACE: Uuid = Uuid::from_u128(0xebdf9c89_b04f_4b1d_82a5_96966a5af8
 /// Longest key, in characters (= bytes: keys are ASCII).
 pub const MAX_KEY_LEN: usize = 255;
 
+/// What [`IdempotencyKey::parse`] takes, as a regular expression (the OpenAPI document's; a
+/// test holds the two in agreement): 1 to [`MAX_KEY_LEN`] visible ASCII characters.
+pub const KEY_PATTERN: &str = "^[!-~]{1,255}$";
+
 /// A valid `Idempotency-Key` value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
@@ -190,6 +194,33 @@ fn write_canonical(value: &Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_documented_pattern_is_the_parser() {
+        let pattern = regex::Regex::new(KEY_PATTERN).unwrap();
+        let long = "k".repeat(MAX_KEY_LEN);
+        let longer = "k".repeat(MAX_KEY_LEN + 1);
+        let cases: [&[u8]; 9] = [
+            b"a",
+            b"order-1:retry",
+            long.as_bytes(),
+            longer.as_bytes(),
+            b"",
+            b"with space",
+            b"tab\t",
+            b"caf\xc3\xa9",
+            b"\x7f",
+        ];
+        for value in cases {
+            // Header bytes as Latin-1 characters, as a client library sends a string.
+            let text: String = value.iter().map(|&b| char::from(b)).collect();
+            assert_eq!(
+                pattern.is_match(&text),
+                IdempotencyKey::parse(value).is_ok(),
+                "{text:?}"
+            );
+        }
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -21,6 +21,8 @@ pub mod etag;
 pub mod idempotency;
 /// Prometheus metrics.
 pub mod metrics;
+/// The OpenAPI document: the handlers' annotations plus the rules utoipa cannot express.
+pub mod openapi;
 /// What the relay owes Kafka, and the watermark.
 pub mod outbox;
 /// RFC 9457 problem+json errors: one constructor per status the API answers with.

@@ -22,12 +22,13 @@ use crate::config::SearchArgs;
 use crate::cursor;
 use crate::problem::Problem;
 use crate::store::Message;
+use crate::validate::{UUID_RULE, parse_uuid};
 
 /// Default and largest page size.
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 100;
-/// Longest query text, in bytes.
-pub const MAX_QUERY_BYTES: usize = 1024;
+/// Longest `q`, in characters as sent (before surrounding whitespace is trimmed).
+pub const MAX_QUERY_CHARS: usize = 1024;
 
 /// The query string as sent.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
@@ -62,7 +63,7 @@ pub struct SearchQuery {
 
 fn uuid_param(name: &str, value: Option<&str>) -> Result<Option<Uuid>, Problem> {
     value
-        .map(|v| Uuid::parse_str(v).map_err(|_| Problem::invalid_parameter(name, "must be a UUID")))
+        .map(|v| parse_uuid(v).ok_or_else(|| Problem::invalid_parameter(name, UUID_RULE)))
         .transpose()
 }
 
@@ -93,25 +94,23 @@ pub fn limit_param(limit: Option<usize>) -> Result<usize, Problem> {
 
 impl SearchQuery {
     pub fn from_params(params: SearchParams) -> Result<Self, Problem> {
+        if let Some(q) = &params.q {
+            let chars = q.chars().count();
+            if chars > MAX_QUERY_CHARS {
+                return Err(Problem::invalid_parameter(
+                    "q",
+                    format!("is {chars} characters, at most {MAX_QUERY_CHARS} allowed"),
+                ));
+            }
+        }
         let text = params
             .q
             .map(|q| q.trim().to_owned())
             .filter(|q| !q.is_empty());
-        if let Some(q) = &text
-            && q.len() > MAX_QUERY_BYTES
-        {
-            return Err(Problem::invalid_parameter(
-                "q",
-                format!("is {} bytes, at most {MAX_QUERY_BYTES} allowed", q.len()),
-            ));
-        }
+        // `from` at or after `to` is an empty interval: no message matches, which the engine's
+        // range query answers by itself.
         let from = time_param("from", params.from.as_deref())?;
         let to = time_param("to", params.to.as_deref())?;
-        if let (Some(from), Some(to)) = (from, to)
-            && from >= to
-        {
-            return Err(Problem::invalid_parameter("to", "must be after `from`"));
-        }
         let sort_len = if text.is_some() { 3 } else { 2 };
         Ok(Self {
             conversation_id: uuid_param("conversationId", params.conversation_id.as_deref())?,
@@ -205,7 +204,7 @@ pub fn read_hits(body: &[u8], limit: usize) -> Result<Hits, serde_json::Error> {
     let next_cursor = more
         .then(|| hits.last())
         .flatten()
-        .map(|h| cursor::encode_search(&h.sort));
+        .and_then(|h| cursor::encode_search(&h.sort));
     let items = hits
         .into_iter()
         .filter_map(|h| {
@@ -364,6 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_interval_is_a_query_that_matches_nothing() {
+        let q = SearchQuery::from_params(params(|p| {
+            p.from = Some("2026-02-01T00:00:00Z".into());
+            p.to = Some("2026-01-01T00:00:00Z".into());
+        }))
+        .unwrap();
+        assert!(q.from > q.to);
+        // 1024 characters of two bytes each are within the limit.
+        SearchQuery::from_params(params(|p| p.q = Some("é".repeat(1024)))).unwrap();
+    }
+
+    #[test]
     fn bad_parameters_are_400_naming_them() {
         let cases: Vec<(SearchParams, &str)> = vec![
             (
@@ -372,22 +383,22 @@ mod tests {
             ),
             (params(|p| p.sender_id = Some("x".into())), "senderId: "),
             (params(|p| p.from = Some("yesterday".into())), "from: "),
-            (
-                params(|p| {
-                    p.from = Some("2026-02-01T00:00:00Z".into());
-                    p.to = Some("2026-01-01T00:00:00Z".into());
-                }),
-                "to: ",
-            ),
             (params(|p| p.limit = Some(0)), "limit: "),
             (params(|p| p.limit = Some(101)), "limit: "),
             (params(|p| p.q = Some("x".repeat(1025))), "q: "),
-            (params(|p| p.cursor = Some("zz".into())), "cursor: "),
+            // Counted as sent, before trimming.
             (
-                // A cursor of a text query reused without the text.
-                params(|p| {
-                    p.cursor = Some(cursor::encode_search(&[json!(1.0), json!(2), json!("a")]))
-                }),
+                params(|p| p.q = Some(format!(" {} ", "é".repeat(1023)))),
+                "q: ",
+            ),
+            (
+                params(|p| p.conversation_id = Some(Uuid::from_u128(1).simple().to_string())),
+                "conversationId: ",
+            ),
+            (params(|p| p.cursor = Some("zz".into())), "cursor: "),
+            // A page cursor is not a search cursor.
+            (
+                params(|p| p.cursor = Some("1_0123456789abcdef0123456789abcdef".into())),
                 "cursor: ",
             ),
         ];

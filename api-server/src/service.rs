@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::etag::IfMatch;
 use crate::idempotency::{IdempotencyKey, request_fingerprint};
 use crate::outbox::{Outbox, Unvouched};
-use crate::problem::Problem;
+use crate::problem::{FieldError, Problem};
 use crate::store::{After, Change, Message, Store, StoreError, StoredMessage, to_bson};
 use crate::validate::{MessagePatch, NewMessage};
 
@@ -50,6 +50,40 @@ pub struct Messages {
     store: Store,
     outbox: Arc<Outbox>,
     stripes: Vec<Mutex<()>>,
+}
+
+/// MongoDB server error codes that refuse the data of a write rather than the write: BadValue,
+/// FailedToParse, InvalidBSON, BSONObjectTooLarge. Validation is meant to refuse all such data
+/// first; if the server still refuses it, the client's data is the cause, so it is a 422.
+const DATA_REFUSED: [i32; 4] = [2, 9, 22, 10334];
+
+/// The server error code of a write or command failure.
+fn server_code(error: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::WriteFailure;
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Command(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// The answer to a failed write of the client's data: 422 when the server refused the data
+/// itself ([`DATA_REFUSED`]), [`store_problem`] otherwise.
+pub fn write_problem(error: StoreError) -> Problem {
+    if let StoreError::Mongo(e) = &error
+        && let Some(code) = server_code(e).filter(|c| DATA_REFUSED.contains(c))
+    {
+        tracing::warn!(%error, "MongoDB refused the data of a write");
+        return data_refused(code);
+    }
+    store_problem(error)
+}
+
+fn data_refused(code: i32) -> Problem {
+    Problem::validation(vec![FieldError::new(
+        "",
+        format!("the message store refused this data (MongoDB error code {code})"),
+    )])
 }
 
 /// A repository failure as the client sees it; the cause goes to the log, not the body.
@@ -130,7 +164,7 @@ impl Messages {
         };
         // An insert that errs may still have been applied: the ticket's drop asks the relay to
         // look (see `outbox::Ticket`).
-        let inserted = self.store.insert(&doc).await.map_err(store_problem)?;
+        let inserted = self.store.insert(&doc).await.map_err(write_problem)?;
         if inserted {
             self.outbox.committed(ticket, &doc);
             let message = doc.to_message().map_err(|e| store_problem(e.into()))?;
@@ -237,7 +271,7 @@ impl Messages {
                 .store
                 .apply(tenant, &key, current.version(), &change, at, correlation_id)
                 .await
-                .map_err(store_problem)?;
+                .map_err(write_problem)?;
             if applied {
                 let next = changed(current, &change, at, correlation_id);
                 self.outbox.committed(ticket, &next);

@@ -5,33 +5,38 @@
 //! a value belongs; the detail names the field and the position. Validation answers 422 with
 //! *every* violation of well-shaped input as a field error (a JSON Pointer and a message):
 //! missing required fields, identifiers that are not UUIDs, content length, U+0000 in any stored
-//! string ([`NUL_RULE`]), and the metadata limits that keep one tenant's metadata from bloating or
+//! string ([`NUL_RULE`]), integers in metadata that 64 bits cannot hold ([`INTEGER_RULE`]),
+//! and the metadata limits that keep one tenant's metadata from bloating or
 //! confusing the search index.
 //!
 //! Metadata rules, and why: at most [`Limits::max_metadata_keys`] keys per object and nesting at
 //! most [`Limits::max_metadata_depth`] levels (the metadata object is level 1; every nested
 //! object or array adds one), at most [`Limits::max_metadata_bytes`] serialized; keys non-empty,
-//! at most [`MAX_METADATA_KEY_BYTES`] bytes, with no empty dot-separated segment (no leading or
+//! at most [`MAX_METADATA_KEY_CHARS`] characters, with no empty dot-separated segment (no leading or
 //! trailing `.`, no `..`), because `flattened`/`flat_object` address nested keys by dotted paths.
 //!
 //! It never reads the request (the caller hands it bytes already bounded by the body limit),
 //! never touches storage, and never decides authorization.
 
+use std::collections::BTreeMap;
+
 use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::problem::{FieldError, Problem};
 
-/// Longest metadata key, in bytes.
-pub const MAX_METADATA_KEY_BYTES: usize = 128;
+/// Longest metadata key, in characters (Unicode scalar values, as JSON Schema counts).
+pub const MAX_METADATA_KEY_CHARS: usize = 128;
 
 /// The limits of a valid body; `Default` gives the documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest `content`, in UTF-8 bytes (default 64 KiB).
-    pub max_content_bytes: usize,
+    /// Longest `content`, in characters (Unicode scalar values, what JSON Schema's
+    /// `maxLength` counts; default 65,536).
+    pub max_content_chars: usize,
     /// Most keys in any one metadata object (default 64).
     pub max_metadata_keys: usize,
     /// Deepest metadata nesting; the metadata object itself is level 1 (default 4).
@@ -43,7 +48,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_content_bytes: 64 * 1024,
+            max_content_chars: 64 * 1024,
             max_metadata_keys: 64,
             max_metadata_depth: 4,
             max_metadata_bytes: 16 * 1024,
@@ -98,16 +103,28 @@ pub struct MessagePatch {
 
 /// Parses and validates a create body: 400 or 422 as [`Problem`], or the message.
 pub fn parse_create(body: &[u8], limits: &Limits) -> Result<NewMessage, Problem> {
-    parse_json::<CreateMessageRequest>(body)?
-        .validate(limits)
-        .map_err(Problem::validation)
+    let request = parse_json::<CreateMessageRequest>(body)?;
+    with_number_errors(request.validate(limits), body)
 }
 
 /// Parses and validates a patch body: 400 or 422 as [`Problem`], or the patch.
 pub fn parse_patch(body: &[u8], limits: &Limits) -> Result<MessagePatch, Problem> {
-    parse_json::<PatchMessageRequest>(body)?
-        .validate(limits)
-        .map_err(Problem::validation)
+    let request = parse_json::<PatchMessageRequest>(body)?;
+    with_number_errors(request.validate(limits), body)
+}
+
+/// Adds the metadata numbers that would not be stored exactly ([`INTEGER_RULE`]) to the other
+/// violations of a body that parsed.
+fn with_number_errors<T>(validated: Result<T, Vec<FieldError>>, body: &[u8]) -> Result<T, Problem> {
+    let inexact = inexact_integers(body);
+    match validated {
+        Ok(valid) if inexact.is_empty() => Ok(valid),
+        Ok(_) => Err(Problem::validation(inexact)),
+        Err(mut errors) => {
+            errors.extend(inexact);
+            Err(Problem::validation(errors))
+        }
+    }
 }
 
 /// Deserializes a JSON body; any failure is a 400 whose detail names the position and, for a
@@ -270,17 +287,28 @@ fn check_uuid(value: Option<String>, pointer: &str, errors: &mut Vec<FieldError>
         errors.push(FieldError::new(pointer, "is required"));
         return None;
     };
-    match Uuid::parse_str(&value) {
-        Ok(id) if !id.is_nil() => Some(id),
-        Ok(_) => {
+    match parse_uuid(&value) {
+        Some(id) if !id.is_nil() => Some(id),
+        Some(_) => {
             errors.push(FieldError::new(pointer, "must not be the nil UUID"));
             None
         }
-        Err(_) => {
-            errors.push(FieldError::new(pointer, "must be a UUID"));
+        None => {
+            errors.push(FieldError::new(pointer, UUID_RULE));
             None
         }
     }
+}
+
+/// What an id in a body, a path or a query must be.
+pub const UUID_RULE: &str = "must be a UUID in its hyphenated form (8-4-4-4-12 hex digits)";
+
+/// A UUID in the hyphenated form only (what the OpenAPI document's `format: uuid` means), not
+/// the simple, braced or URN forms `Uuid::parse_str` would also take.
+pub fn parse_uuid(value: &str) -> Option<Uuid> {
+    (value.len() == 36)
+        .then(|| Uuid::try_parse(value).ok())
+        .flatten()
 }
 
 /// Why U+0000 is refused in every string a client stores: MongoDB's BSON keys are
@@ -288,20 +316,97 @@ fn check_uuid(value: Option<String>, pointer: &str, errors: &mut Vec<FieldError>
 /// (`unsupported Unicode escape sequence`), so the write would fail after validation passed.
 pub const NUL_RULE: &str = "must not contain U+0000 (NUL), which the storage cannot hold";
 
+/// Why a number with an integer value beyond 64 bits is refused: JSON numbers are parsed as
+/// `i64`, `u64` or, for anything else, an IEEE 754 double, so `123456789012345678901234567890`
+/// would be stored, published and returned as `1.2345678901234568e29`, another number than the
+/// client sent. Other numbers are kept as the nearest double (RFC 8259 §6). The rule is JSON
+/// Schema's: a number is an integer when its value is (`1e3` and `1.0` are), so a double such
+/// as `1.5e300` is refused too, and the OpenAPI document can state the rule exactly.
+pub const INTEGER_RULE: &str =
+    "is an integer outside -2^63..2^64-1, which would not be stored exactly; send it as a string";
+
+/// Every integer in the body's `metadata` that does not fit 64 bits, by JSON Pointer. The body
+/// is parsed a second time, keeping each value's text, because once parsed such an integer is a
+/// double like any other; metadata is at most a few KiB, so the second pass costs little.
+fn inexact_integers(body: &[u8]) -> Vec<FieldError> {
+    #[derive(Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow, default)]
+        metadata: Option<&'a RawValue>,
+    }
+    let mut errors = Vec::new();
+    if let Ok(Metadata {
+        metadata: Some(raw),
+    }) = serde_json::from_slice::<Metadata>(body)
+    {
+        let mut pointer = "/metadata".to_owned();
+        walk_integers(raw, &mut pointer, &mut errors);
+    }
+    errors
+}
+
+fn walk_integers(raw: &RawValue, pointer: &mut String, errors: &mut Vec<FieldError>) {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            // Sorted by key, so that the errors come in the same order every time.
+            let object: BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).unwrap_or_default();
+            for (key, value) in object {
+                let len = pointer.len();
+                push_token(pointer, &key);
+                walk_integers(value, pointer, errors);
+                pointer.truncate(len);
+            }
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
+            for (index, item) in items.into_iter().enumerate() {
+                let len = pointer.len();
+                push_token(pointer, &index.to_string());
+                walk_integers(item, pointer, errors);
+                pointer.truncate(len);
+            }
+        }
+        Some(b'-' | b'0'..=b'9') if !number_is_exact(text) => {
+            errors.push(FieldError::new(pointer.clone(), INTEGER_RULE));
+        }
+        _ => {}
+    }
+}
+
+/// Whether a JSON number's text is held exactly: an integer literal within `i64` or `u64`, a
+/// double without an integer value, or one whose integer value lies within -2^63..2^64-1
+/// (compared as doubles, as a JSON Schema validator does).
+fn number_is_exact(text: &str) -> bool {
+    if !text.contains(['.', 'e', 'E']) {
+        return text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok();
+    }
+    const MIN: f64 = -9_223_372_036_854_775_808.0; // -2^63
+    const END: f64 = 18_446_744_073_709_551_616.0; // 2^64
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() => x.fract() != 0.0 || (MIN..END).contains(&x),
+        // serde_json refuses what overflows a double before this is asked.
+        _ => false,
+    }
+}
+
 fn check_content(content: &str, limits: &Limits, errors: &mut Vec<FieldError>) {
     if content.is_empty() {
         errors.push(FieldError::new("/content", "must not be empty"));
     } else if content.contains('\0') {
         errors.push(FieldError::new("/content", NUL_RULE));
-    } else if content.len() > limits.max_content_bytes {
-        errors.push(FieldError::new(
-            "/content",
-            format!(
-                "is {} bytes, at most {} allowed",
-                content.len(),
-                limits.max_content_bytes
-            ),
-        ));
+    } else {
+        let chars = content.chars().count();
+        if chars > limits.max_content_chars {
+            errors.push(FieldError::new(
+                "/content",
+                format!(
+                    "is {chars} characters, at most {} allowed",
+                    limits.max_content_chars
+                ),
+            ));
+        }
     }
 }
 
@@ -390,10 +495,10 @@ fn check_value(
 fn key_problem(key: &str) -> Option<String> {
     if key.is_empty() {
         Some("key must not be empty".to_owned())
-    } else if key.len() > MAX_METADATA_KEY_BYTES {
+    } else if key.chars().count() > MAX_METADATA_KEY_CHARS {
         Some(format!(
-            "key is {} bytes, at most {MAX_METADATA_KEY_BYTES} allowed",
-            key.len()
+            "key is {} characters, at most {MAX_METADATA_KEY_CHARS} allowed",
+            key.chars().count()
         ))
     } else if key.contains('\0') {
         Some(format!("key {NUL_RULE}"))
@@ -523,12 +628,12 @@ mod tests {
     #[test]
     fn create_violations_are_422_and_all_listed() {
         let limits = Limits {
-            max_content_bytes: 5,
+            max_content_chars: 5,
             max_metadata_keys: 2,
             max_metadata_depth: 3,
             max_metadata_bytes: 1024,
         };
-        let long_key = "k".repeat(MAX_METADATA_KEY_BYTES + 1);
+        let long_key = "k".repeat(MAX_METADATA_KEY_CHARS + 1);
         let long_pointer = format!("/metadata/{long_key}");
         let cases: Vec<(Value, Vec<(&str, &str)>)> = vec![
             (
@@ -542,19 +647,24 @@ mod tests {
             (
                 json!({"conversationId": "nope", "senderId": "00000000-0000-0000-0000-000000000000", "content": ""}),
                 vec![
-                    ("/conversationId", "must be a UUID"),
+                    ("/conversationId", UUID_RULE),
                     ("/senderId", "must not be the nil UUID"),
                     ("/content", "must not be empty"),
                 ],
             ),
             (
-                json!({"conversationId": CONV, "senderId": SENDER, "content": "123456"}),
-                vec![("/content", "is 6 bytes, at most 5 allowed")],
+                // Only the hyphenated form: not simple, braced or URN.
+                json!({"conversationId": CONV.replace('-', ""), "senderId": format!("{{{SENDER}}}"), "content": "x"}),
+                vec![("/conversationId", UUID_RULE), ("/senderId", UUID_RULE)],
             ),
             (
-                // Bytes, not chars: "ééé" is 6 bytes.
-                json!({"conversationId": CONV, "senderId": SENDER, "content": "ééé"}),
-                vec![("/content", "is 6 bytes, at most 5 allowed")],
+                json!({"conversationId": CONV, "senderId": SENDER, "content": "123456"}),
+                vec![("/content", "is 6 characters, at most 5 allowed")],
+            ),
+            (
+                // Characters, not bytes: "éééééé" is 12 bytes and 6 characters.
+                json!({"conversationId": CONV, "senderId": SENDER, "content": "éééééé"}),
+                vec![("/content", "is 6 characters, at most 5 allowed")],
             ),
             (
                 json!({"conversationId": CONV, "senderId": SENDER, "content": "x", "metadata": {"a": 1, "b": 2, "c": 3}}),
@@ -618,7 +728,7 @@ mod tests {
                     ("/metadata/l/0/", "key must not be empty"),
                     (
                         long_pointer.as_str(),
-                        "key is 129 bytes, at most 128 allowed",
+                        "key is 129 characters, at most 128 allowed",
                     ),
                 ],
             ),
@@ -638,6 +748,49 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(got, expected, "{body}");
         }
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_422_where_they_are() {
+        let limits = Limits::default();
+        let body = format!(
+            r#"{{"conversationId": "{CONV}", "senderId": "{SENDER}", "content": "x",
+                "metadata": {{"max": 18446744073709551615, "min": -9223372036854775808,
+                              "f": 1.5e300, "e": 1E2, "g": 2.5e-300, "big": 18446744073709551616,
+                              "l": [1, {{"n": -9223372036854775809}}], "a/b": 123456789012345678901234567890}}}}"#
+        );
+        let problem = parse_create(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(problem.status, 422);
+        assert_eq!(
+            errors_of(&problem),
+            [
+                ("/metadata/a~1b", INTEGER_RULE),
+                ("/metadata/big", INTEGER_RULE),
+                // An integer value as JSON Schema sees it, beyond 64 bits.
+                ("/metadata/f", INTEGER_RULE),
+                ("/metadata/l/1/n", INTEGER_RULE),
+            ]
+        );
+        // Listed with the other violations, in a patch too.
+        let patch = r#"{"content": "", "metadata": {"k": 99999999999999999999}}"#;
+        let problem = parse_patch(patch.as_bytes(), &limits).unwrap_err();
+        assert_eq!(
+            errors_of(&problem),
+            [
+                ("/content", "must not be empty"),
+                ("/metadata/k", INTEGER_RULE)
+            ]
+        );
+        // The edges of 64 bits are taken, and stay exact.
+        let ok = format!(
+            r#"{{"conversationId": "{CONV}", "senderId": "{SENDER}", "content": "x",
+                "metadata": {{"max": 18446744073709551615, "min": -9223372036854775808, "f": 0.1}}}}"#
+        );
+        let message = parse_create(ok.as_bytes(), &limits).unwrap();
+        assert_eq!(
+            serde_json::to_string(&message.metadata).unwrap(),
+            r#"{"max":18446744073709551615,"min":-9223372036854775808,"f":0.1}"#
+        );
     }
 
     #[test]
@@ -710,7 +863,7 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(
             (
-                limits.max_content_bytes,
+                limits.max_content_chars,
                 limits.max_metadata_keys,
                 limits.max_metadata_depth,
                 limits.max_metadata_bytes

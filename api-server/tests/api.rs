@@ -276,18 +276,21 @@ async fn text_the_storage_cannot_hold_is_refused_in_every_field_before_any_write
             "{problem}"
         );
     }
+    // A body as raw text: what `json!` cannot write.
+    let post_raw = |body: String| {
+        a.http
+            .post(format!("{}/v1/messages", a.base))
+            .bearer_auth(KEY_A)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
     // A lone surrogate cannot become a string at all: 400, naming the field.
-    let response = a
-        .http
-        .post(format!("{}/v1/messages", a.base))
-        .bearer_auth(KEY_A)
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"conversationId": "{conversation}", "senderId": "{sender}", "content": "\ud800"}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = post_raw(format!(
+        r#"{{"conversationId": "{conversation}", "senderId": "{sender}", "content": "\ud800"}}"#
+    ))
+    .await
+    .unwrap();
     assert_eq!(response.status(), 400);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["errors"][0]["pointer"], "/content", "{problem}");
@@ -308,6 +311,38 @@ async fn text_the_storage_cannot_hold_is_refused_in_every_field_before_any_write
     ))
     .await
     .problem(400);
+
+    // An integer beyond 64 bits would come back as another number (a double): 422 where it is.
+    let response = post_raw(format!(
+        r#"{{"conversationId": "{conversation}", "senderId": "{sender}", "content": "x",
+            "metadata": {{"ok": 18446744073709551615, "n": [123456789012345678901234567890]}}}}"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["errors"][0]["pointer"], "/metadata/n/0",
+        "{problem}"
+    );
+    // Ids only in their hyphenated form, in a body (422) and in a path (400).
+    let simple = conversation.simple().to_string();
+    let reply = a
+        .send(
+            Method::POST,
+            "/v1/messages",
+            Some(&json!({"conversationId": simple, "senderId": sender, "content": "x"})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        reply.problem(422)["errors"][0]["pointer"],
+        "/conversationId",
+        "{reply:?}"
+    );
+    a.get(&format!("/v1/conversations/{simple}/messages"))
+        .await
+        .problem(400);
 
     let id = a.create(conversation, "kept").await["id"]
         .as_str()

@@ -17,7 +17,7 @@ use crate::problem::Problem;
 use crate::search::limit_param;
 use crate::service::Created;
 use crate::store::Message;
-use crate::validate::{parse_create, parse_patch};
+use crate::validate::{UUID_RULE, parse_create, parse_patch, parse_uuid};
 
 /// Set on a create answered from an earlier request with the same `Idempotency-Key`.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -44,7 +44,7 @@ pub struct PageParams {
 }
 
 fn path_uuid(name: &str, value: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(value).map_err(|_| Problem::invalid_parameter(name, "must be a UUID"))
+    parse_uuid(value).ok_or_else(|| Problem::invalid_parameter(name, UUID_RULE))
 }
 
 fn message_response(
@@ -57,41 +57,17 @@ fn message_response(
     json_response(status, headers, message)
 }
 
-/// The request body schema of a create (for the OpenAPI document).
-#[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code)]
-#[schema(rename_all = "camelCase")]
-pub struct CreateMessageBody {
-    conversation_id: Uuid,
-    sender_id: Uuid,
-    /// 1..=65536 bytes (configurable).
-    content: String,
-    /// A JSON object: at most 64 keys per object, 4 levels, 16 KiB (configurable).
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
-}
-
-/// The request body schema of a patch: at least one field.
-#[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct PatchMessageBody {
-    content: Option<String>,
-    /// Replaces the whole metadata object.
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
-}
-
 /// Create a message.
+///
+/// The body schema and the error statuses are `crate::openapi`'s.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
-    request_body(content = CreateMessageBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key and body returns the original message; the same key with another body is a 422")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters. A retry with the same key and body returns the original message; the same key with another body is a 422")),
     responses(
-        (status = 201, description = "Created (or replayed: header Idempotent-Replayed)", body = Message),
-        (status = 400, description = "Malformed body or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or the idempotency key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created (or replayed: header Idempotent-Replayed)", body = Message, headers(
+            ("ETag" = String, description = "The quoted version"),
+            ("Location" = String, description = "/v1/messages/{id}"),
+            ("Idempotent-Replayed" = String, description = "`true` when answered from an earlier request with the same Idempotency-Key"),
+        )),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -128,7 +104,6 @@ pub async fn create(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Message, headers(("ETag" = String, description = "The quoted version"))),
-        (status = 404, description = "No such message for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -144,12 +119,8 @@ pub async fn get(
 /// Change a message's content and/or metadata.
 #[utoipa::path(patch, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "The ETag read; 412 if the message changed since")),
-    request_body(content = PatchMessageBody, content_type = "application/json"),
     responses(
-        (status = 200, body = Message),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match does not match the current version", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, body = Message, headers(("ETag" = String, description = "The quoted version"))),
     ),
     security(("bearer" = [])))]
 pub async fn update(
@@ -178,11 +149,9 @@ pub async fn update(
 
 /// Delete a message (it disappears from reads, listings and search).
 #[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages",
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "The ETag read; 412 if the message changed since")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 412, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -206,7 +175,6 @@ pub async fn delete(
     params(("conversationId" = Uuid, Path), PageParams),
     responses(
         (status = 200, body = MessagePage),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn conversation(

@@ -4,8 +4,6 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
 
 use super::SharedState;
 
@@ -47,55 +45,11 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Response {
+/// The OpenAPI document for this server's limits (see `crate::openapi`).
+pub async fn openapi(State(state): State<SharedState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+        serde_json::to_vec_pretty(&crate::openapi::document(&state.limits)).unwrap_or_default(),
     )
         .into_response()
 }
-
-#[derive(Debug)]
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "An API key from the keys file; it alone decides the tenant",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document, generated from the handlers' annotations and the types they use.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "message-pipeline api-server", description = "Messages per tenant on MongoDB, relayed to Kafka, searchable. Every error is application/problem+json (RFC 9457)."),
-    paths(
-        super::messages::create,
-        super::messages::get,
-        super::messages::update,
-        super::messages::delete,
-        super::messages::conversation,
-        super::search::search,
-    ),
-    components(schemas(
-        crate::store::Message,
-        super::messages::MessagePage,
-        super::messages::CreateMessageBody,
-        super::messages::PatchMessageBody,
-        crate::problem::Problem,
-        crate::problem::FieldError,
-    )),
-    modifiers(&BearerAuth),
-)]
-#[derive(Debug)]
-pub struct ApiDoc;
