@@ -12,8 +12,6 @@ use common::{Api, KEY_A, KEY_B, Server, Setup};
 use e2e::{rig::rig, unique, wait};
 use indexer::config::{Cli, Command};
 use indexer::metrics::Metrics;
-use pipeline_contract::install::{SearchEndpoint, install};
-use pipeline_contract::search::{IndexLayout, IndexSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -49,20 +47,7 @@ async fn search_until(api: &Api, query: &str, expected: &[&str]) {
 async fn search_finds_the_callers_live_messages_only() {
     let mut setup = Setup::new("search").await;
     e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
-    let layout = IndexLayout::new(unique("search-messages")).unwrap();
-    let settings = IndexSettings {
-        replicas: 0,
-        ..IndexSettings::default()
-    };
-    install(
-        &reqwest::Client::new(),
-        &SearchEndpoint::new(rig().search_url()),
-        &layout,
-        &settings,
-    )
-    .await
-    .expect("index installed");
-    setup.search = Some((rig().search_url().to_owned(), layout.alias().to_owned()));
+    let alias = setup.with_search_index("search-messages").await;
 
     let cli = Cli::try_parse_from([
         "indexer",
@@ -76,7 +61,7 @@ async fn search_finds_the_callers_live_messages_only() {
         "--search-url",
         rig().search_url(),
         "--alias",
-        layout.alias(),
+        &alias,
         "--batch-linger-ms",
         "20",
         "--http-addr",

@@ -68,6 +68,7 @@ impl Rig {
             "KUBECONFIG",
             "KUBECTL",
             "HELM",
+            "SCHEMATHESIS",
             "RIG_ADDRESS",
             "WORKER_IMAGE",
             "WORKER_IMAGE_NEXT",
@@ -279,6 +280,17 @@ impl Rig {
         let mut command = std::process::Command::new(helm);
         command.env("KUBECONFIG", self.var("KUBECONFIG"));
         command
+    }
+
+    /// `schemathesis` (from PyPI into a virtualenv by `devstack/up`).
+    pub fn schemathesis(&self) -> std::process::Command {
+        let path = self.vars.get("SCHEMATHESIS").unwrap_or_else(|| {
+            panic!(
+                "schemathesis is not installed: SCHEMATHESIS is not in {} nor in the environment; {HOW_TO_START} (it installs schemathesis once)",
+                self.env_file.display()
+            )
+        });
+        std::process::Command::new(path)
     }
 }
 

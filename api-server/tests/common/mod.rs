@@ -55,6 +55,29 @@ impl Setup {
         }
     }
 
+    /// Installs a fresh index (one shard, no replicas) in the rig's search engine and points the
+    /// api-server at its alias; returns the alias.
+    pub async fn with_search_index(&mut self, prefix: &str) -> String {
+        use pipeline_contract::install::{SearchEndpoint, install};
+        use pipeline_contract::search::{IndexLayout, IndexSettings};
+        let layout = IndexLayout::new(unique(prefix)).unwrap();
+        let settings = IndexSettings {
+            replicas: 0,
+            ..IndexSettings::default()
+        };
+        install(
+            &reqwest::Client::new(),
+            &SearchEndpoint::new(rig().search_url()),
+            &layout,
+            &settings,
+        )
+        .await
+        .expect("index installed");
+        let alias = layout.alias().to_owned();
+        self.search = Some((rig().search_url().to_owned(), alias.clone()));
+        alias
+    }
+
     /// Every record the api-server published, decoded.
     pub fn events(&self) -> Vec<(kafka::Record, MessageEvent)> {
         kafka::read_topic(&self.topic)
