@@ -5,7 +5,8 @@
 //! exponent form, ignored when the search has no text). Every string of the grammar is a
 //! position, so the OpenAPI document can give the grammar as a pattern ([`PAGE_PATTERN`],
 //! [`SEARCH_PATTERN`]) and any value that matches it is answered with a page; anything else is a
-//! 400 naming the parameter, never a 500 and never silently the first page. Clients should still
+//! 400 naming the parameter, never a 500 and never silently the first page. Each part has a
+//! bounded length, so the grammar bounds the cursor's length too. Clients should still
 //! pass `nextCursor` unchanged: the grammar can change with the API version. The id is the
 //! message's UUID, which also keeps the value out of any query operator.
 
@@ -14,9 +15,6 @@ use uuid::Uuid;
 
 use crate::problem::Problem;
 use crate::store::After;
-
-/// Longest cursor accepted, in characters (the longest the grammar allows is shorter).
-pub const MAX_LEN: usize = 128;
 
 /// A conversation page's cursor, as a regular expression.
 pub const PAGE_PATTERN: &str = "^-?[0-9]{1,18}_[0-9A-Fa-f]{32}$";
@@ -49,14 +47,17 @@ fn id(text: &str) -> Option<String> {
 
 /// `-?D(.D{1,17})?e-?D{1,2}` as a finite `f64`.
 fn score(text: &str) -> Option<f64> {
-    let (mantissa, exponent) = text.split_once('e')?;
-    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
-    let (int, fraction) = mantissa.split_once('.').unwrap_or((mantissa, "1"));
-    let exponent = exponent.strip_prefix('-').unwrap_or(exponent);
     let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
         n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
     };
-    (digits(int, 1..=1) && digits(fraction, 1..=17) && digits(exponent, 1..=2))
+    let (mantissa, exponent) = text.split_once('e')?;
+    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, fraction)) => digits(int, 1..=1) && digits(fraction, 1..=17),
+        None => digits(mantissa, 1..=1),
+    };
+    let exponent_ok = digits(exponent.strip_prefix('-').unwrap_or(exponent), 1..=2);
+    (mantissa_ok && exponent_ok)
         .then(|| text.parse().ok())
         .flatten()
 }
@@ -69,10 +70,7 @@ pub fn encode_page(after: &After) -> String {
 }
 
 pub fn decode_page(cursor: &str) -> Result<After, Problem> {
-    let (m, i) = cursor
-        .split_once('_')
-        .filter(|_| cursor.len() <= MAX_LEN)
-        .ok_or_else(invalid)?;
+    let (m, i) = cursor.split_once('_').ok_or_else(invalid)?;
     Ok(After {
         millis: millis(m).ok_or_else(invalid)?,
         id: id(i).ok_or_else(invalid)?,
@@ -94,9 +92,6 @@ pub fn encode_search(sort: &[Value]) -> Option<String> {
 /// A search cursor as `search_after` values: `expected_len` 3 with a text query (score
 /// first), 2 without.
 pub fn decode_search(cursor: &str, expected_len: usize) -> Result<Vec<Value>, Problem> {
-    if cursor.len() > MAX_LEN {
-        return Err(invalid());
-    }
     let mut parts = cursor.splitn(3, '_');
     let (Some(s), Some(m), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(invalid());

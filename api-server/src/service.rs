@@ -74,16 +74,12 @@ pub fn write_problem(error: StoreError) -> Problem {
         && let Some(code) = server_code(e).filter(|c| DATA_REFUSED.contains(c))
     {
         tracing::warn!(%error, "MongoDB refused the data of a write");
-        return data_refused(code);
+        return Problem::validation(vec![FieldError::new(
+            "",
+            format!("the message store refused this data (MongoDB error code {code})"),
+        )]);
     }
     store_problem(error)
-}
-
-fn data_refused(code: i32) -> Problem {
-    Problem::validation(vec![FieldError::new(
-        "",
-        format!("the message store refused this data (MongoDB error code {code})"),
-    )])
 }
 
 /// A repository failure as the client sees it; the cause goes to the log, not the body.

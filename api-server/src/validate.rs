@@ -223,6 +223,14 @@ fn push_token(pointer: &mut String, token: &str) {
     }
 }
 
+/// Runs `f` with `token` appended to `pointer`, and takes it off again afterwards.
+fn under(pointer: &mut String, token: &str, f: impl FnOnce(&mut String)) {
+    let len = pointer.len();
+    push_token(pointer, token);
+    f(pointer);
+    pointer.truncate(len);
+}
+
 /// For `#[serde(default)]` optional fields: absent is `None`, `null` is a type error.
 fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
@@ -353,19 +361,15 @@ fn walk_integers(raw: &RawValue, pointer: &mut String, errors: &mut Vec<FieldErr
             let object: BTreeMap<String, &RawValue> =
                 serde_json::from_str(text).unwrap_or_default();
             for (key, value) in object {
-                let len = pointer.len();
-                push_token(pointer, &key);
-                walk_integers(value, pointer, errors);
-                pointer.truncate(len);
+                under(pointer, &key, |p| walk_integers(value, p, errors));
             }
         }
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
             for (index, item) in items.into_iter().enumerate() {
-                let len = pointer.len();
-                push_token(pointer, &index.to_string());
-                walk_integers(item, pointer, errors);
-                pointer.truncate(len);
+                under(pointer, &index.to_string(), |p| {
+                    walk_integers(item, p, errors)
+                });
             }
         }
         Some(b'-' | b'0'..=b'9') if !number_is_exact(text) => {
@@ -449,13 +453,12 @@ fn check_object(
         ));
     }
     for (key, value) in object {
-        let len = pointer.len();
-        push_token(pointer, key);
-        if let Some(problem) = key_problem(key) {
-            errors.push(FieldError::new(pointer.clone(), problem));
-        }
-        check_value(value, depth + 1, limits, pointer, errors);
-        pointer.truncate(len);
+        under(pointer, key, |p| {
+            if let Some(problem) = key_problem(key) {
+                errors.push(FieldError::new(p.clone(), problem));
+            }
+            check_value(value, depth + 1, limits, p, errors);
+        });
     }
 }
 
@@ -479,10 +482,9 @@ fn check_value(
         Value::Object(object) => check_object(object, depth, limits, pointer, errors),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                let len = pointer.len();
-                push_token(pointer, &index.to_string());
-                check_value(item, depth + 1, limits, pointer, errors);
-                pointer.truncate(len);
+                under(pointer, &index.to_string(), |p| {
+                    check_value(item, depth + 1, limits, p, errors);
+                });
             }
         }
         Value::String(text) if text.contains('\0') => {

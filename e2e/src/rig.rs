@@ -271,22 +271,25 @@ impl Rig {
     /// `helm` (v3, built by `devstack/up`), pointed at the rig's API server for the commands that
     /// talk to one; `helm template` does not.
     pub fn helm(&self) -> std::process::Command {
-        let helm = self.vars.get("HELM").unwrap_or_else(|| {
-            panic!(
-                "helm is not built: HELM is not in {} nor in the environment; {HOW_TO_START} (it builds helm once)",
-                self.env_file.display()
-            )
-        });
-        let mut command = std::process::Command::new(helm);
+        let mut command = self.tool("HELM", "helm is not built", "it builds helm once");
         command.env("KUBECONFIG", self.var("KUBECONFIG"));
         command
     }
 
     /// `schemathesis` (from PyPI into a virtualenv by `devstack/up`).
     pub fn schemathesis(&self) -> std::process::Command {
-        let path = self.vars.get("SCHEMATHESIS").unwrap_or_else(|| {
+        self.tool(
+            "SCHEMATHESIS",
+            "schemathesis is not installed",
+            "it installs schemathesis once",
+        )
+    }
+
+    /// The client tool whose path `devstack/up` wrote as `key`; panics saying how to get it.
+    fn tool(&self, key: &str, missing: &str, how: &str) -> std::process::Command {
+        let path = self.vars.get(key).unwrap_or_else(|| {
             panic!(
-                "schemathesis is not installed: SCHEMATHESIS is not in {} nor in the environment; {HOW_TO_START} (it installs schemathesis once)",
+                "{missing}: {key} is not in {} nor in the environment; {HOW_TO_START} ({how})",
                 self.env_file.display()
             )
         });
