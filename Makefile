@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: deps up down status image test e2e-full check lint fmt bench bench-api bench-operator demo
+.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-api bench-operator demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -43,6 +43,15 @@ image: up
 test: up check image
 	cargo test --workspace
 
+## Every test that needs no rig: the unit tests of each crate, and the checks of the repository
+## itself (the committed CRD, the seed events, document references, the prerequisites list).
+## Seconds once built; `make test` runs these too.
+unit:
+	cargo test --workspace --lib --bins
+	cargo test -p pipeline-contract --test seed
+	cargo test -p messagepipeline-crd --test generated
+	cargo test -p e2e --test documents --test prerequisites
+
 ## The long cluster scenarios (indexer 1 -> 3 -> 1, a minute of chaos with pods killed at 100+
 ## writes/s); not part of `make test`. Its image holds release builds (the chaos asks for a write
 ## rate the debug builds of `make image` do not reach on 2 cores). CHAOS_SECS (default 60).
@@ -75,3 +84,5 @@ fmt:
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p e2e --all-targets --features full -- -D warnings
+	# No function of the workers or the operator (tests aside) longer than clippy.toml allows.
+	cargo clippy -p api-server -p indexer -p operator --lib --bins -- -D warnings -D clippy::too_many_lines

@@ -4,6 +4,7 @@
 //! indexes, create the producer, bind. Stop (SIGTERM): stop taking requests and finish the ones
 //! in flight, then let the relay drain and persist (or, owing nothing, remove) its registration.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,20 +43,7 @@ pub enum RunError {
 
 /// Runs until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let auth = match &config.auth.api_keys_file {
-        Some(path) if !config.auth.insecure_tenant_header => {
-            let keys = KeyStore::load(path)?;
-            tracing::info!(keys = keys.len(), "API keys loaded");
-            Authenticator::Keys(keys)
-        }
-        _ => {
-            tracing::warn!(
-                "AUTHENTICATION IS OFF (--insecure-tenant-header): the tenant is whatever X-Tenant-Id says; \
-                 anyone who reaches this port can read and change every tenant's messages. Local demos only."
-            );
-            Authenticator::InsecureTenantHeader
-        }
-    };
+    let auth = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::connect(
         &config.mongodb.mongodb_uri,
@@ -106,24 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         shutdown.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(%addr, "api-server listening");
-    // Responses go out whole in one write; never hold them back for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .map_err(RunError::Serve);
+    let served = serve(config.http_addr, state, &shutdown).await;
     // Requests are done: every acknowledged change is in the outbox or in MongoDB.
     relay_stop.cancel();
     let _ = purge_task.await;
@@ -134,6 +105,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         Ok(Ok(())) => {}
     }
     served
+}
+
+/// API keys from their file, unless authentication is turned off for a local demo (loudly).
+fn authenticator(config: &Config) -> Result<Authenticator, RunError> {
+    Ok(match &config.auth.api_keys_file {
+        Some(path) if !config.auth.insecure_tenant_header => {
+            let keys = KeyStore::load(path)?;
+            tracing::info!(keys = keys.len(), "API keys loaded");
+            Authenticator::Keys(keys)
+        }
+        _ => {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--insecure-tenant-header): the tenant is whatever X-Tenant-Id says; \
+                 anyone who reaches this port can read and change every tenant's messages. Local demos only."
+            );
+            Authenticator::InsecureTenantHeader
+        }
+    })
+}
+
+/// Serves the API on `addr` until `shutdown`, letting requests under way finish.
+async fn serve(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(addr = %local, "api-server listening");
+    // Responses go out whole in one write; never hold them back for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(RunError::Serve)
 }
 
 async fn purge_loop(

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use pipeline_contract::kafka::DEFAULT_TOPIC;
+use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
 use pipeline_contract::worker::env;
-use rdkafka::ClientConfig;
 
 use crate::validate::Limits;
 
@@ -89,44 +89,12 @@ pub struct MongoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = env::KAFKA_BOOTSTRAP_SERVERS)]
-    pub bootstrap_servers: String,
+    /// Where Kafka is and how to authenticate.
+    #[command(flatten)]
+    pub connection: Connection,
     /// The events topic (created by the operator; auto-creation stays off).
     #[arg(long, env = env::KAFKA_TOPIC, default_value = DEFAULT_TOPIC)]
     pub topic: String,
-    /// `security.protocol` (plaintext, ssl, sasl_plaintext, sasl_ssl).
-    #[arg(long, env = env::KAFKA_SECURITY_PROTOCOL)]
-    pub security_protocol: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_MECHANISM)]
-    pub sasl_mechanism: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
-    pub sasl_username: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
-    pub sasl_password: Option<String>,
-    #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
-    pub ssl_ca_location: Option<String>,
-}
-
-impl KafkaArgs {
-    /// Connection and security settings; the relay adds the producer's own.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers);
-        let optional = [
-            ("security.protocol", &self.security_protocol),
-            ("sasl.mechanism", &self.sasl_mechanism),
-            ("sasl.username", &self.sasl_username),
-            ("sasl.password", &self.sasl_password),
-            ("ssl.ca.location", &self.ssl_ca_location),
-        ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                c.set(key, value);
-            }
-        }
-        c
-    }
 }
 
 #[derive(Debug, Clone, Args)]

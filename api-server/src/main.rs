@@ -2,17 +2,11 @@ use std::process::ExitCode;
 
 use api_server::config::Config;
 use clap::Parser;
+use pipeline_contract::process;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    process::init_logging();
     let config = Config::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -28,7 +22,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(process::stop_on_signal(
+            shutdown.clone(),
+            "finishing requests, then draining the relay",
+        ));
         match api_server::app::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -38,16 +35,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// SIGTERM or Ctrl-C: stop taking requests, finish those in flight, drain the relay.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down: finishing requests, then draining the relay");
-    shutdown.cancel();
 }

@@ -299,6 +299,13 @@ fn body_schemas(limits: &Limits) -> Vec<(String, Value)> {
             }),
         ),
     ];
+    schemas.extend(metadata_schemas(limits));
+    schemas
+}
+
+/// The metadata object, one schema per level of nesting up to the maximum depth.
+fn metadata_schemas(limits: &Limits) -> Vec<(String, Value)> {
+    let mut schemas = Vec::new();
     // Level 1 is the metadata object itself; each nested object or array adds one level, and a
     // container is allowed at a level up to the maximum depth.
     let depth = limits.max_metadata_depth.max(1);

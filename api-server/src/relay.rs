@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use pipeline_contract::kafka_client;
 use pipeline_contract::time::Timestamp;
 use pipeline_contract::worker::lease::RelayBacklog;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,10 +46,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// The producer as the relay needs it.
 pub fn producer(kafka: &KafkaArgs, relay: &RelayArgs) -> Result<FutureProducer, KafkaError> {
-    let mut config: ClientConfig = kafka.client_config();
+    let mut config: ClientConfig = kafka_client::idempotent(kafka.connection.client_config());
     config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         // The relay gathers changes itself (GATHER); records are small and the broker would
         // spend CPU decompressing batches to validate them, so no compression.
         .set("linger.ms", "5")
@@ -75,6 +73,15 @@ pub struct Relay {
 }
 
 type Delivery = (PendingKey, Result<(), KafkaError>);
+/// Records handed to the producer whose acknowledgement is awaited.
+type Sending = FuturesUnordered<futures::future::BoxFuture<'static, Delivery>>;
+
+/// Whether a scan step left pages to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scanned {
+    More,
+    Done,
+}
 
 /// The producer and how sending goes.
 struct Link {
@@ -116,6 +123,10 @@ impl Relay {
     /// Runs until `shutdown`, then drains what it can within [`SHUTDOWN_FLUSH`] and removes its
     /// registration, or persists it when something is still owed (found again by whoever
     /// adopts it: the next process in this pod at once, a peer after the expiry).
+    ///
+    /// Each turn: housekeeping once it is due (between any two steps, so that no long scan can
+    /// hold back the heartbeat: a peer would presume this process dead, and writes would
+    /// stop), then [`Self::hand_over`], [`Self::scan`], and [`Self::wait`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let overlap = i64::try_from(self.args.overlap().as_millis()).unwrap_or(i64::MAX);
         let mut link = Link {
@@ -137,13 +148,9 @@ impl Relay {
         // Writes wait for the first heartbeat (the outbox refuses them until it is vouched for).
         self.housekeep(&mut books, overlap).await;
 
-        let mut sending: FuturesUnordered<futures::future::BoxFuture<'static, Delivery>> =
-            FuturesUnordered::new();
-        // Housekeeping runs between any two steps once it is due, so that no long scan can hold
-        // back the heartbeat (a peer would presume this process dead, and writes would stop).
+        let mut sending = Sending::new();
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut stop_by: Option<Instant> = None;
-
         loop {
             if Instant::now() >= next_housekeeping {
                 self.housekeep(&mut books, overlap).await;
@@ -156,100 +163,137 @@ impl Relay {
                 );
                 stop_by = Some(Instant::now() + SHUTDOWN_FLUSH);
             }
-            // 1. Hand unsent records to the producer (unless pausing after a failure).
-            if Instant::now() >= link.resend_after && sending.len() < MAX_SENDING {
-                for (key, record) in self.outbox.take_unsent(MAX_SENDING - sending.len()) {
-                    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                    for (name, value) in &record.headers {
-                        headers = headers.insert(Header {
-                            key: name,
-                            value: Some(value.as_bytes()),
-                        });
-                    }
-                    let future_record = FutureRecord::to(&self.kafka.topic)
-                        .key(&record.key)
-                        .payload(&record.payload)
-                        .headers(headers);
-                    match link.producer.send_result(future_record) {
-                        Ok(delivery) => sending.push(Box::pin(async move {
-                            let result = match delivery.await {
-                                Ok(Ok(_)) => Ok(()),
-                                Ok(Err((error, _))) => Err(error),
-                                Err(_) => Err(KafkaError::Canceled),
-                            };
-                            (key, result)
-                        })),
-                        Err((error, _)) => {
-                            self.outbox.failed(key);
-                            if !matches!(
-                                error,
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                            ) {
-                                tracing::warn!(%error, "handing a record to the producer failed");
-                                link.resend_after = Instant::now() + RETRY_PAUSE;
-                            }
-                            break;
-                        }
-                    }
-                }
+            self.hand_over(&mut link, &mut sending);
+            // Not when stopping: whoever adopts this registration scans from its watermark
+            // anyway.
+            if stop_by.is_none() && self.scan(&mut books).await == Scanned::More {
+                continue;
             }
-
-            // 2. One page of a scan, when one is wanted and memory has room (not when stopping:
-            //    whoever adopts this registration scans from its watermark anyway).
-            if let Some(from) = self.outbox.scan_cursor().filter(|_| stop_by.is_none())
-                && let Some((last, complete)) = self.scan_page(&from).await
-            {
-                self.outbox.scanned(&from, last, complete);
-                if !complete {
-                    continue;
-                }
-            }
-            // 2b. One page of an adoption, likewise.
-            if let Some(job) = books.adoption.as_mut().filter(|j| !j.complete)
-                && stop_by.is_none()
-                && self.outbox.has_room_for_scan()
-                && let Some((last, complete)) = self.scan_page(&job.cursor).await
-            {
-                if let Some(last) = last {
-                    job.scanned_to = job.scanned_to.max(last.millis);
-                    job.cursor = last;
-                }
-                job.complete = complete;
-                if !complete {
-                    continue;
-                }
-            }
-
             if let Some(deadline) = stop_by
                 && (self.outbox.is_drained() || Instant::now() >= deadline)
             {
                 break;
             }
-
-            // 3. Wait for an acknowledgement, a write, a tick or the end.
-            let pause = tokio::time::sleep_until(link.resend_after.max(Instant::now()));
-            tokio::select! {
-                Some((key, result)) = sending.next(), if !sending.is_empty() => {
-                    self.delivered(key, result, &mut link);
-                    // Take every other acknowledgement that is ready before sending more.
-                    while let Some(Some((key, result))) = futures::FutureExt::now_or_never(sending.next()) {
-                        self.delivered(key, result, &mut link);
-                    }
-                }
-                () = self.outbox.wake.notified() => {
-                    // Let a burst of writes gather: one hand-over to the producer per window
-                    // instead of one wake-up per write (the writes are durable already).
-                    tokio::time::sleep(GATHER).await;
-                }
-                () = pause, if link.resend_after > Instant::now() => {}
-                () = tokio::time::sleep_until(next_housekeeping) => {}
-                // Handled at the top of the loop.
-                () = shutdown.cancelled(), if stop_by.is_none() => {}
-            }
+            let stopping = stop_by.is_some();
+            self.wait(
+                &mut link,
+                &mut sending,
+                next_housekeeping,
+                &shutdown,
+                stopping,
+            )
+            .await;
         }
         // Whatever is still in flight is abandoned; the registration's watermark below it makes
-        // whoever adopts it publish it again. Owing nothing, the registration goes.
+        // whoever adopts it publish it again.
         drop(sending);
+        self.stop(&mut books, &link).await;
+        Ok(())
+    }
+
+    /// Hands unsent records to the producer, up to [`MAX_SENDING`] in flight (none while
+    /// pausing after a failure).
+    fn hand_over(&self, link: &mut Link, sending: &mut Sending) {
+        if Instant::now() < link.resend_after || sending.len() >= MAX_SENDING {
+            return;
+        }
+        for (key, record) in self.outbox.take_unsent(MAX_SENDING - sending.len()) {
+            let headers = kafka_client::headers(
+                record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name, Some(value))),
+            );
+            let future_record = kafka_client::record(
+                &self.kafka.topic,
+                Some(record.key.as_bytes()),
+                Some(&record.payload),
+                headers,
+            );
+            match link.producer.send_result(future_record) {
+                Ok(delivery) => sending.push(Box::pin(async move {
+                    let result = match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(error),
+                        Err(_) => Err(KafkaError::Canceled),
+                    };
+                    (key, result)
+                })),
+                Err((error, _)) => {
+                    self.outbox.failed(key);
+                    if !matches!(
+                        error,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        tracing::warn!(%error, "handing a record to the producer failed");
+                        link.resend_after = Instant::now() + RETRY_PAUSE;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One page of the outbox's scan when one is wanted, else one page of an adoption when
+    /// memory has room; [`Scanned::More`] when that scan has pages left.
+    async fn scan(&self, books: &mut Books) -> Scanned {
+        if let Some(from) = self.outbox.scan_cursor()
+            && let Some((last, complete)) = self.scan_page(&from).await
+        {
+            self.outbox.scanned(&from, last, complete);
+            if !complete {
+                return Scanned::More;
+            }
+        }
+        if let Some(job) = books.adoption.as_mut().filter(|j| !j.complete)
+            && self.outbox.has_room_for_scan()
+            && let Some((last, complete)) = self.scan_page(&job.cursor).await
+        {
+            if let Some(last) = last {
+                job.scanned_to = job.scanned_to.max(last.millis);
+                job.cursor = last;
+            }
+            job.complete = complete;
+            if !complete {
+                return Scanned::More;
+            }
+        }
+        Scanned::Done
+    }
+
+    /// Waits for an acknowledgement (then takes every other one that is ready), a write, the
+    /// end of a pause, housekeeping or shutdown.
+    async fn wait(
+        &self,
+        link: &mut Link,
+        sending: &mut Sending,
+        next_housekeeping: Instant,
+        shutdown: &CancellationToken,
+        stopping: bool,
+    ) {
+        let pause = tokio::time::sleep_until(link.resend_after.max(Instant::now()));
+        tokio::select! {
+            Some((key, result)) = sending.next(), if !sending.is_empty() => {
+                self.delivered(key, result, link);
+                while let Some(Some((key, result))) = futures::FutureExt::now_or_never(sending.next()) {
+                    self.delivered(key, result, link);
+                }
+            }
+            () = self.outbox.wake.notified() => {
+                // Let a burst of writes gather: one hand-over to the producer per window
+                // instead of one wake-up per write (the writes are durable already).
+                tokio::time::sleep(GATHER).await;
+            }
+            () = pause, if link.resend_after > Instant::now() => {}
+            () = tokio::time::sleep_until(next_housekeeping) => {}
+            // Noticed by the caller's next turn.
+            () = shutdown.cancelled(), if !stopping => {}
+        }
+    }
+
+    /// After the loop: owing nothing, the registration goes; otherwise it is persisted with its
+    /// watermark for whoever adopts it.
+    async fn stop(&self, books: &mut Books, link: &Link) {
         if self.outbox.owes_nothing() && books.adoption.is_none() {
             match self.store.deregister(&self.id).await {
                 Ok(()) => tracing::info!("relay owes nothing: registration removed"),
@@ -258,12 +302,11 @@ impl Relay {
                 }
             }
         } else {
-            self.heartbeat(&mut books).await;
+            self.heartbeat(books).await;
             tracing::warn!(watermark = %millis_to_time(self.outbox.snapshot().watermark), "relay stopped owing changes: a restart in this pod, or a peer after the expiry, publishes them");
         }
         let _ = link.producer.flush(Duration::from_secs(1));
         tracing::info!(snapshot = ?self.outbox.snapshot(), "relay stopped");
-        Ok(())
     }
 
     fn delivered(&self, key: PendingKey, result: Result<(), KafkaError>, link: &mut Link) {

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::{SearchDocument, field};
 use pipeline_contract::time::Timestamp;
 use serde::Deserialize;
@@ -228,8 +229,9 @@ pub fn read_hits(body: &[u8], limit: usize) -> Result<Hits, serde_json::Error> {
 #[derive(Debug, Clone)]
 pub struct SearchClient {
     http: reqwest::Client,
-    url: String,
-    auth: Option<(String, Option<String>)>,
+    endpoint: SearchEndpoint,
+    /// `/<alias>/_search`.
+    path: String,
 }
 
 impl SearchClient {
@@ -240,25 +242,23 @@ impl SearchClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(args.search_timeout_ms))
             .build()?;
+        let mut endpoint = SearchEndpoint::new(base);
+        if let Some(user) = &args.search_username {
+            let password = args.search_password.clone().unwrap_or_default();
+            endpoint = endpoint.with_basic_auth(user, password);
+        }
         Ok(Some(Self {
             http,
-            url: format!(
-                "{}/{}/_search",
-                base.trim_end_matches('/'),
-                args.search_alias
-            ),
-            auth: args
-                .search_username
-                .clone()
-                .map(|u| (u, args.search_password.clone())),
+            endpoint,
+            path: format!("/{}/_search", args.search_alias),
         }))
     }
 
     pub async fn search(&self, tenant: &str, query: &SearchQuery) -> Result<Hits, Problem> {
-        let mut request = self.http.post(&self.url).json(&query.body(tenant));
-        if let Some((user, password)) = &self.auth {
-            request = request.basic_auth(user, password.as_deref());
-        }
+        let request = self
+            .endpoint
+            .request(&self.http, reqwest::Method::POST, &self.path)
+            .json(&query.body(tenant));
         let response = request.send().await.map_err(|error| {
             tracing::warn!(%error, "search engine unreachable");
             Problem::unavailable("the search engine is unreachable; retry later")

@@ -13,7 +13,8 @@ use crate::search::{
     EngineInfo, IndexLayout, IndexSettings, UnsupportedEngine, index_template, template_matches,
 };
 
-/// Where the engine is and how to authenticate.
+/// Where the engine is and how to authenticate: every request any component sends to the search
+/// engine is built by [`SearchEndpoint::request`].
 #[derive(Debug, Clone)]
 pub struct SearchEndpoint {
     base_url: String,
@@ -117,15 +118,8 @@ impl Engine<'_> {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), InstallError> {
-        let url = format!(
-            "{}/{}",
-            self.endpoint.base_url,
-            path.trim_start_matches('/')
-        );
-        let mut request = self.client.request(method, url);
-        if let Some((user, password)) = &self.endpoint.basic_auth {
-            request = request.basic_auth(user, Some(password));
-        }
+        let path = format!("/{}", path.trim_start_matches('/'));
+        let mut request = self.endpoint.request(self.client, method, &path);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -176,8 +170,28 @@ pub async fn install(
             .expect_ok("detect engine", Method::GET, "/", None)
             .await?,
     )?;
+    let template = put_template(
+        &engine,
+        layout,
+        &index_template(layout, info.distribution, settings),
+    )
+    .await?;
+    let (first_index, alias, alias_indices) = ensure_alias(&engine, layout).await?;
+    Ok(InstallReport {
+        engine: info,
+        template,
+        first_index,
+        alias,
+        alias_indices,
+    })
+}
 
-    let wanted = index_template(layout, info.distribution, settings);
+/// The template as `wanted`, put only when it is missing or differs.
+async fn put_template(
+    engine: &Engine<'_>,
+    layout: &IndexLayout,
+    wanted: &Value,
+) -> Result<Change, InstallError> {
     let template_path = format!("_index_template/{}", layout.template_name());
     let template = match engine
         .send("read template", Method::GET, &template_path, None)
@@ -186,7 +200,7 @@ pub async fn install(
         (StatusCode::NOT_FOUND, _) => Change::Created,
         (status, body) if status.is_success() => {
             let installed = &body["index_templates"][0]["index_template"];
-            if template_matches(installed, &wanted) {
+            if template_matches(installed, wanted) {
                 Change::Unchanged
             } else {
                 Change::Updated
@@ -202,22 +216,25 @@ pub async fn install(
     };
     if template != Change::Unchanged {
         engine
-            .expect_ok("put template", Method::PUT, &template_path, Some(&wanted))
+            .expect_ok("put template", Method::PUT, &template_path, Some(wanted))
             .await?;
     }
 
+    Ok(template)
+}
+
+/// The write alias on the first index, creating either when missing; returns what changed and
+/// the indices the alias points at.
+async fn ensure_alias(
+    engine: &Engine<'_>,
+    layout: &IndexLayout,
+) -> Result<(Change, Change, Vec<String>), InstallError> {
     let mut first_index = Change::Unchanged;
     let mut alias = Change::Unchanged;
     // Two passes at most: a concurrent installer may create the index between our check and put.
     for _ in 0..2 {
-        if let Some(indices) = alias_indices(&engine, layout).await? {
-            return Ok(InstallReport {
-                engine: info,
-                template,
-                first_index,
-                alias,
-                alias_indices: indices,
-            });
+        if let Some(indices) = alias_indices(engine, layout).await? {
+            return Ok((first_index, alias, indices));
         }
         if engine
             .send("check alias name", Method::HEAD, layout.alias(), None)
@@ -274,14 +291,8 @@ pub async fn install(
             }
         }
     }
-    let indices = alias_indices(&engine, layout).await?.unwrap_or_default();
-    Ok(InstallReport {
-        engine: info,
-        template,
-        first_index,
-        alias,
-        alias_indices: indices,
-    })
+    let indices = alias_indices(engine, layout).await?.unwrap_or_default();
+    Ok((first_index, alias, indices))
 }
 
 /// The indices the alias points at, sorted; `None` when there is no such alias.

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::lease::RelayBacklog;
-use crate::worker::{Role, env, lease, lease_name};
+use crate::worker::{BreakerState, Role, env, lease, lease_name};
 
 /// The field manager of worker Leases.
 pub const FIELD_MANAGER: &str = "message-pipeline-worker";
@@ -27,8 +27,8 @@ pub const FIELD_MANAGER: &str = "message-pipeline-worker";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WorkerState {
     pub ready: bool,
-    /// `closed`, `open` or `half-open` (indexers); `None` for the api-server.
-    pub breaker: Option<&'static str>,
+    /// The indexer's circuit breaker; `None` for the api-server.
+    pub breaker: Option<BreakerState>,
     /// The api-server's relay backlog; `None` for indexers.
     pub relay_backlog: Option<RelayBacklog>,
 }
@@ -67,7 +67,7 @@ pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease 
     let mut annotations =
         BTreeMap::from([(lease::ANNOTATION_READY.to_owned(), state.ready.to_string())]);
     if let Some(b) = state.breaker {
-        annotations.insert(lease::ANNOTATION_BREAKER.to_owned(), b.to_owned());
+        annotations.insert(lease::ANNOTATION_BREAKER.to_owned(), b.as_str().to_owned());
     }
     if let Some(b) = state.relay_backlog {
         annotations.insert(
@@ -189,7 +189,7 @@ mod tests {
             &id,
             WorkerState {
                 ready: true,
-                breaker: Some("open"),
+                breaker: Some(BreakerState::Open),
                 relay_backlog: None,
             },
             now,

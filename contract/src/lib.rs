@@ -3,7 +3,9 @@
 //! The api-server produces what the indexer consumes, the operator configures both, and the tests
 //! check all three; each agreement lives here exactly once so none of them can drift apart. The
 //! crate holds types, names and pure functions, plus (feature `installer`) the one function that
-//! installs the search index layout, and (feature `lease`) the worker Lease holder. Without
+//! installs the search index layout, (feature `lease`) the worker Lease holder, and (feature
+//! `kafka-client`) how the workers' Kafka clients connect and produce, and (feature `process`)
+//! how each binary logs and stops. Without
 //! features it links no Kafka, MongoDB or Kubernetes client.
 
 /// DLQ record headers and the error classes that explain why a record was dead-lettered.
@@ -15,9 +17,16 @@ pub mod event;
 pub mod install;
 /// Kafka names: default topic and group, record key, headers and the `message-id` rule.
 pub mod kafka;
+/// The workers' Kafka clients: connection flags, idempotent producers, records (feature
+/// `kafka-client`).
+#[cfg(feature = "kafka-client")]
+pub mod kafka_client;
 /// The Lease a worker holds (feature `lease`).
 #[cfg(feature = "lease")]
 pub mod lease;
+/// Logging and the shutdown signal, the same in every binary (feature `process`).
+#[cfg(feature = "process")]
+pub mod process;
 /// The search document, the index layout (template, first index, alias) and its template body.
 pub mod search;
 /// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.

@@ -1,6 +1,8 @@
 //! What the operator and the workers (api-server, indexer) must agree on: the environment a
 //! worker is configured through, and the Lease each worker holds to report its health.
 
+use std::fmt;
+
 /// Environment variable names read by the workers (each also a `clap` flag) and set by the
 /// operator on their Deployments.
 pub mod env {
@@ -61,11 +63,60 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Self; 2] = [Self::Api, Self::Indexer];
+
+    /// The value of [`lease::LABEL_ROLE`].
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Api => "api",
             Self::Indexer => "indexer",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An indexer's circuit breaker without its data: what its Lease annotation
+/// ([`lease::ANNOTATION_BREAKER`]), its metric label and the operator's status say. Ordered:
+/// worse is greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// After an outage: the next request is the probe.
+    HalfOpen,
+    /// No requests until the cooldown is over.
+    Open,
+}
+
+impl BreakerState {
+    /// Every state, best first.
+    pub const ALL: [Self; 3] = [Self::Closed, Self::HalfOpen, Self::Open];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -79,7 +130,8 @@ pub mod lease {
     pub const LABEL_ROLE: &str = "messagepipeline.io/role";
     /// Annotation: `"true"` / `"false"`; changed only on transitions.
     pub const ANNOTATION_READY: &str = "messagepipeline.io/ready";
-    /// Annotation: `closed`, `open` or `half-open`; changed only on transitions.
+    /// Annotation: a [`super::BreakerState`] (`closed`, `open` or `half-open`); changed only on
+    /// transitions.
     pub const ANNOTATION_BREAKER: &str = "messagepipeline.io/breaker";
     /// Annotation (api-server): the age of the oldest change MongoDB acknowledged that is not on
     /// Kafka yet, as a [`RelayBacklog`] bucket; changed only when the bucket does.
@@ -145,6 +197,22 @@ mod tests {
             "prod-indexer-indexer-7d9f-x2"
         );
         assert_eq!(lease_name("prod", Role::Api, "api-0"), "prod-api-api-0");
+    }
+
+    #[test]
+    fn roles_and_breaker_states_round_trip_through_their_words() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        let words: Vec<&str> = BreakerState::ALL.iter().map(|b| b.as_str()).collect();
+        assert_eq!(words, ["closed", "half-open", "open"]);
+        for state in BreakerState::ALL {
+            assert_eq!(BreakerState::parse(&state.to_string()), Some(state));
+        }
+        assert!(BreakerState::Closed < BreakerState::HalfOpen);
+        assert!(BreakerState::HalfOpen < BreakerState::Open);
+        assert_eq!(BreakerState::parse("ajar"), None);
+        assert_eq!(Role::parse("relay"), None);
     }
 
     #[test]

@@ -43,33 +43,9 @@ pub enum State {
     HalfOpen,
 }
 
-/// The state without its data: what metrics and the Lease annotation show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
-
-    /// The values documented for [`pipeline_contract::worker::lease::ANNOTATION_BREAKER`]; also
-    /// the metric label, so dashboards and `kubectl` read the same words.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half-open",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The state without its data (what metrics, the Lease annotation and the operator's status
+/// show) is the contract's word for it.
+pub use pipeline_contract::worker::BreakerState;
 
 /// What happened since the last step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +61,8 @@ pub enum Event {
 /// A change of phase, for the log line, the metric and the Lease annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub from: Phase,
-    pub to: Phase,
+    pub from: BreakerState,
+    pub to: BreakerState,
     pub reason: String,
 }
 
@@ -101,11 +77,11 @@ impl State {
         consecutive_failures: 0,
     };
 
-    pub fn phase(&self) -> Phase {
+    pub fn phase(&self) -> BreakerState {
         match self {
-            Self::Closed { .. } => Phase::Closed,
-            Self::Open { .. } => Phase::Open,
-            Self::HalfOpen => Phase::HalfOpen,
+            Self::Closed { .. } => BreakerState::Closed,
+            Self::Open { .. } => BreakerState::Open,
+            Self::HalfOpen => BreakerState::HalfOpen,
         }
     }
 
@@ -144,7 +120,7 @@ pub fn step(
     now: Instant,
 ) -> (State, Option<Transition>) {
     let threshold = config.failure_threshold.max(1);
-    let transition = |to: Phase, reason: String| Transition {
+    let transition = |to: BreakerState, reason: String| Transition {
         from: state.phase(),
         to,
         reason,
@@ -165,7 +141,7 @@ pub fn step(
                         since: now,
                         reason: reason.clone(),
                     },
-                    Some(transition(Phase::Open, why)),
+                    Some(transition(BreakerState::Open, why)),
                 )
             } else {
                 (
@@ -185,7 +161,7 @@ pub fn step(
         (State::Open { .. }, Event::TimePassed) => (
             State::HalfOpen,
             Some(transition(
-                Phase::HalfOpen,
+                BreakerState::HalfOpen,
                 format!(
                     "cooldown of {} ms elapsed, letting one probe through",
                     config.cooldown.as_millis()
@@ -194,14 +170,20 @@ pub fn step(
         ),
         (State::Open { .. } | State::HalfOpen, Event::Succeeded) => (
             State::INITIAL,
-            Some(transition(Phase::Closed, "probe succeeded".to_owned())),
+            Some(transition(
+                BreakerState::Closed,
+                "probe succeeded".to_owned(),
+            )),
         ),
         (State::Open { .. } | State::HalfOpen, Event::Failed { reason }) => (
             State::Open {
                 since: now,
                 reason: reason.clone(),
             },
-            Some(transition(Phase::Open, format!("probe failed: {reason}"))),
+            Some(transition(
+                BreakerState::Open,
+                format!("probe failed: {reason}"),
+            )),
         ),
     }
 }
@@ -271,7 +253,7 @@ mod tests {
 
     /// Runs the events through `step` and returns the final phase and every transition as
     /// `(from, to)`.
-    fn run(events: &[At]) -> (State, Vec<(Phase, Phase)>) {
+    fn run(events: &[At]) -> (State, Vec<(BreakerState, BreakerState)>) {
         let start = Instant::now();
         let mut state = State::INITIAL;
         let mut transitions = Vec::new();
@@ -295,9 +277,9 @@ mod tests {
 
     #[test]
     fn sequences_of_events() {
-        use Phase::{Closed as C, HalfOpen as H, Open as O};
-        type Transitions = Vec<(Phase, Phase)>;
-        let cases: Vec<(&str, Vec<At>, Phase, Transitions)> = vec![
+        use BreakerState::{Closed as C, HalfOpen as H, Open as O};
+        type Transitions = Vec<(BreakerState, BreakerState)>;
+        let cases: Vec<(&str, Vec<At>, BreakerState, Transitions)> = vec![
             ("starts closed", vec![], C, vec![]),
             (
                 "failures below the threshold stay closed",
@@ -476,14 +458,12 @@ mod tests {
             &Event::Failed { reason: "x".into() },
             Instant::now(),
         );
-        assert_eq!(state.phase(), Phase::Open);
+        assert_eq!(state.phase(), BreakerState::Open);
         assert!(t.is_some());
     }
 
     #[test]
-    fn names_are_the_lease_annotation_values() {
-        let names: Vec<_> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(names, ["closed", "open", "half-open"]);
+    fn a_new_breaker_is_closed() {
         assert_eq!(Breaker::new(CONFIG).as_str(), "closed");
     }
 }

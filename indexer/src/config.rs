@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pipeline_contract::kafka::{DEFAULT_CONSUMER_GROUP, DEFAULT_TOPIC};
+use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::search::DEFAULT_ALIAS;
 use pipeline_contract::worker::env;
-use rdkafka::ClientConfig;
 
 use crate::batch::BatchLimits;
 use crate::breaker::BreakerConfig;
@@ -72,26 +72,15 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = env::KAFKA_BOOTSTRAP_SERVERS)]
-    pub bootstrap_servers: String,
+    /// Where Kafka is and how to authenticate.
+    #[command(flatten)]
+    pub connection: Connection,
     /// The events topic.
     #[arg(long, env = env::KAFKA_TOPIC, default_value = DEFAULT_TOPIC)]
     pub topic: String,
     /// The dead-letter topic; default `<topic>.dlq`.
     #[arg(long, env = env::KAFKA_DLQ_TOPIC)]
     pub dlq_topic: Option<String>,
-    /// `security.protocol` (plaintext, ssl, sasl_plaintext, sasl_ssl).
-    #[arg(long, env = env::KAFKA_SECURITY_PROTOCOL)]
-    pub security_protocol: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_MECHANISM)]
-    pub sasl_mechanism: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
-    pub sasl_username: Option<String>,
-    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
-    pub sasl_password: Option<String>,
-    #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
-    pub ssl_ca_location: Option<String>,
 }
 
 impl KafkaArgs {
@@ -99,25 +88,6 @@ impl KafkaArgs {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| pipeline_contract::dlq::default_dlq_topic(&self.topic))
-    }
-
-    /// The client settings every Kafka client of the indexer shares.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers);
-        let optional = [
-            ("security.protocol", &self.security_protocol),
-            ("sasl.mechanism", &self.sasl_mechanism),
-            ("sasl.username", &self.sasl_username),
-            ("sasl.password", &self.sasl_password),
-            ("ssl.ca.location", &self.ssl_ca_location),
-        ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                c.set(key, value);
-            }
-        }
-        c
     }
 }
 

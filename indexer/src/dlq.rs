@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use pipeline_contract::dlq::DlqHeaders;
+use pipeline_contract::kafka_client;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::Record;
@@ -34,13 +34,8 @@ impl std::fmt::Debug for DlqWriter {
 pub struct Abandoned;
 
 impl DlqWriter {
-    pub fn new(
-        mut config: ClientConfig,
-        topic: String,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+    pub fn new(config: ClientConfig, topic: String) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = kafka_client::idempotent(config)
             .set("message.timeout.ms", "30000")
             .create()?;
         Ok(Self { producer, topic })
@@ -60,30 +55,23 @@ impl DlqWriter {
     ) -> Result<(), Abandoned> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 8);
-            for (name, value) in &record.headers {
-                // The DLQ headers of an earlier failure are replaced, not repeated.
-                if pipeline_contract::dlq::header::ALL.contains(&name.as_str()) {
-                    continue;
-                }
-                headers = headers.insert(Header {
-                    key: name,
-                    value: value.as_deref(),
-                });
-            }
-            for (name, value) in dlq.pairs() {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_bytes()),
-                });
-            }
-            let mut out = FutureRecord::to(&self.topic).headers(headers);
-            if let Some(key) = &record.key {
-                out = out.key(key);
-            }
-            if let Some(payload) = &record.payload {
-                out = out.payload(payload);
-            }
+            // The DLQ headers of an earlier failure are replaced, not repeated.
+            let kept = record
+                .headers
+                .iter()
+                .filter(|(name, _)| !pipeline_contract::dlq::header::ALL.contains(&name.as_str()))
+                .map(|(name, value)| (name.as_str(), value.as_deref()));
+            let added = dlq.pairs();
+            let added = added
+                .iter()
+                .map(|(name, value)| (*name, Some(value.as_bytes())));
+            let headers = kafka_client::headers(kept.chain(added));
+            let out = kafka_client::record(
+                &self.topic,
+                record.key.as_deref(),
+                record.payload.as_deref(),
+                headers,
+            );
             match self.producer.send(out, Duration::from_secs(5)).await {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {

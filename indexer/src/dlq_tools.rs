@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use pipeline_contract::Timestamp;
 use pipeline_contract::dlq::{DlqHeaderError, DlqHeaders, ErrorClass, UnknownErrorClass, header};
+use pipeline_contract::kafka_client;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -436,50 +436,13 @@ fn read_blocking(
     result
 }
 
+/// Sends every record of `topic`'s partitions up to their high watermarks at the start.
 fn read_partitions(
     consumer: &BaseConsumer,
     topic: &str,
     tx: &mpsc::Sender<Record>,
 ) -> Result<(), DlqToolError> {
-    let topic_error = |problem: String| DlqToolError::Topic {
-        topic: topic.to_owned(),
-        problem,
-    };
-    let partitions: Vec<i32> = {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(DlqToolError::Client)?;
-        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(topic_error("not in the cluster's metadata".into()));
-        };
-        if let Some(error) = t.error() {
-            return Err(topic_error(
-                rdkafka::error::RDKafkaErrorCode::from(error).to_string(),
-            ));
-        }
-        t.partitions().iter().map(|p| p.id()).collect()
-    };
-    if partitions.is_empty() {
-        return Err(topic_error("has no partitions (does it exist?)".into()));
-    }
-    // Partition -> the high watermark at the start: the read ends there.
-    let mut remaining = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, METADATA_TIMEOUT)
-            .map_err(DlqToolError::Client)?;
-        if high > low {
-            remaining.insert(p, high);
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(DlqToolError::Client)?;
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(());
-    }
-    consumer.assign(&assignment).map_err(DlqToolError::Client)?;
+    let mut remaining = assign_to_ends(consumer, topic)?;
     let mut last_progress = std::time::Instant::now();
     while !remaining.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
@@ -510,19 +473,7 @@ fn read_partitions(
             }
             None => {}
         }
-        // Offsets without a record (transaction markers, compaction) still move the position.
-        {
-            let position = consumer.position().map_err(DlqToolError::Client)?;
-            for elem in position.elements_for_topic(topic) {
-                if let Offset::Offset(at) = elem.offset()
-                    && remaining
-                        .get(&elem.partition())
-                        .is_some_and(|high| at >= *high)
-                {
-                    remaining.remove(&elem.partition());
-                }
-            }
-        }
+        drop_read_to_end(consumer, topic, &mut remaining)?;
         if !remaining.is_empty() && last_progress.elapsed() > STALL_LIMIT {
             return Err(DlqToolError::Stalled {
                 topic: topic.to_owned(),
@@ -538,9 +489,72 @@ fn read_partitions(
     Ok(())
 }
 
+/// Assigns `consumer` the non-empty partitions of `topic` from their beginning; returns each
+/// one's high watermark now, where its read ends.
+fn assign_to_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, DlqToolError> {
+    let topic_error = |problem: String| DlqToolError::Topic {
+        topic: topic.to_owned(),
+        problem,
+    };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(DlqToolError::Client)?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(topic_error("not in the cluster's metadata".into()));
+    };
+    if let Some(error) = t.error() {
+        return Err(topic_error(
+            rdkafka::error::RDKafkaErrorCode::from(error).to_string(),
+        ));
+    }
+    if t.partitions().is_empty() {
+        return Err(topic_error("has no partitions (does it exist?)".into()));
+    }
+    let mut remaining = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in t.partitions().iter().map(|p| p.id()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+            .map_err(DlqToolError::Client)?;
+        if high > low {
+            remaining.insert(p, high);
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(DlqToolError::Client)?;
+        }
+    }
+    if !remaining.is_empty() {
+        consumer.assign(&assignment).map_err(DlqToolError::Client)?;
+    }
+    Ok(remaining)
+}
+
+/// Drops from `remaining` the partitions whose position reached their end: offsets without a
+/// record (transaction markers, compaction) still move the position.
+fn drop_read_to_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    remaining: &mut BTreeMap<i32, i64>,
+) -> Result<(), DlqToolError> {
+    let position = consumer.position().map_err(DlqToolError::Client)?;
+    for elem in position.elements_for_topic(topic) {
+        if let Offset::Offset(at) = elem.offset()
+            && remaining
+                .get(&elem.partition())
+                .is_some_and(|high| at >= *high)
+        {
+            remaining.remove(&elem.partition());
+        }
+    }
+    Ok(())
+}
+
 /// Reads the whole DLQ and summarizes it.
 pub async fn inspect(kafka: &KafkaArgs) -> Result<Inspection, DlqToolError> {
-    let mut reader = TopicReader::open(kafka.client_config(), kafka.dlq_topic());
+    let mut reader = TopicReader::open(kafka.connection.client_config(), kafka.dlq_topic());
     let mut inspection = Inspection::default();
     while let Some(record) = reader.next().await {
         inspection.add(&record);
@@ -560,10 +574,7 @@ pub async fn replay(
         None
     } else {
         Some(
-            kafka
-                .client_config()
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
+            kafka_client::idempotent(kafka.connection.client_config())
                 .set("message.timeout.ms", "30000")
                 .create()
                 .map_err(DlqToolError::Client)?,
@@ -573,7 +584,7 @@ pub async fn replay(
         dry_run,
         ..ReplaySummary::default()
     };
-    let mut reader = TopicReader::open(kafka.client_config(), kafka.dlq_topic());
+    let mut reader = TopicReader::open(kafka.connection.client_config(), kafka.dlq_topic());
     while let Some(record) = reader.next().await {
         let Ok(dlq) = dlq_headers(&record) else {
             summary.unreadable += 1;
@@ -604,20 +615,17 @@ async fn redrive(
     previous: u32,
 ) -> Result<(), KafkaError> {
     let adjusted = redrive_headers(&record.headers, previous);
-    let mut headers = OwnedHeaders::new_with_capacity(adjusted.len());
-    for (name, value) in &adjusted {
-        headers = headers.insert(Header {
-            key: name,
-            value: value.as_deref(),
-        });
-    }
-    let mut out = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = &record.key {
-        out = out.key(key);
-    }
-    if let Some(payload) = &record.payload {
-        out = out.payload(payload);
-    }
+    let headers = kafka_client::headers(
+        adjusted
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref())),
+    );
+    let out = kafka_client::record(
+        topic,
+        record.key.as_deref(),
+        record.payload.as_deref(),
+        headers,
+    );
     producer
         .send(out, Duration::from_secs(5))
         .await

@@ -8,30 +8,23 @@ use pipeline_contract::lease::{WorkerState, maintain};
 use pipeline_contract::worker::Role;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Phase;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 
-fn state(metrics: &Metrics) -> WorkerState {
-    let breaker = Phase::ALL
-        .into_iter()
-        .find(|p| metrics.breaker_is(*p))
-        .unwrap_or(Phase::Closed);
-    WorkerState {
-        ready: metrics.ready(),
-        breaker: Some(breaker.as_str()),
-        relay_backlog: None,
-    }
-}
-
-/// Holds the Lease until `shutdown` (returns at once when there is no pipeline identity).
-pub async fn run(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Holds the Lease until `shutdown` (returns at once when there is no pipeline identity); its
+/// breaker state is the consume loop's breaker, read where it lives.
+pub async fn run(gate: Arc<Gate>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     // Breaker transitions reach the Lease within a second.
     maintain(
         Role::Indexer,
         Duration::from_secs(1),
         move || {
-            let metrics = metrics.clone();
-            async move { state(&metrics) }
+            let state = WorkerState {
+                ready: metrics.ready(),
+                breaker: Some(gate.state()),
+                relay_backlog: None,
+            };
+            async move { state }
         },
         shutdown,
     )

@@ -4,8 +4,7 @@
 //! response means for each record, how long to back off, when the breaker opens, and which
 //! offsets may be committed while requests finish out of order. The I/O parts sit around it: the
 //! consume loop (`pipeline`), the search engine (`sink`), the DLQ producer (`dlq`) and its
-//! `dlq inspect|replay` tools (`dlq_tools`), metrics and the health server. Not built yet: the
-//! worker Lease.
+//! `dlq inspect|replay` tools (`dlq_tools`), metrics, the health server and the worker Lease.
 
 /// The batch accumulator (count, bytes, linger) and the halving of a batch refused with 413.
 pub mod batch;
@@ -19,10 +18,18 @@ pub mod classify;
 pub mod commit;
 /// Flags and env vars of the binary.
 pub mod config;
+/// The Kafka consumer and its librdkafka context: rebalance notices, commits on revoke, lag.
+pub mod consumer;
+/// Makes one lane durable: bulk requests, dead letters, backoffs, the verdict of each answer.
+mod deliver;
 /// Writes dead letters (original record + DLQ headers), awaited, retried until acknowledged.
 pub mod dlq;
 /// `indexer dlq inspect|replay`: reads the DLQ to its end, summarizes it, re-drives selected records.
 pub mod dlq_tools;
+/// The breaker shared by the loop, its lanes and the Lease: checks, steps, transitions logged.
+pub mod gate;
+/// A lane of consecutive records, the buffer that becomes the next one, and their bookkeeping.
+mod lane;
 /// The worker Lease: readiness and breaker state for the operator.
 pub mod lease;
 /// Prometheus metrics and the readiness flags.
@@ -42,3 +49,5 @@ pub mod run;
 pub mod server;
 /// Sends one `_bulk` body and reports its outcome as plain data; checks the alias at start.
 pub mod sink;
+/// What one bulk answer means for a lane: items moved, the breaker told, the backoff.
+pub mod verdict;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::breaker::Phase;
+use crate::breaker::BreakerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
@@ -121,12 +121,12 @@ impl Metrics {
                 class: class.to_string(),
             });
         }
-        m.set_breaker(Phase::Closed);
+        m.set_breaker(BreakerState::Closed);
         m
     }
 
-    pub fn set_breaker(&self, phase: Phase) {
-        for p in Phase::ALL {
+    pub fn set_breaker(&self, phase: BreakerState) {
+        for p in BreakerState::ALL {
             self.breaker_state
                 .get_or_create(&StateLabel {
                     state: p.as_str().to_owned(),
@@ -150,7 +150,7 @@ impl Metrics {
     }
 
     /// Whether the breaker is in `phase` now.
-    pub fn breaker_is(&self, phase: Phase) -> bool {
+    pub fn breaker_is(&self, phase: BreakerState) -> bool {
         self.breaker_state
             .get_or_create(&StateLabel {
                 state: phase.as_str().to_owned(),

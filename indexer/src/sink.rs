@@ -59,7 +59,6 @@ const BULK_PATH: &str = "_bulk?filter_path=items.*.status,items.*.error,error";
 pub struct SearchSink {
     http: reqwest::Client,
     endpoint: SearchEndpoint,
-    basic_auth: Option<(String, String)>,
     layout: IndexLayout,
 }
 
@@ -82,7 +81,6 @@ pub enum AliasCheckError {
 impl SearchSink {
     pub fn new(
         endpoint: SearchEndpoint,
-        basic_auth: Option<(String, String)>,
         layout: IndexLayout,
         request_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
@@ -92,7 +90,6 @@ impl SearchSink {
         Ok(Self {
             http,
             endpoint,
-            basic_auth,
             layout,
         })
     }
@@ -102,13 +99,8 @@ impl SearchSink {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self
-            .http
-            .request(method, format!("{}/{path}", self.endpoint.base_url()));
-        match &self.basic_auth {
-            Some((user, password)) => request.basic_auth(user, Some(password)),
-            None => request,
-        }
+        self.endpoint
+            .request(&self.http, method, &format!("/{path}"))
     }
 
     /// Checks that the alias exists, so a missing layout is one clear error at start rather than

@@ -16,6 +16,7 @@ use indexer::dlq_tools::{self, EXIT_REFUSED, Selection, TopicReader};
 use indexer::record::Record;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
+use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -40,14 +41,9 @@ impl Topics {
 
     fn kafka(&self) -> KafkaArgs {
         KafkaArgs {
-            bootstrap_servers: rig().kafka().to_owned(),
+            connection: Connection::plaintext(rig().kafka()),
             topic: self.topic.clone(),
             dlq_topic: Some(self.dlq.clone()),
-            security_protocol: None,
-            sasl_mechanism: None,
-            sasl_username: None,
-            sasl_password: None,
-            ssl_ca_location: None,
         }
     }
 
@@ -151,7 +147,7 @@ fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
 async fn inspect_counts_by_class_and_replay_redrives_only_the_selected_within_the_horizon() {
     let topics = Topics::new(1).await;
     let kafka = topics.kafka();
-    let writer = DlqWriter::new(kafka.client_config(), topics.dlq.clone()).unwrap();
+    let writer = DlqWriter::new(kafka.connection.client_config(), topics.dlq.clone()).unwrap();
     let token = CancellationToken::new();
     let now = Timestamp::now().timestamp_millis();
 
@@ -409,7 +405,7 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
             .collect(),
     };
     let kafka = fixture.args("unused").kafka;
-    let writer = DlqWriter::new(kafka.client_config(), fixture.dlq.clone()).unwrap();
+    let writer = DlqWriter::new(kafka.connection.client_config(), fixture.dlq.clone()).unwrap();
     let dlq = DlqHeaders {
         source_topic: fixture.topic.clone(),
         source_partition: record.partition,

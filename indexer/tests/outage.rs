@@ -13,7 +13,7 @@ use common::{
 };
 use e2e::proxy::TcpProxy;
 use e2e::{rig::rig, unique, wait};
-use indexer::breaker::Phase;
+use indexer::breaker::BreakerState;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +58,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
         .produce(&second.iter().map(event_record).collect::<Vec<_>>())
         .await;
     wait::until("the breaker to open", Duration::from_secs(60), || async {
-        metrics.breaker_is(Phase::Open).then_some(())
+        metrics.breaker_is(BreakerState::Open).then_some(())
     })
     .await;
     let opened = Instant::now();
@@ -74,7 +74,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
         Duration::from_secs(30),
         || async {
             assert!(
-                !metrics.breaker_is(Phase::Closed),
+                !metrics.breaker_is(BreakerState::Closed),
                 "the breaker closed while the engine was unreachable"
             );
             (opened.elapsed() > Duration::from_secs(11)).then_some(())
@@ -107,7 +107,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
     )
     .await;
     wait::until("the breaker to close", Duration::from_secs(30), || async {
-        metrics.breaker_is(Phase::Closed).then_some(())
+        metrics.breaker_is(BreakerState::Closed).then_some(())
     })
     .await;
     wait::until(

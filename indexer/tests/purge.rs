@@ -32,7 +32,6 @@ async fn purge_removes_only_tombstones_past_the_horizon() {
     let fixture = Fixture::new(None).await;
     let sink = SearchSink::new(
         SearchEndpoint::new(rig().search_url()),
-        None,
         fixture.layout.clone(),
         Duration::from_secs(10),
     )

@@ -41,9 +41,40 @@ pub struct Children {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
-    pub deployments: Vec<Deployment>,
-    pub services: Vec<Service>,
-    pub pdbs: Vec<PodDisruptionBudget>,
+    pub deployments: PerRole<Deployment>,
+    pub services: PerRole<Service>,
+    pub pdbs: PerRole<PodDisruptionBudget>,
+}
+
+/// One of a kind for each worker role, picked by role rather than by position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerRole<T> {
+    pub api: T,
+    pub indexer: T,
+}
+
+impl<T> PerRole<T> {
+    /// `make` of each role.
+    pub fn new(mut make: impl FnMut(WorkerRole) -> T) -> Self {
+        Self {
+            api: make(WorkerRole::Api),
+            indexer: make(WorkerRole::Indexer),
+        }
+    }
+
+    /// Both, the api-server's first.
+    pub fn iter(&self) -> std::array::IntoIter<&T, 2> {
+        [&self.api, &self.indexer].into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerRole<T> {
+    type Item = &'a T;
+    type IntoIter = std::array::IntoIter<&'a T, 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 /// `<pipeline>-<role>`: the Deployment, Service and PDB of a role.
@@ -144,15 +175,9 @@ pub fn children(mp: &MessagePipeline) -> Children {
                 ..Subject::default()
             }]),
         },
-        deployments: vec![
-            deployment(mp, WorkerRole::Api),
-            deployment(mp, WorkerRole::Indexer),
-        ],
-        services: vec![
-            service(mp, WorkerRole::Api),
-            service(mp, WorkerRole::Indexer),
-        ],
-        pdbs: vec![pdb(mp, WorkerRole::Api), pdb(mp, WorkerRole::Indexer)],
+        deployments: PerRole::new(|role| deployment(mp, role)),
+        services: PerRole::new(|role| service(mp, role)),
+        pdbs: PerRole::new(|role| pdb(mp, role)),
     }
 }
 
@@ -287,13 +312,39 @@ fn common(
             spec.indexer.tombstone_horizon_days.to_string(),
         ),
     ];
-    let protocol = match (&spec.kafka.tls, &spec.kafka.sasl) {
-        (None, None) => None,
-        (Some(_), None) => Some("ssl"),
-        (None, Some(_)) => Some("sasl_plaintext"),
-        (Some(_), Some(_)) => Some("sasl_ssl"),
-    };
-    if let Some(protocol) = protocol {
+    e.extend(kafka_security(mp, volumes, mounts));
+    if let Some(c) = &spec.elasticsearch.credentials_secret_ref {
+        e.push(from_secret(
+            env::ELASTICSEARCH_USERNAME,
+            &c.name,
+            &c.username_key,
+        ));
+        e.push(from_secret(
+            env::ELASTICSEARCH_PASSWORD,
+            &c.name,
+            &c.password_key,
+        ));
+    }
+    if let Some(ca) = &spec.elasticsearch.ca_secret_ref {
+        let (v, m, path) = secret_file("search-ca", ca);
+        volumes.push(v);
+        mounts.push(m);
+        e.push(plain(env::ELASTICSEARCH_CA_CERT, path));
+    }
+    e
+}
+
+/// How the workers reach a Kafka with TLS or SASL: the protocol, the CA file, the SASL
+/// credentials by reference.
+fn kafka_security(
+    mp: &MessagePipeline,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) -> Vec<EnvVar> {
+    let spec = &mp.spec;
+    let mut e = Vec::new();
+    let protocol = crate::kafka::security_protocol(&spec.kafka);
+    if protocol != "plaintext" {
         e.push(plain(env::KAFKA_SECURITY_PROTOCOL, protocol));
     }
     if let Some(tls) = &spec.kafka.tls {
@@ -316,32 +367,27 @@ fn common(
             &c.password_key,
         ));
     }
-    if let Some(c) = &spec.elasticsearch.credentials_secret_ref {
-        e.push(from_secret(
-            env::ELASTICSEARCH_USERNAME,
-            &c.name,
-            &c.username_key,
-        ));
-        e.push(from_secret(
-            env::ELASTICSEARCH_PASSWORD,
-            &c.name,
-            &c.password_key,
-        ));
-    }
-    if let Some(ca) = &spec.elasticsearch.ca_secret_ref {
-        let (v, m, path) = secret_file("search-ca", ca);
-        volumes.push(v);
-        mounts.push(m);
-        e.push(plain(env::ELASTICSEARCH_CA_CERT, path));
-    }
     e
 }
 
-fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
+/// What differs between the roles' pods: their own env vars and files, command, replicas,
+/// resources and termination grace.
+struct RolePod<'a> {
+    command: Vec<String>,
+    replicas: i32,
+    resources: Option<&'a Resources>,
+    grace: i64,
+}
+
+fn role_pod<'a>(
+    mp: &'a MessagePipeline,
+    role: WorkerRole,
+    env_vars: &mut Vec<EnvVar>,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) -> RolePod<'a> {
     let spec = &mp.spec;
-    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
-    let mut env_vars = common(mp, &mut volumes, &mut mounts);
-    let (command, replicas, resource_spec, grace) = match role {
+    let (command, replicas, resources, grace) = match role {
         WorkerRole::Api => {
             let (v, m, path) = secret_file("api-keys", &spec.api.auth.api_keys_secret_ref);
             volumes.push(v);
@@ -389,11 +435,53 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
             )
         }
     };
+    RolePod {
+        command,
+        replicas,
+        resources,
+        grace,
+    }
+}
+
+/// The pod's: non-root, its own uid and group, the runtime's seccomp profile.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container's: no privilege escalation, a read-only root, no capabilities.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
+    let spec = &mp.spec;
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let mut env_vars = common(mp, &mut volumes, &mut mounts);
+    let pod = role_pod(mp, role, &mut env_vars, &mut volumes, &mut mounts);
     let labels_all = labels(mp, Some(role));
     Deployment {
         metadata: meta(mp, child_name(mp, role), Some(role)),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas: Some(pod.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector(mp, role)),
                 ..LabelSelector::default()
@@ -412,23 +500,13 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(worker_account(mp)),
-                    termination_grace_period_seconds: Some(grace),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        fs_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    termination_grace_period_seconds: Some(pod.grace),
+                    security_context: Some(pod_security()),
                     containers: vec![Container {
                         name: role.as_str().into(),
                         image: Some(spec.image.clone()),
                         image_pull_policy: spec.image_pull_policy.clone(),
-                        command: Some(command),
+                        command: Some(pod.command),
                         env: Some(env_vars),
                         ports: Some(vec![ContainerPort {
                             name: Some("http".into()),
@@ -438,17 +516,8 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
                         }]),
                         liveness_probe: Some(probe("/live", 10)),
                         readiness_probe: Some(probe("/ready", 5)),
-                        resources: Some(resources(resource_spec, role)),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                add: None,
-                            }),
-                            ..SecurityContext::default()
-                        }),
+                        resources: Some(resources(pod.resources, role)),
+                        security_context: Some(container_security()),
                         volume_mounts: (!mounts.is_empty()).then_some(mounts),
                         ..Container::default()
                     }],
@@ -600,7 +669,9 @@ mod tests {
             assert_eq!(pod.service_account_name.as_deref(), Some("orders-worker"));
             assert!(container.resources.as_ref().unwrap().limits.is_some());
         }
-        let indexer = c.deployments[1]
+        let indexer = c
+            .deployments
+            .indexer
             .spec
             .as_ref()
             .unwrap()
@@ -624,8 +695,8 @@ mod tests {
         spec["kafka"]["topic"] = json!({"name": "events", "partitions": 12});
         spec["indexer"] = json!({"batch": {"maxCount": 1000}, "breaker": {"cooldownMs": 5000}});
         let c = children(&pipeline(spec));
-        let api = env_of(&c.deployments[0]);
-        let indexer = env_of(&c.deployments[1]);
+        let api = env_of(&c.deployments.api);
+        let indexer = env_of(&c.deployments.indexer);
         assert_eq!(api["KAFKA_TOPIC"].value.as_deref(), Some("events"));
         assert_eq!(
             api["API_KEYS_FILE"].value.as_deref(),

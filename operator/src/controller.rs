@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use messagepipeline_crd::{
     DeletionPolicy, FIELD_MANAGER, FINALIZER, MessagePipeline, MessagePipelineStatus,
-    PAUSED_ANNOTATION,
+    PAUSED_ANNOTATION, condition,
 };
 use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::search::{IndexLayout, IndexSettings};
@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{Children, children};
+use crate::build::{Children, PerRole, children};
 use crate::kafka::{self, Credentials};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
@@ -260,62 +260,77 @@ async fn stored_status(
         .unwrap_or_default())
 }
 
+/// One reconcile of a live pipeline, in its steps: refuse what is invalid or claimed, apply the
+/// children, reconcile the topics and the index, read lag and DLQ depth, report the status.
 async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let generation = mp.metadata.generation;
     let previous = stored_status(ctx, mp).await?;
-
-    // 1. Validate, and refuse claims another pipeline holds.
-    let problems = validate::validate(mp);
-    if !problems.is_empty() {
-        ctx.event(
-            mp,
-            EventType::Warning,
-            "InvalidSpec",
-            problems.join("; "),
-            "Validate",
-        )
-        .await;
-        write_status(
-            ctx,
-            mp,
-            &previous,
-            status::refused("InvalidSpec", &problems, &previous, generation, now),
-        )
-        .await?;
-        return Ok(Action::await_change());
+    if let Some(action) = refuse(mp, ctx, &previous, now).await? {
+        return Ok(action);
     }
-    let all = Api::<MessagePipeline>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let conflicts = validate::conflicts(mp, &all.items);
-    if !conflicts.is_empty() {
-        ctx.event(
-            mp,
-            EventType::Warning,
-            "ResourceConflict",
-            conflicts.join("; "),
-            "Validate",
-        )
-        .await;
-        write_status(
-            ctx,
-            mp,
-            &previous,
-            status::refused("ResourceConflict", &conflicts, &previous, generation, now),
-        )
-        .await?;
-        return Ok(Action::requeue(REQUEUE));
-    }
-
-    // 2. Build, 3. apply.
     let namespace = mp.namespace().unwrap_or_default();
     let applied = apply_children(&ctx.client, &namespace, children(mp)).await?;
-
-    // 4. External state.
     let creds = kafka_credentials(ctx, mp).await?;
     let config = kafka::client_config(&mp.spec.kafka, &creds);
-    let topics = match kafka::ensure_topics(&config, &kafka::wanted(&mp.spec)).await {
+    let topics = reconcile_topics(ctx, mp, &config).await;
+    let template = reconcile_index(ctx, mp).await;
+    let (consumer_lag, dlq_depth) = lag_and_depth(mp, config).await;
+    let observed = Observed {
+        generation: mp.metadata.generation,
+        topics,
+        template,
+        api_available: availability(&applied.api),
+        indexer_available: availability(&applied.indexer),
+        workers: live_workers(ctx, mp, now).await?,
+        consumer_lag,
+        dlq_depth,
+    };
+    report(ctx, mp, &previous, &observed, now).await?;
+    Ok(Action::requeue(REQUEUE))
+}
+
+/// A spec that is invalid, or claims what another pipeline holds, gets a refusal in its status
+/// and an Event; `Some` is then what the reconcile returns.
+async fn refuse(
+    mp: &MessagePipeline,
+    ctx: &Context,
+    previous: &MessagePipelineStatus,
+    now: Timestamp,
+) -> Result<Option<Action>, Error> {
+    let problems = validate::validate(mp);
+    let (reason, problems, action) = if problems.is_empty() {
+        let all = Api::<MessagePipeline>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        let conflicts = validate::conflicts(mp, &all.items);
+        if conflicts.is_empty() {
+            return Ok(None);
+        }
+        // Another pipeline may let go of its claim: look again.
+        ("ResourceConflict", conflicts, Action::requeue(REQUEUE))
+    } else {
+        ("InvalidSpec", problems, Action::await_change())
+    };
+    ctx.event(
+        mp,
+        EventType::Warning,
+        reason,
+        problems.join("; "),
+        "Validate",
+    )
+    .await;
+    let refused = status::refused(reason, &problems, previous, mp.metadata.generation, now);
+    write_status(ctx, mp, previous, refused).await?;
+    Ok(Some(action))
+}
+
+/// The topics as the spec says, each change an Event; `Err` is the condition's message.
+async fn reconcile_topics(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    config: &rdkafka::ClientConfig,
+) -> Result<Vec<String>, String> {
+    match kafka::ensure_topics(config, &kafka::wanted(&mp.spec)).await {
         Ok(report) => {
             for (what, list) in [
                 ("TopicCreated", &report.created),
@@ -336,25 +351,32 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
             Ok(report.notes)
         }
         Err(error) => {
+            let message = error.to_string();
             ctx.event(
                 mp,
                 EventType::Warning,
                 "KafkaError",
-                error.to_string(),
+                message.clone(),
                 "ReconcileTopics",
             )
             .await;
-            Err(error.to_string())
+            Err(message)
         }
-    };
-    let template = match install_index(ctx, mp).await {
+    }
+}
+
+/// The index template, first index and alias in place, a change an Event; `Err` is the
+/// condition's message.
+async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), String> {
+    match install_index(ctx, mp).await {
         Ok(changed) => {
             if changed {
+                let note = "index template, first index or alias installed or reverted";
                 ctx.event(
                     mp,
                     EventType::Normal,
                     "IndexTemplateInstalled",
-                    "index template, first index or alias installed or reverted".into(),
+                    note.into(),
                     "ReconcileIndex",
                 )
                 .await;
@@ -362,79 +384,81 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
             Ok(())
         }
         Err(error) => {
+            let message = error.to_string();
             ctx.event(
                 mp,
                 EventType::Warning,
                 "SearchEngineError",
-                error.to_string(),
+                message.clone(),
                 "ReconcileIndex",
             )
             .await;
-            Err(error.to_string())
+            Err(message)
         }
-    };
-    let (consumer_lag, dlq_depth) = {
-        let (config, group, topic, dlq) = (
-            config.clone(),
-            mp.spec.kafka.consumer_group.clone(),
-            mp.spec.kafka.topic.name.clone(),
-            mp.spec.kafka.dlq_name(),
-        );
-        tokio::task::spawn_blocking(move || kafka::lag_and_depth(&config, &group, &topic, &dlq))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or((None, None))
-    };
+    }
+}
 
-    // 5. Status.
-    let workers = live_workers(ctx, mp, now).await?;
-    let available = |d: &Deployment| {
-        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let available = d
-            .status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0);
-        Some((available, desired))
+/// The indexer group's lag and the DLQ's depth (`None` each when not readable); the admin
+/// calls block, so they run off the async threads.
+async fn lag_and_depth(
+    mp: &MessagePipeline,
+    config: rdkafka::ClientConfig,
+) -> (Option<i64>, Option<i64>) {
+    let group = mp.spec.kafka.consumer_group.clone();
+    let topic = mp.spec.kafka.topic.name.clone();
+    let dlq = mp.spec.kafka.dlq_name();
+    tokio::task::spawn_blocking(move || kafka::lag_and_depth(&config, &group, &topic, &dlq))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or((None, None))
+}
+
+/// (available replicas, desired) of a Deployment as the API server answered the apply.
+fn availability(d: &Deployment) -> Option<(i32, i32)> {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let available = d
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    Some((available, desired))
+}
+
+/// Writes the status `observed` means, with an Event when readiness flips.
+async fn report(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    previous: &MessagePipelineStatus,
+    observed: &Observed,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let new_status = status::status(observed, &previous.conditions, now);
+    let ready = |s: &MessagePipelineStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .cloned()
     };
-    let observed = Observed {
-        generation,
-        topics,
-        template,
-        api_available: applied.first().and_then(available),
-        indexer_available: applied.get(1).and_then(available),
-        workers,
-        consumer_lag,
-        dlq_depth,
-    };
-    let new_status = status::status(&observed, &previous.conditions, now);
-    let was_ready = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let is_ready = new_status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if was_ready != is_ready {
-        let ready = &new_status.conditions[0];
-        let type_ = if is_ready {
-            EventType::Normal
-        } else {
+    let was_ready = ready(previous).is_some_and(|c| c.status == "True");
+    if let Some(now_ready) = ready(&new_status)
+        && was_ready != (now_ready.status == "True")
+    {
+        let type_ = if was_ready {
             EventType::Warning
+        } else {
+            EventType::Normal
         };
         ctx.event(
             mp,
             type_,
-            &ready.reason,
-            ready.message.clone(),
+            &now_ready.reason,
+            now_ready.message,
             "UpdateStatus",
         )
         .await;
     }
-    write_status(ctx, mp, &previous, new_status).await?;
-    Ok(Action::requeue(REQUEUE))
+    write_status(ctx, mp, previous, new_status).await
 }
 
 /// Server-side applies every child; returns the two Deployments as the API server has them.
@@ -442,7 +466,7 @@ pub async fn apply_children(
     client: &Client,
     namespace: &str,
     c: Children,
-) -> Result<Vec<Deployment>, Error> {
+) -> Result<PerRole<Deployment>, Error> {
     async fn ssa<K>(client: &Client, namespace: &str, obj: &K) -> Result<K, Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -460,10 +484,10 @@ pub async fn apply_children(
     ssa::<ServiceAccount>(client, namespace, &c.service_account).await?;
     ssa::<Role>(client, namespace, &c.role).await?;
     ssa::<RoleBinding>(client, namespace, &c.role_binding).await?;
-    let mut deployments = Vec::new();
-    for d in &c.deployments {
-        deployments.push(ssa::<Deployment>(client, namespace, d).await?);
-    }
+    let deployments = PerRole {
+        api: ssa::<Deployment>(client, namespace, &c.deployments.api).await?,
+        indexer: ssa::<Deployment>(client, namespace, &c.deployments.indexer).await?,
+    };
     for s in &c.services {
         ssa::<Service>(client, namespace, s).await?;
     }

@@ -30,17 +30,21 @@ pub struct Credentials {
     pub ca_pem: Option<String>,
 }
 
-pub fn client_config(spec: &KafkaSpec, creds: &Credentials) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &spec.bootstrap_servers)
-        .set("socket.timeout.ms", "10000");
-    let protocol = match (&spec.tls, &spec.sasl) {
+/// librdkafka's `security.protocol` for what the spec asks: TLS, SASL, both or neither.
+pub fn security_protocol(spec: &KafkaSpec) -> &'static str {
+    match (&spec.tls, &spec.sasl) {
         (None, None) => "plaintext",
         (Some(_), None) => "ssl",
         (None, Some(_)) => "sasl_plaintext",
         (Some(_), Some(_)) => "sasl_ssl",
-    };
-    c.set("security.protocol", protocol);
+    }
+}
+
+pub fn client_config(spec: &KafkaSpec, creds: &Credentials) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.bootstrap_servers)
+        .set("socket.timeout.ms", "10000");
+    c.set("security.protocol", security_protocol(spec));
     if let Some(pem) = &creds.ca_pem {
         c.set("ssl.ca.pem", pem);
     }

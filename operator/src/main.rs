@@ -9,8 +9,8 @@ use operator::controller::{self, Context};
 use operator::leader::Election;
 use operator::metrics::Metrics;
 use operator::server::{self, Health};
+use pipeline_contract::process;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Reconciles MessagePipeline resources into running pipelines.
 #[derive(Debug, Parser)]
@@ -39,12 +39,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    process::init_logging();
     let cli = Cli::parse();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
@@ -54,7 +49,10 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(process::stop_on_signal(
+        shutdown.clone(),
+        "finishing reconciles in flight",
+    ));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let server = tokio::spawn(server::serve(
@@ -115,15 +113,4 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down: finishing reconciles in flight");
-    shutdown.cancel();
 }

@@ -14,15 +14,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
-use pipeline_contract::worker::lease;
 use pipeline_contract::worker::lease::RelayBacklog;
+use pipeline_contract::worker::{BreakerState, Role, lease};
 
 /// One worker as its Lease describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveWorker {
-    pub role: String,
+    pub role: Role,
     pub ready: bool,
-    pub breaker: Option<String>,
+    /// An indexer's breaker; `None` for the api-server, or a value this operator does not know.
+    pub breaker: Option<BreakerState>,
     /// The api-server's relay backlog bucket.
     pub relay_backlog: Option<RelayBacklog>,
 }
@@ -68,9 +69,11 @@ pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
     let labels = l.metadata.labels.as_ref()?;
     let annotations = l.metadata.annotations.clone().unwrap_or_default();
     Some(LiveWorker {
-        role: labels.get(lease::LABEL_ROLE)?.clone(),
+        role: Role::parse(labels.get(lease::LABEL_ROLE)?)?,
         ready: annotations.get(lease::ANNOTATION_READY).map(String::as_str) == Some("true"),
-        breaker: annotations.get(lease::ANNOTATION_BREAKER).cloned(),
+        breaker: annotations
+            .get(lease::ANNOTATION_BREAKER)
+            .and_then(|b| BreakerState::parse(b)),
         relay_backlog: annotations
             .get(lease::ANNOTATION_RELAY_BACKLOG)
             .and_then(|b| RelayBacklog::parse(b)),
@@ -143,13 +146,13 @@ fn availability(type_: &str, what: &str, available: Option<(i32, i32)>) -> Condi
     }
 }
 
-fn role_status(workers: &[LiveWorker], role: &str, desired: i32) -> RoleStatus {
+fn role_status(workers: &[LiveWorker], role: Role, desired: i32) -> RoleStatus {
     let mine: Vec<&LiveWorker> = workers.iter().filter(|w| w.role == role).collect();
     let ready = mine.iter().filter(|w| w.ready).count() as i32;
     let mut breakers = BTreeMap::new();
     for w in &mine {
-        if let Some(b) = &w.breaker {
-            *breakers.entry(b.clone()).or_insert(0) += 1;
+        if let Some(b) = w.breaker {
+            *breakers.entry(b.as_str().to_owned()).or_insert(0) += 1;
         }
     }
     RoleStatus {
@@ -170,16 +173,53 @@ pub fn status(
     let api_desired = observed.api_available.map_or(0, |(_, d)| d);
     let indexer_desired = observed.indexer_available.map_or(0, |(_, d)| d);
     let workers = Workers {
-        api: role_status(&observed.workers, "api", api_desired),
-        indexer: role_status(&observed.workers, "indexer", indexer_desired),
+        api: role_status(&observed.workers, Role::Api, api_desired),
+        indexer: role_status(&observed.workers, Role::Indexer, indexer_desired),
     };
-    let breakers = &workers.indexer.breakers;
-    let worst = ["open", "half-open", "closed"]
+    let worst = observed
+        .workers
+        .iter()
+        .filter(|w| w.role == Role::Indexer)
+        .filter_map(|w| w.breaker)
+        .max();
+    let topics = topics_ready(observed);
+    let template = template_ready(observed);
+    let api = availability(
+        condition::API_SERVER_AVAILABLE,
+        "api-server",
+        observed.api_available,
+    );
+    let indexer = availability(
+        condition::INDEXER_AVAILABLE,
+        "indexer",
+        observed.indexer_available,
+    );
+    let healthy = indexer_healthy(worst, &workers.indexer);
+    let relay_backlog = observed
+        .workers
+        .iter()
+        .filter(|w| w.role == Role::Api)
+        .filter_map(|w| w.relay_backlog)
+        .max();
+    let degraded = degraded(observed, &workers, &healthy);
+    let ready = ready([&topics, &template, &api, &indexer, &healthy]);
+    let conditions = [ready, topics, template, api, indexer, healthy, degraded]
         .into_iter()
-        .find(|b| breakers.contains_key(*b))
-        .map(str::to_owned);
+        .map(|c| settle(c, previous, observed.generation, now))
+        .collect();
+    MessagePipelineStatus {
+        observed_generation: observed.generation,
+        conditions,
+        workers,
+        consumer_lag: observed.consumer_lag,
+        dlq_depth: observed.dlq_depth,
+        breaker: worst.map(|b| b.as_str().to_owned()),
+        relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
+    }
+}
 
-    let topics = match &observed.topics {
+fn topics_ready(observed: &Observed) -> Condition {
+    match &observed.topics {
         Ok(_) => cond(
             condition::TOPICS_READY,
             Some(true),
@@ -192,8 +232,11 @@ pub fn status(
             "KafkaError",
             e.clone(),
         ),
-    };
-    let template = match &observed.template {
+    }
+}
+
+fn template_ready(observed: &Observed) -> Condition {
+    match &observed.template {
         Ok(()) => cond(
             condition::INDEX_TEMPLATE_READY,
             Some(true),
@@ -206,35 +249,29 @@ pub fn status(
             "SearchEngineError",
             e.clone(),
         ),
-    };
-    let api = availability(
-        condition::API_SERVER_AVAILABLE,
-        "api-server",
-        observed.api_available,
-    );
-    let indexer = availability(
-        condition::INDEXER_AVAILABLE,
-        "indexer",
-        observed.indexer_available,
-    );
-    let live = workers.indexer.live;
-    let healthy = match worst.as_deref() {
-        Some("open") => cond(
+    }
+}
+
+/// False while any live indexer's breaker is open or half-open (the worst decides).
+fn indexer_healthy(worst: Option<BreakerState>, indexers: &RoleStatus) -> Condition {
+    let (breakers, live) = (&indexers.breakers, indexers.live);
+    match worst {
+        Some(BreakerState::Open) => cond(
             condition::INDEXER_HEALTHY,
             Some(false),
             "BreakerOpen",
             format!(
                 "{} of {live} live indexers have an open circuit breaker: the search engine is failing and indexing is paused",
-                breakers["open"]
+                breakers[BreakerState::Open.as_str()]
             ),
         ),
-        Some("half-open") => cond(
+        Some(BreakerState::HalfOpen) => cond(
             condition::INDEXER_HEALTHY,
             Some(false),
             "BreakerHalfOpen",
             format!(
                 "{} of {live} live indexers are probing the search engine after an outage",
-                breakers["half-open"]
+                breakers[BreakerState::HalfOpen.as_str()]
             ),
         ),
         _ if live == 0 => cond(
@@ -249,11 +286,16 @@ pub fn status(
             "BreakersClosed",
             format!("{live} live indexer(s), every circuit breaker closed"),
         ),
-    };
+    }
+}
+
+/// True when the pipeline works but something needs a human: an unhealthy indexer, a relay
+/// behind by a minute or more, a topic with more partitions than the spec.
+fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Condition {
     let backlogs: Vec<RelayBacklog> = observed
         .workers
         .iter()
-        .filter(|w| w.role == "api")
+        .filter(|w| w.role == Role::Api)
         .filter_map(|w| w.relay_backlog)
         .collect();
     let relay_backlog = backlogs.iter().max().copied();
@@ -275,7 +317,7 @@ pub fn status(
     if healthy.status == "False" {
         needs_human.insert(0, healthy.message.clone());
     }
-    let degraded = if needs_human.is_empty() {
+    if needs_human.is_empty() {
         cond(
             condition::DEGRADED,
             Some(false),
@@ -296,13 +338,16 @@ pub fn status(
             reason,
             needs_human.join("; "),
         )
-    };
-    // Ready: the first part not in place decides the reason.
-    let parts = [&topics, &template, &api, &indexer, &healthy];
+    }
+}
+
+/// Ready when every part is in place and the indexers are healthy; the first that is not decides
+/// the reason.
+fn ready(parts: [&Condition; 5]) -> Condition {
     let blocking = parts.iter().find(|c| {
         c.status == "False" || (c.status == "Unknown" && c.type_ != condition::INDEXER_HEALTHY)
     });
-    let ready = match blocking {
+    match blocking {
         Some(c) => cond(
             condition::READY,
             Some(false),
@@ -315,19 +360,6 @@ pub fn status(
             "PipelineReady",
             "topics, index, api-server and indexer are in place and healthy".into(),
         ),
-    };
-    let conditions = [ready, topics, template, api, indexer, healthy, degraded]
-        .into_iter()
-        .map(|c| settle(c, previous, observed.generation, now))
-        .collect();
-    MessagePipelineStatus {
-        observed_generation: observed.generation,
-        conditions,
-        workers,
-        consumer_lag: observed.consumer_lag,
-        dlq_depth: observed.dlq_depth,
-        breaker: worst,
-        relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
     }
 }
 
@@ -381,12 +413,12 @@ mod tests {
 
     use super::*;
 
-    fn worker(role: &str, ready: bool, breaker: Option<&str>) -> LiveWorker {
+    fn worker(role: Role, ready: bool, breaker: Option<BreakerState>) -> LiveWorker {
         LiveWorker {
-            role: role.into(),
+            role,
             ready,
-            breaker: breaker.map(str::to_owned),
-            relay_backlog: (role == "api").then_some(RelayBacklog::Clear),
+            breaker,
+            relay_backlog: (role == Role::Api).then_some(RelayBacklog::Clear),
         }
     }
 
@@ -398,10 +430,10 @@ mod tests {
             api_available: Some((2, 2)),
             indexer_available: Some((2, 2)),
             workers: vec![
-                worker("api", true, None),
-                worker("api", true, None),
-                worker("indexer", true, Some("closed")),
-                worker("indexer", true, Some("closed")),
+                worker(Role::Api, true, None),
+                worker(Role::Api, true, None),
+                worker(Role::Indexer, true, Some(BreakerState::Closed)),
+                worker(Role::Indexer, true, Some(BreakerState::Closed)),
             ],
             consumer_lag: Some(5),
             dlq_depth: Some(0),
@@ -467,7 +499,7 @@ mod tests {
             ),
             (
                 "breaker open",
-                Box::new(|o| o.workers[3].breaker = Some("open".into())),
+                Box::new(|o| o.workers[3].breaker = Some(BreakerState::Open)),
                 "False",
                 "BreakerOpen",
                 "True",
@@ -475,7 +507,7 @@ mod tests {
             ),
             (
                 "half open",
-                Box::new(|o| o.workers[2].breaker = Some("half-open".into())),
+                Box::new(|o| o.workers[2].breaker = Some(BreakerState::HalfOpen)),
                 "False",
                 "BreakerHalfOpen",
                 "True",
@@ -543,7 +575,7 @@ mod tests {
         }
         let open = {
             let mut o = healthy();
-            o.workers[3].breaker = Some("open".into());
+            o.workers[3].breaker = Some(BreakerState::Open);
             status(&o, &[], now)
         };
         assert!(
@@ -641,11 +673,11 @@ mod tests {
         let now = Timestamp::from_second(100).unwrap();
         assert_eq!(
             live_worker(&lease(80, "indexer", "true"), now),
-            Some(worker("indexer", true, None))
+            Some(worker(Role::Indexer, true, None))
         );
         assert_eq!(
             live_worker(&lease(70, "api", "false"), now),
-            Some(worker("api", false, None))
+            Some(worker(Role::Api, false, None))
         );
         assert_eq!(live_worker(&lease(69, "api", "true"), now), None);
         assert!(expired(&Lease::default(), now));
