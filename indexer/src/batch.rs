@@ -29,6 +29,17 @@ impl Default for BatchLimits {
     }
 }
 
+impl BatchLimits {
+    /// The bounds of one of `lanes` batches in flight at once: an equal share of `max_count`
+    /// (at least one item each; 0 lanes count as 1), the same bytes and linger.
+    pub fn shared_by(self, lanes: usize) -> Self {
+        Self {
+            max_count: self.max_count.max(1).div_ceil(lanes.max(1)),
+            ..self
+        }
+    }
+}
+
 /// Items waiting to go out in one bulk request, in the order they were pushed.
 #[derive(Debug, Clone)]
 pub struct Batch<T> {
@@ -233,6 +244,31 @@ mod tests {
         ];
         for (items, first, second) in cases {
             assert_eq!(split_for_413(items.clone()), (first, second), "{items:?}");
+        }
+    }
+
+    #[test]
+    fn lanes_share_the_count_and_keep_the_rest() {
+        // (max_count, lanes, records per lane)
+        let cases = [
+            (6000, 4, 1500),
+            (6000, 1, 6000),
+            (6000, 0, 6000),
+            (10, 4, 3),
+            (0, 4, 1),
+            (5, 8, 1),
+        ];
+        for (max_count, lanes, per_lane) in cases {
+            let limits = BatchLimits {
+                max_count,
+                ..BatchLimits::default()
+            };
+            let shared = limits.shared_by(lanes);
+            assert_eq!(shared.max_count, per_lane, "{max_count} over {lanes}");
+            assert_eq!(
+                (shared.max_bytes, shared.linger),
+                (limits.max_bytes, limits.linger)
+            );
         }
     }
 }

@@ -7,7 +7,7 @@
 //! durable.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -154,6 +154,83 @@ impl ConsumerContext for Context {
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
+            tracing::warn!(error = %e, "commit failed; the next owner of these partitions repeats their records");
+        }
+    }
+}
+
+/// The consumer as the loop drives it: commits of durable positions, and the pause of every
+/// assigned partition while the breaker holds the work back.
+pub(crate) struct Partitions {
+    pub(crate) consumer: StreamConsumer<Context>,
+    topic: String,
+    paused: AtomicBool,
+}
+
+impl Partitions {
+    pub(crate) fn new(consumer: StreamConsumer<Context>, topic: String) -> Self {
+        Self {
+            consumer,
+            topic,
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// A new assignment starts resumed: pause it again if the loop had paused.
+    pub(crate) fn assigned(&self) {
+        if self.paused.swap(false, Ordering::Relaxed) {
+            self.set_paused(true);
+        }
+    }
+
+    /// Pauses or resumes every assigned partition (nothing when already so).
+    pub(crate) fn set_paused(&self, paused: bool) {
+        if self.is_paused() == paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                self.paused.store(paused, Ordering::Relaxed);
+                tracing::info!(
+                    paused,
+                    partitions = assignment.count(),
+                    "partitions {}",
+                    if paused { "paused" } else { "resumed" }
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, paused, "could not change pause state"),
+        }
+    }
+
+    /// Commits `offsets` (next offset per partition). A failed commit is logged, not fatal: the
+    /// records are durable already, and an uncommitted offset only means their next owner
+    /// repeats them, which external versions make harmless (e.g. after a rebalance).
+    pub(crate) fn commit(&self, offsets: &BTreeMap<i32, i64>, mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in offsets {
+            if let Err(e) =
+                list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next))
+            {
+                tracing::warn!(error = %e, partition, "invalid offset to commit");
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, mode) {
             tracing::warn!(error = %e, "commit failed; the next owner of these partitions repeats their records");
         }
     }

@@ -13,6 +13,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::Record;
+use crate::retry::RetryPolicy;
 
 /// Writes dead letters to one topic.
 pub struct DlqWriter {
@@ -33,6 +34,14 @@ impl std::fmt::Debug for DlqWriter {
 #[error("DLQ write abandoned at shutdown")]
 pub struct Abandoned;
 
+/// Between attempts of a DLQ write: from 100 ms, doubling up to 5 s, with full jitter; no
+/// bound on attempts (the partition waits: its offset must not pass an unwritten dead letter).
+const BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
 impl DlqWriter {
     pub fn new(config: ClientConfig, topic: String) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = kafka_client::idempotent(config)
@@ -45,16 +54,17 @@ impl DlqWriter {
         &self.topic
     }
 
-    /// Writes one dead letter and waits for the broker's acknowledgement; retries (with a capped
-    /// backoff) until it is acknowledged or `shutdown` fires.
+    /// Writes one dead letter and waits for the broker's acknowledgement; retries (after
+    /// [`BACKOFF`]) until it is acknowledged or `shutdown` fires.
     pub async fn write(
         &self,
         record: &Record,
         dlq: &DlqHeaders,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             // The DLQ headers of an earlier failure are replaced, not repeated.
             let kept = record
                 .headers
@@ -80,9 +90,8 @@ impl DlqWriter {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Err(Abandoned),
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(BACKOFF.delay(attempt, fastrand::f64())) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Plain data and bookkeeping: no I/O, no clock of its own, so each rule is unit-tested here.
 
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use pipeline_contract::dlq::ErrorClass;
 use pipeline_contract::search::{IndexLayout, SearchDocument};
@@ -15,6 +15,10 @@ use crate::batch::{Batch, BatchLimits};
 use crate::bulk;
 use crate::commit::{CommitTracker, LaneId};
 use crate::record::Record;
+
+/// Durable positions are committed at most this often while lanes are running (asynchronously),
+/// and at once when the loop goes idle, at a revoke and at shutdown (synchronously).
+pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One consumed record on its way through a lane.
 ///
@@ -168,6 +172,36 @@ impl Held {
         }
     }
 
+    /// A lane came back: durable (`Ok`), or stalled with what is left of it, less what belongs
+    /// to partitions revoked while it ran; a lane with nothing left is complete. Returns whether
+    /// the durable positions moved.
+    pub(crate) fn finish(&mut self, mut lane: Lane, result: Result<(), Stalled>) -> bool {
+        if result.is_err() {
+            let tracker = &self.tracker;
+            lane.items
+                .retain(|i| tracker.holds(lane.id, i.record.partition));
+            if !lane.items.is_empty() {
+                self.stall(lane);
+                return false;
+            }
+        }
+        self.tracker.complete(lane.id)
+    }
+
+    /// The positions that moved since the last commit, when they are due: at most every
+    /// [`COMMIT_INTERVAL`] while lanes run (`idle` false), at once when none does.
+    pub(crate) fn due_commit(&mut self, idle: bool, now: Instant) -> Option<BTreeMap<i32, i64>> {
+        if !idle && now.saturating_duration_since(self.last_commit) < COMMIT_INTERVAL {
+            return None;
+        }
+        let advanced = self.tracker.take_advanced();
+        if advanced.is_empty() {
+            return None;
+        }
+        self.last_commit = now;
+        Some(advanced)
+    }
+
     pub(crate) fn stall(&mut self, lane: Lane) {
         let at = self.stalled.partition_point(|l| l.id < lane.id);
         self.stalled.insert(at, lane);
@@ -318,5 +352,33 @@ mod tests {
         h.tracker.complete(running.id);
         let advanced: Vec<(i32, i64)> = h.tracker.take_advanced().into_iter().collect();
         assert_eq!(advanced, [(0, 2)]);
+    }
+
+    #[test]
+    fn a_stalled_lane_keeps_only_its_partitions_still_held_and_commits_come_when_due() {
+        let mut h = held(100);
+        for (p, o) in [(0, 0), (1, 0), (0, 1)] {
+            push(&mut h, record(p, o, true));
+        }
+        let lane = h.cut_lane();
+        let id = lane.id;
+        h.revoke(&[1], &layout());
+        // Stalled: the record of revoked partition 1 goes, partition 0 waits in the lane.
+        assert!(!h.finish(lane, Err(Stalled)));
+        assert_eq!(h.stalled.len(), 1);
+        assert!(h.stalled[0].items.iter().all(|i| i.record.partition == 0));
+        // Nothing durable yet, so nothing to commit.
+        let t0 = Instant::now();
+        assert_eq!(h.due_commit(true, t0), None);
+        // It comes back durable: partition 0 moves past offset 1.
+        let again = h.stalled.pop_front().unwrap();
+        assert_eq!(again.id, id);
+        assert!(h.finish(again, Ok(())));
+        // While lanes run, not before the interval; idle, at once.
+        h.last_commit = t0;
+        assert_eq!(h.due_commit(false, t0), None);
+        let due = h.due_commit(false, t0 + COMMIT_INTERVAL).unwrap();
+        assert_eq!(due.into_iter().collect::<Vec<_>>(), [(0, 2)]);
+        assert_eq!(h.due_commit(true, t0 + COMMIT_INTERVAL), None);
     }
 }

@@ -14,9 +14,8 @@
 //! their next owner starts from that commit, and external versions make the repeat harmless
 //! (property 2).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -25,12 +24,11 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchLimits;
 use crate::breaker::{BreakerConfig, Event};
-use crate::consumer::{Context, RebalanceNotice};
+use crate::consumer::{Context, Partitions, RebalanceNotice};
 use crate::deliver::Delivery;
 use crate::dlq::DlqWriter;
 use crate::gate::Gate;
@@ -61,10 +59,7 @@ impl Settings {
 
     /// The bounds of one lane: an equal share of `batch.max_count`.
     fn lane_limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_count: self.batch.max_count.max(1).div_ceil(self.lanes()),
-            ..self.batch
-        }
+        self.batch.shared_by(self.lanes())
     }
 }
 
@@ -79,10 +74,6 @@ pub enum PipelineError {
 /// coming for now.
 const QUIET: Duration = Duration::from_millis(20);
 
-/// Durable positions are committed at most this often while lanes are running (asynchronously),
-/// and at once when the loop goes idle, at a revoke and at shutdown (synchronously).
-const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Records taken from the consumer in one go before the loop looks at its lanes again.
 const RECEIVE_BURST: usize = 256;
 
@@ -91,12 +82,11 @@ type Running<'a> = FuturesUnordered<BoxFuture<'a, (Lane, Result<(), Stalled>)>>;
 
 /// The consume loop and everything it owns.
 pub struct Pipeline {
-    consumer: StreamConsumer<Context>,
+    partitions: Partitions,
     delivery: Delivery,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     settings: Settings,
-    paused: AtomicBool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -125,12 +115,11 @@ impl Pipeline {
             topic: settings.topic.clone(),
         };
         Self {
-            consumer,
+            partitions: Partitions::new(consumer, settings.topic.clone()),
             delivery,
             gate,
             metrics,
             settings,
-            paused: AtomicBool::new(false),
         }
     }
 
@@ -147,7 +136,8 @@ impl Pipeline {
     /// stops taking records when full (except while paused, when polling must go on to keep the
     /// group membership and librdkafka delivers no more than its prefetch).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PipelineError> {
-        self.consumer
+        self.partitions
+            .consumer
             .subscribe(&[&self.settings.topic])
             .map_err(|source| PipelineError::Subscribe {
                 topic: self.settings.topic.clone(),
@@ -156,7 +146,7 @@ impl Pipeline {
         self.metrics.running.store(true, Ordering::Relaxed);
         let mut held = Held::new(self.settings.lane_limits(), Instant::now());
         let mut running: Running<'_> = FuturesUnordered::new();
-        let mut stream = self.consumer.stream();
+        let mut stream = self.partitions.consumer.stream();
         // Whether the last wait for a record ran out: nothing more is coming for now.
         let mut quiet = false;
         loop {
@@ -166,7 +156,7 @@ impl Pipeline {
             }
             self.tend(&mut held, &mut running, quiet, &shutdown);
             quiet = false;
-            let paused = self.paused.load(Ordering::Relaxed);
+            let paused = self.partitions.is_paused();
             let receive = paused || !self.buffer_full(&held);
             let wait = self.wait(&held, running.len(), paused);
             tokio::select! {
@@ -275,7 +265,8 @@ impl Pipeline {
             }
         }
         held.tracker.take_advanced();
-        self.commit(held.tracker.durable(), CommitMode::Sync);
+        self.partitions
+            .commit(held.tracker.durable(), CommitMode::Sync);
     }
 
     /// Starts lanes while there is room: stalled ones first, then the buffer when it is due (or
@@ -331,25 +322,10 @@ impl Pipeline {
     }
 
     /// A lane came back: durable, or stalled with what is left of it.
-    fn finish_lane(&self, held: &mut Held, mut lane: Lane, result: Result<(), Stalled>) {
-        match result {
-            Ok(()) => {
-                if held.tracker.complete(lane.id) {
-                    self.consumer.context().set_durable(held.tracker.durable());
-                }
-            }
-            Err(Stalled) => {
-                // Partitions revoked while it ran are no longer ours to send.
-                lane.items
-                    .retain(|i| held.tracker.holds(lane.id, i.record.partition));
-                if lane.items.is_empty() {
-                    if held.tracker.complete(lane.id) {
-                        self.consumer.context().set_durable(held.tracker.durable());
-                    }
-                } else {
-                    held.stall(lane);
-                }
-            }
+    fn finish_lane(&self, held: &mut Held, lane: Lane, result: Result<(), Stalled>) {
+        if held.finish(lane, result) {
+            let context = self.partitions.consumer.context();
+            context.set_durable(held.tracker.durable());
         }
     }
 
@@ -358,21 +334,14 @@ impl Pipeline {
     fn update_pause(&self, held: &Held, running: &Running<'_>, now: Instant) {
         let paused = !self.gate.is_closed()
             && (!held.stalled.is_empty() || !running.is_empty() || !self.gate.allows(now));
-        self.set_paused(paused);
+        self.partitions.set_paused(paused);
     }
 
-    /// Commits the positions that moved, asynchronously: at most every [`COMMIT_INTERVAL`]
-    /// while lanes run, at once when none does.
+    /// Commits the positions that moved, asynchronously, when [`Held::due_commit`] says so.
     fn commit_durable(&self, held: &mut Held, idle: bool, now: Instant) {
-        if !idle && now.saturating_duration_since(held.last_commit) < COMMIT_INTERVAL {
-            return;
+        if let Some(advanced) = held.due_commit(idle, now) {
+            self.partitions.commit(&advanced, CommitMode::Async);
         }
-        let advanced = held.tracker.take_advanced();
-        if advanced.is_empty() {
-            return;
-        }
-        self.commit(&advanced, CommitMode::Async);
-        held.last_commit = now;
     }
 
     /// Takes one received record into the buffer.
@@ -395,7 +364,7 @@ impl Pipeline {
     }
 
     fn apply_rebalances(&self, held: &mut Held) {
-        for notice in self.consumer.context().take_notices() {
+        for notice in self.partitions.consumer.context().take_notices() {
             match notice {
                 RebalanceNotice::Revoked(partitions) => {
                     tracing::info!(
@@ -403,95 +372,15 @@ impl Pipeline {
                         "partitions revoked: dropping their uncommitted work"
                     );
                     held.revoke(&partitions, self.delivery.sink.layout());
-                    self.consumer.context().set_durable(held.tracker.durable());
+                    self.partitions
+                        .consumer
+                        .context()
+                        .set_durable(held.tracker.durable());
                 }
                 RebalanceNotice::Assigned => {
-                    // A new assignment starts resumed: pause it again while the breaker is open.
-                    if self.paused.swap(false, Ordering::Relaxed) {
-                        self.set_paused(true);
-                    }
+                    self.partitions.assigned();
                 }
             }
-        }
-    }
-
-    fn set_paused(&self, paused: bool) {
-        if self.paused.load(Ordering::Relaxed) == paused {
-            return;
-        }
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if paused {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        match result {
-            Ok(()) => {
-                self.paused.store(paused, Ordering::Relaxed);
-                tracing::info!(
-                    paused,
-                    partitions = assignment.count(),
-                    "partitions {}",
-                    if paused { "paused" } else { "resumed" }
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, paused, "could not change pause state"),
-        }
-    }
-
-    /// Commits `offsets` (next offset per partition). A failed commit is logged, not fatal: the
-    /// records are durable already, and an uncommitted offset only means their next owner
-    /// repeats them, which external versions make harmless (e.g. after a rebalance).
-    fn commit(&self, offsets: &BTreeMap<i32, i64>, mode: CommitMode) {
-        if offsets.is_empty() {
-            return;
-        }
-        let mut list = TopicPartitionList::new();
-        for (partition, next) in offsets {
-            if let Err(e) =
-                list.add_partition_offset(&self.settings.topic, *partition, Offset::Offset(*next))
-            {
-                tracing::warn!(error = %e, partition, "invalid offset to commit");
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&list, mode) {
-            tracing::warn!(error = %e, "commit failed; the next owner of these partitions repeats their records");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn lane_limits_share_the_window() {
-        // (max_count, max_in_flight, records per lane)
-        let cases = [
-            (6000, 4, 1500),
-            (6000, 0, 6000),
-            (10, 4, 3),
-            (0, 4, 1),
-            (5, 8, 1),
-        ];
-        for (max_count, max_in_flight, per_lane) in cases {
-            let settings = Settings {
-                topic: "t".into(),
-                batch: BatchLimits {
-                    max_count,
-                    ..BatchLimits::default()
-                },
-                retry: RetryPolicy::default(),
-                breaker: BreakerConfig::default(),
-                max_in_flight,
-            };
-            assert_eq!(
-                settings.lane_limits().max_count,
-                per_lane,
-                "{max_count} over {max_in_flight}"
-            );
         }
     }
 }
