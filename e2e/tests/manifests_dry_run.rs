@@ -330,7 +330,8 @@ fn chart_lints_renders_and_every_object_is_accepted() {
     failures.extend(dry_run("helm template (default values)", &rendered));
 
     // One namespace watched: Role + RoleBinding there, the leader-election Role in the release
-    // namespace, and cluster-wide only `list` of MessagePipelines (claims span namespaces).
+    // namespace, and cluster-wide only `list` and `watch` of MessagePipelines (claims span
+    // namespaces).
     let origin = format!("helm template (watchNamespace={watched_ns})");
     let rendered = objects(
         &origin,

@@ -5,7 +5,8 @@
 //! The operator is the only writer of MessagePipeline status; it writes it only when it changed,
 //! so a quiet pipeline causes no writes at all.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,15 +21,15 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use messagepipeline_crd::{
     DeletionPolicy, FIELD_MANAGER, FINALIZER, MessagePipeline, MessagePipelineStatus,
     PAUSED_ANNOTATION, condition,
 };
-use pipeline_contract::install::{SearchEndpoint, install};
-use pipeline_contract::search::{IndexLayout, IndexSettings};
+use pipeline_contract::install::{InstallError, SearchEndpoint, install};
+use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
 use pipeline_contract::worker::lease;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,13 +52,65 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Kafka: {0}")]
     Kafka(#[from] kafka::KafkaError),
+    #[error("{0}")]
+    Alias(#[from] InvalidAlias),
+    #[error("search engine CA certificate: {0}")]
+    SearchCa(#[source] reqwest::Error),
+    #[error("search engine client: {0}")]
+    SearchClient(#[source] reqwest::Error),
     #[error("search engine: {0}")]
-    Search(String),
+    Install(#[from] InstallError),
+    #[error("deleting the index template: {0}")]
+    TemplateDelete(#[source] reqwest::Error),
+    #[error("deleting the index template: the search engine answered {0}")]
+    TemplateDeleteStatus(reqwest::StatusCode),
     #[error("secret {name}: {problem}")]
-    Secret { name: String, problem: String },
+    Secret {
+        name: String,
+        problem: SecretProblem,
+    },
+}
+
+/// What is wrong with a Secret the spec refers to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretProblem {
+    #[error("not found")]
+    NotFound,
+    #[error("has no key `{0}`")]
+    NoKey(String),
+    #[error("key `{0}` is not UTF-8")]
+    NotUtf8(String),
+}
+
+impl Error {
+    /// The kind of failure, for the failure metric's label: a fixed word per variant.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::Kafka(_) => "kafka",
+            Self::Alias(_) => "invalid-alias",
+            Self::SearchCa(_) => "search-ca",
+            Self::SearchClient(_) => "search-client",
+            Self::Install(_) => "search-install",
+            Self::TemplateDelete(_) | Self::TemplateDeleteStatus(_) => "template-delete",
+            Self::Secret { .. } => "secret",
+        }
+    }
+
+    /// Whether no retry can succeed until the spec changes: the API server refused what the
+    /// spec makes (400 or 422), a value of the spec cannot be used (the alias, a CA that is not
+    /// a certificate). Everything else may pass on its own (a server back, a Secret created).
+    pub fn is_invalid_spec(&self) -> bool {
+        match self {
+            Self::Kube(kube::Error::Api(status)) => matches!(status.code, 400 | 422),
+            Self::Alias(_) | Self::SearchCa(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -66,6 +119,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// Failed reconciles in a row, per pipeline (namespace, name), for the backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+    /// A cache of every MessagePipeline of the cluster, for the claims check (set by [`run`]; a
+    /// reconcile run without it lists them).
+    pipelines: OnceLock<Store<DeserializeGuard<MessagePipeline>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -88,7 +146,28 @@ impl Context {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            failures: Mutex::new(HashMap::new()),
+            pipelines: OnceLock::new(),
         }
+    }
+
+    fn key(obj: &DeserializeGuard<MessagePipeline>) -> (String, String) {
+        (obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+
+    /// Counts a failure of `obj`'s reconcile; returns the failures in a row.
+    fn failed(&self, obj: &DeserializeGuard<MessagePipeline>) -> u32 {
+        let mut failures = self.failures.lock().expect("failures");
+        let n = failures.entry(Self::key(obj)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn succeeded(&self, obj: &DeserializeGuard<MessagePipeline>) {
+        self.failures
+            .lock()
+            .expect("failures")
+            .remove(&Self::key(obj));
     }
 
     async fn event(
@@ -138,7 +217,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     .default_backoff()
     .touched_objects()
     .predicate_filter(predicates::annotations, Default::default());
-    Controller::new(pipelines, watcher::Config::default())
+    // Claims are cluster-wide (topics, index aliases), whichever namespaces this controller
+    // reconciles: a cache of every MessagePipeline answers the claims check.
+    let (claims, writer) = reflector::store();
+    let _ = ctx.pipelines.set(claims);
+    let claims = reflector::reflector(
+        writer,
+        watcher(
+            Api::<DeserializeGuard<MessagePipeline>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let controller = Controller::new(pipelines, watcher::Config::default())
         // Each reconcile opens Kafka and HTTP clients: a bounded number at once keeps memory
         // flat when many pipelines change together (e.g. at start).
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
@@ -153,25 +245,73 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile did not complete");
             }
-        })
-        .await;
+        });
+    // The claims cache lives as long as the controller (which ends on `shutdown`).
+    tokio::select! {
+        () = controller => {}
+        () = claims => {}
+    }
 }
 
+/// A failed reconcile: an invalid spec waits for the spec to change (its condition says why);
+/// anything else is retried after a backoff that grows with the failures in a row of this
+/// pipeline, with jitter, so that many pipelines failing together (Kafka down) do not retry
+/// together.
 fn error_policy(
-    _: Arc<DeserializeGuard<MessagePipeline>>,
+    guard: Arc<DeserializeGuard<MessagePipeline>>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    ctx.metrics.reconcile_errors.inc();
-    Action::requeue(Duration::from_secs(10))
+    ctx.metrics.failed(error.metric_label());
+    if error.is_invalid_spec() {
+        tracing::warn!(%error, name = %guard.name_any(), "reconcile failed on the spec; waiting for it to change");
+        return Action::await_change();
+    }
+    let failures = ctx.failed(&guard);
+    let delay = backoff(failures, fastrand::f64());
+    tracing::warn!(%error, name = %guard.name_any(), failures, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
+/// The first retry of a failing pipeline comes after about this long; each failure in a row
+/// doubles it, up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The wait after `failures` failures in a row: half of `min(MAX, BASE * 2^(failures-1))` plus a
+/// random part of the other half (`random` in `[0, 1)`): never a hot loop, never in lockstep.
+fn backoff(failures: u32, random: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let ceiling = BASE_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+    let random = if random.is_nan() {
+        0.0
+    } else {
+        random.clamp(0.0, 1.0)
+    };
+    ceiling / 2 + (ceiling / 2).mul_f64(random)
+}
+
+/// One reconcile, timed; a success ends the pipeline's run of failures.
 async fn reconcile(
     guard: Arc<DeserializeGuard<MessagePipeline>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_guarded(guard.clone(), ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&guard);
+    }
+    result
+}
+
+async fn reconcile_guarded(
+    guard: Arc<DeserializeGuard<MessagePipeline>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let mp = match &guard.0 {
         Ok(mp) => Arc::new(mp.clone()),
         Err(invalid) => {
@@ -217,7 +357,7 @@ async fn reconcile(
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 
@@ -299,10 +439,7 @@ async fn refuse(
 ) -> Result<Option<Action>, Error> {
     let problems = validate::validate(mp);
     let (reason, problems, action) = if problems.is_empty() {
-        let all = Api::<MessagePipeline>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?;
-        let conflicts = validate::conflicts(mp, &all.items);
+        let conflicts = validate::conflicts(mp, &all_pipelines(ctx).await?);
         if conflicts.is_empty() {
             return Ok(None);
         }
@@ -322,6 +459,27 @@ async fn refuse(
     let refused = status::refused(reason, &problems, previous, mp.metadata.generation, now);
     write_status(ctx, mp, previous, refused).await?;
     Ok(Some(action))
+}
+
+/// Every MessagePipeline of the cluster: from the claims cache once it has read them all
+/// (without one, from the API server).
+async fn all_pipelines(ctx: &Context) -> Result<Vec<MessagePipeline>, Error> {
+    match ctx.pipelines.get() {
+        Some(store) => {
+            // Until its first list is complete the cache may miss the very pipeline that holds
+            // a claim.
+            let _ = store.wait_until_ready().await;
+            Ok(store
+                .state()
+                .iter()
+                .filter_map(|guard| guard.0.as_ref().ok().cloned())
+                .collect())
+        }
+        None => Ok(Api::<MessagePipeline>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items),
+    }
 }
 
 /// The topics as the spec says, each change an Event; `Err` is the condition's message.
@@ -508,18 +666,18 @@ async fn secret_value(
         .await?
         .ok_or_else(|| Error::Secret {
             name: name.into(),
-            problem: "not found".into(),
+            problem: SecretProblem::NotFound,
         })?;
     let bytes = secret
         .data
         .and_then(|mut d| d.remove(key))
         .ok_or_else(|| Error::Secret {
             name: name.into(),
-            problem: format!("has no key `{key}`"),
+            problem: SecretProblem::NoKey(key.into()),
         })?;
     String::from_utf8(bytes.0).map_err(|_| Error::Secret {
         name: name.into(),
-        problem: format!("key `{key}` is not UTF-8"),
+        problem: SecretProblem::NotUtf8(key.into()),
     })
 }
 
@@ -557,13 +715,12 @@ async fn search_endpoint(
         None => ctx.http.clone(),
         Some(ca) => {
             let pem = secret_value(ctx, &ns, &ca.name, &ca.key).await?;
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| Error::Search(format!("CA certificate: {e}")))?;
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(Error::SearchCa)?;
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .add_root_certificate(cert)
                 .build()
-                .map_err(|e| Error::Search(e.to_string()))?
+                .map_err(Error::SearchClient)?
         }
     };
     Ok((http, endpoint))
@@ -572,7 +729,7 @@ async fn search_endpoint(
 /// Installs template, first index and alias; `Ok(true)` when anything changed.
 async fn install_index(ctx: &Context, mp: &MessagePipeline) -> Result<bool, Error> {
     let es = &mp.spec.elasticsearch;
-    let layout = IndexLayout::new(es.alias.clone()).map_err(|e| Error::Search(e.to_string()))?;
+    let layout = IndexLayout::new(es.alias.clone())?;
     let settings = IndexSettings {
         shards: u32::try_from(es.shards).unwrap_or(1),
         replicas: u32::try_from(es.replicas).unwrap_or(1),
@@ -580,9 +737,7 @@ async fn install_index(ctx: &Context, mp: &MessagePipeline) -> Result<bool, Erro
         gc_deletes: None,
     };
     let (http, endpoint) = search_endpoint(ctx, mp).await?;
-    let report = install(&http, &endpoint, &layout, &settings)
-        .await
-        .map_err(|e| Error::Search(e.to_string()))?;
+    let report = install(&http, &endpoint, &layout, &settings).await?;
     Ok(report.changed())
 }
 
@@ -645,21 +800,17 @@ async fn cleanup(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
             let names = vec![mp.spec.kafka.topic.name.clone(), mp.spec.kafka.dlq_name()];
             kafka::delete_topics(&config, &names).await?;
             let (http, endpoint) = search_endpoint(ctx, mp).await?;
-            let layout = IndexLayout::new(mp.spec.elasticsearch.alias.clone())
-                .map_err(|e| Error::Search(e.to_string()))?;
+            let layout = IndexLayout::new(mp.spec.elasticsearch.alias.clone())?;
             let path = format!("/_index_template/{}", layout.template_name());
             let response = endpoint
                 .request(&http, reqwest::Method::DELETE, &path)
                 .send()
                 .await
-                .map_err(|e| Error::Search(e.to_string()))?;
+                .map_err(Error::TemplateDelete)?;
             if !(response.status().is_success()
                 || response.status() == reqwest::StatusCode::NOT_FOUND)
             {
-                return Err(Error::Search(format!(
-                    "deleting the index template: {}",
-                    response.status()
-                )));
+                return Err(Error::TemplateDeleteStatus(response.status()));
             }
             ctx.event(
                 mp,
@@ -675,4 +826,51 @@ async fn cleanup(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_grows_with_failures_in_a_row_within_its_bounds_and_jitters() {
+        // (failures, the range its wait falls in)
+        let cases = [
+            (0, 2_500, 5_000),
+            (1, 2_500, 5_000),
+            (2, 5_000, 10_000),
+            (4, 20_000, 40_000),
+            (7, 150_000, 300_000),
+            (40, 150_000, 300_000),
+        ];
+        for (failures, low, high) in cases {
+            let (lo, hi) = (backoff(failures, 0.0), backoff(failures, 0.999_999));
+            assert_eq!(lo, Duration::from_millis(low), "{failures} failures");
+            assert!(
+                hi <= Duration::from_millis(high) && hi > lo,
+                "{failures}: {hi:?}"
+            );
+        }
+        assert_eq!(backoff(3, f64::NAN), backoff(3, 0.0));
+    }
+
+    #[test]
+    fn only_what_the_spec_causes_waits_for_a_change() {
+        let api = |code| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("refused", "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        assert!(api(422).is_invalid_spec() && api(400).is_invalid_spec());
+        assert!(!api(409).is_invalid_spec() && !api(500).is_invalid_spec());
+        let secret = Error::Secret {
+            name: "kafka-user".into(),
+            problem: SecretProblem::NotFound,
+        };
+        assert!(!secret.is_invalid_spec());
+        assert_eq!(secret.metric_label(), "secret");
+        assert_eq!(api(422).metric_label(), "kube");
+    }
 }
