@@ -21,7 +21,7 @@
 //! Run with `make bench-api` (= `cargo bench -p api-server --bench create`) while the rig is up.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -135,20 +135,6 @@ where
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
-}
-
-fn peak_rss_mib(child: &Child) -> f64 {
-    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 #[tokio::main]
@@ -347,7 +333,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let rss = peak_rss_mib(&child);
+    let rss = e2e::memory::peak_rss_mib(child.id());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

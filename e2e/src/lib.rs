@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod forward;
 /// Creating topics and reading them back whole, without a consumer group.
 pub mod kafka;
+/// A process's peak resident memory (`VmHWM`), for the benchmarks.
+pub mod memory;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.

@@ -232,15 +232,6 @@ fn quantile(before: &HashMap<String, f64>, after: &HashMap<String, f64>, q: f64)
         .map_or(f64::NAN, |b| b.0)
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let total: usize = env_or("BENCH_EVENTS", 200_000);
@@ -439,7 +430,7 @@ struct IndexerRun {
 impl IndexerRun {
     /// Stops the process (SIGTERM) and returns its peak RSS in KiB.
     fn stop(&mut self) -> u64 {
-        let peak = vm_hwm_kib(self.child.id());
+        let peak = e2e::memory::peak_rss_kib(self.child.id()).unwrap_or(0);
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

@@ -22,20 +22,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 fn converged(mp: &MessagePipeline) -> bool {
     let Some(status) = &mp.status else {
         return false;
@@ -150,12 +136,12 @@ async fn main() {
     );
     println!(
         "operator peak RSS after converging: {:.1} MiB",
-        peak_rss_mib(operator.id())
+        e2e::memory::peak_rss_mib(operator.id())
     );
     tokio::time::sleep(Duration::from_secs(steady)).await;
     println!(
         "operator peak RSS after {steady} s more of periodic reconciles: {:.1} MiB",
-        peak_rss_mib(operator.id())
+        e2e::memory::peak_rss_mib(operator.id())
     );
 
     let deleting = Instant::now();

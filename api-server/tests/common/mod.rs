@@ -223,18 +223,6 @@ impl Server {
             key: None,
         }
     }
-
-    /// Peak resident memory of the process so far, in KiB (Linux `VmHWM`).
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
 }
 
 impl Drop for Server {
