@@ -35,13 +35,13 @@ use crate::store::{After, CorruptDocument, StoredMessage};
 
 /// One change ready to go to Kafka: key, value and headers per the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct OutboundRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
 }
 
-impl Record {
+impl OutboundRecord {
     /// The record of a document's current state.
     pub fn of(doc: &StoredMessage) -> Result<Self, CorruptDocument> {
         let event = doc.to_event()?;
@@ -81,7 +81,7 @@ struct State {
     /// The largest stamp handed out: stamps never go backwards, even if the clock does.
     last_stamp: i64,
     /// Changes acknowledged by MongoDB and not yet by Kafka.
-    pending: BTreeMap<PendingKey, Record>,
+    pending: BTreeMap<PendingKey, OutboundRecord>,
     /// The pending ones handed to the producer and not answered yet.
     sending: HashSet<PendingKey>,
     /// The newest version of each message this process has queued or published, with its stamp:
@@ -227,7 +227,7 @@ impl Outbox {
     /// event becomes pending.
     pub fn committed(&self, mut ticket: Ticket, doc: &StoredMessage) {
         ticket.settled = true;
-        let record = Record::of(doc);
+        let record = OutboundRecord::of(doc);
         let mut state = self.lock();
         state.writing.remove(&(ticket.stamp, ticket.number));
         match (record, Uuid::parse_str(&doc.id)) {
@@ -263,7 +263,7 @@ impl Outbox {
         if state.known.get(&id).is_some_and(|&(v, _)| v >= version) {
             return Ok(false);
         }
-        let record = Record::of(doc)?;
+        let record = OutboundRecord::of(doc)?;
         let key = PendingKey {
             stamp: doc.updated_at.timestamp_millis(),
             id,
@@ -276,7 +276,7 @@ impl Outbox {
 
     /// Up to `limit` pending records not yet handed to the producer, oldest first; they count
     /// as sending until [`Self::published`] or [`Self::failed`].
-    pub fn take_unsent(&self, limit: usize) -> Vec<(PendingKey, Record)> {
+    pub fn take_unsent(&self, limit: usize) -> Vec<(PendingKey, OutboundRecord)> {
         let mut state = self.lock();
         let State {
             pending, sending, ..
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn records_carry_key_and_contract_headers() {
-        let record = Record::of(&doc(1, 2, 5_000)).unwrap();
+        let record = OutboundRecord::of(&doc(1, 2, 5_000)).unwrap();
         assert_eq!(record.key, Uuid::from_u128(7).to_string());
         let names: Vec<&str> = record.headers.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["correlation-id", "message-id", "timestamp"]);

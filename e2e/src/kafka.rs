@@ -29,7 +29,7 @@ pub async fn create_topic(topic: &str, partitions: i32) {
 
 /// One record as read back.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct TopicRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
@@ -39,7 +39,7 @@ pub struct Record {
 
 /// Every record of `topic` from the beginning to the end offsets as of the call, in partition
 /// then offset order. Reads without a consumer group, so it disturbs nobody.
-pub fn read_topic(topic: &str) -> Vec<Record> {
+pub fn read_topic(topic: &str) -> Vec<TopicRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", rig().kafka())
         .set("enable.auto.commit", "false")
@@ -112,7 +112,7 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
                     .collect()
             })
             .unwrap_or_default();
-        records.push(Record {
+        records.push(TopicRecord {
             partition: p,
             offset: message.offset(),
             key: message

@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::Record;
+use crate::record::ConsumedRecord;
 use crate::retry::RetryPolicy;
 
 /// Writes dead letters to one topic.
@@ -58,7 +58,7 @@ impl DlqWriter {
     /// [`BACKOFF`]) until it is acknowledged or `shutdown` fires.
     pub async fn write(
         &self,
-        record: &Record,
+        record: &ConsumedRecord,
         dlq: &DlqHeaders,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {

@@ -23,7 +23,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::{DlqAction, DlqArgs, KafkaArgs, ReplayArgs};
-use crate::record::Record;
+use crate::record::ConsumedRecord;
 
 /// Exit code of a replay that refused records (older than the horizon, no `--force`).
 pub const EXIT_REFUSED: u8 = 3;
@@ -110,7 +110,7 @@ impl Selection {
 }
 
 /// The DLQ headers of a dead letter.
-pub fn dlq_headers(record: &Record) -> Result<DlqHeaders, DlqHeaderError> {
+pub fn dlq_headers(record: &ConsumedRecord) -> Result<DlqHeaders, DlqHeaderError> {
     DlqHeaders::parse(
         record
             .headers
@@ -120,7 +120,7 @@ pub fn dlq_headers(record: &Record) -> Result<DlqHeaders, DlqHeaderError> {
 }
 
 /// The original event's change time: its `timestamp` header, when present and readable.
-pub fn change_time(record: &Record) -> Option<Timestamp> {
+pub fn change_time(record: &ConsumedRecord) -> Option<Timestamp> {
     record
         .header(pipeline_contract::kafka::header::TIMESTAMP)
         .and_then(|t| t.parse().ok())
@@ -182,7 +182,7 @@ pub struct Inspection {
 
 impl Inspection {
     /// Counts one DLQ record; one without valid DLQ headers counts as unreadable.
-    pub fn add(&mut self, record: &Record) {
+    pub fn add(&mut self, record: &ConsumedRecord) {
         self.total += 1;
         match dlq_headers(record) {
             Ok(dlq) => {
@@ -381,7 +381,7 @@ pub enum DlqToolError {
 /// the read starts; records are handed over through a bounded channel as they arrive.
 #[derive(Debug)]
 pub struct TopicReader {
-    records: mpsc::Receiver<Record>,
+    records: mpsc::Receiver<ConsumedRecord>,
     task: tokio::task::JoinHandle<Result<(), DlqToolError>>,
 }
 
@@ -399,7 +399,7 @@ impl TopicReader {
     }
 
     /// The next record; `None` once the end is reached or the read failed (see [`Self::finish`]).
-    pub async fn next(&mut self) -> Option<Record> {
+    pub async fn next(&mut self) -> Option<ConsumedRecord> {
         self.records.recv().await
     }
 
@@ -415,7 +415,7 @@ impl TopicReader {
 fn read_blocking(
     mut config: ClientConfig,
     topic: &str,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<ConsumedRecord>,
 ) -> Result<(), DlqToolError> {
     // librdkafka's assign needs a group id; this one is never joined (no subscribe) and nothing is
     // committed under it.
@@ -440,7 +440,7 @@ fn read_blocking(
 fn read_partitions(
     consumer: &BaseConsumer,
     topic: &str,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<ConsumedRecord>,
 ) -> Result<(), DlqToolError> {
     let mut remaining = assign_to_ends(consumer, topic)?;
     let mut last_progress = std::time::Instant::now();
@@ -448,7 +448,7 @@ fn read_partitions(
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 last_progress = std::time::Instant::now();
-                let record = Record::from_message(&message);
+                let record = ConsumedRecord::from_message(&message);
                 drop(message);
                 let Some(&high) = remaining.get(&record.partition) else {
                     // A partition already read to its end: what arrived since is not ours.
@@ -611,7 +611,7 @@ pub async fn replay(
 async fn redrive(
     producer: &FutureProducer,
     topic: &str,
-    record: &Record,
+    record: &ConsumedRecord,
     previous: u32,
 ) -> Result<(), KafkaError> {
     let adjusted = redrive_headers(&record.headers, previous);
@@ -672,8 +672,8 @@ mod tests {
         }
     }
 
-    fn record(offset: i64, headers: &[(&str, &str)]) -> Record {
-        Record {
+    fn record(offset: i64, headers: &[(&str, &str)]) -> ConsumedRecord {
+        ConsumedRecord {
             partition: 0,
             offset,
             key: Some(b"k".to_vec()),
@@ -685,7 +685,7 @@ mod tests {
         }
     }
 
-    fn dead_record(offset: i64, dlq: &DlqHeaders) -> Record {
+    fn dead_record(offset: i64, dlq: &DlqHeaders) -> ConsumedRecord {
         let pairs: Vec<_> = dlq.pairs();
         let mut r = record(offset, &[("message-id", "m:1")]);
         r.headers.extend(

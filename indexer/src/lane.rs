@@ -14,7 +14,7 @@ use pipeline_contract::{MessageEvent, Timestamp};
 use crate::batch::{Batch, BatchLimits};
 use crate::bulk;
 use crate::commit::{CommitTracker, LaneId};
-use crate::record::Record;
+use crate::record::ConsumedRecord;
 
 /// Durable positions are committed at most this often while lanes are running (asynchronously),
 /// and at once when the loop goes idle, at a revoke and at shutdown (synchronously).
@@ -28,7 +28,7 @@ pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// records again, from the record, which gives the same bytes.
 #[derive(Debug)]
 pub(crate) struct Item {
-    pub(crate) record: Record,
+    pub(crate) record: ConsumedRecord,
     /// Bytes the item adds to a bulk body; 0 for a dead letter.
     pub(crate) size: usize,
     pub(crate) work: Work,
@@ -50,7 +50,7 @@ impl Work {
 
 /// Decodes a record's event and appends its two bulk lines to `out`; returns how many bytes.
 fn encode_record(
-    record: &Record,
+    record: &ConsumedRecord,
     layout: &IndexLayout,
     out: &mut Vec<u8>,
 ) -> Result<usize, (ErrorClass, String)> {
@@ -65,7 +65,11 @@ fn encode_record(
 
 impl Item {
     /// Takes a record in, appending its bulk lines to `body` when it can be indexed.
-    pub(crate) fn from_record(record: Record, layout: &IndexLayout, body: &mut Vec<u8>) -> Self {
+    pub(crate) fn from_record(
+        record: ConsumedRecord,
+        layout: &IndexLayout,
+        body: &mut Vec<u8>,
+    ) -> Self {
         let (size, work) = match encode_record(&record, layout, body) {
             Ok(size) => (size, Work::Index),
             Err((class, message)) => (0, Work::DeadLetter { class, message }),
@@ -141,7 +145,7 @@ impl Held {
 
     /// Takes a consumed record into the buffer, its bulk lines into the buffer's body. A full
     /// buffer is noticed by its `is_due`.
-    pub(crate) fn take_in(&mut self, record: Record, layout: &IndexLayout, now: Instant) {
+    pub(crate) fn take_in(&mut self, record: ConsumedRecord, layout: &IndexLayout, now: Instant) {
         let item = Item::from_record(record, layout, &mut self.body);
         let size = item.size;
         let _ = self.buffer.push(item, size, now);
@@ -244,7 +248,7 @@ mod tests {
     }
 
     /// A record of an event that can be indexed, or of garbage.
-    fn record(partition: i32, offset: i64, indexable: bool) -> Record {
+    fn record(partition: i32, offset: i64, indexable: bool) -> ConsumedRecord {
         let payload = if indexable {
             MessageEvent::Created(MessagePayload {
                 id: Uuid::new_v4(),
@@ -261,7 +265,7 @@ mod tests {
         } else {
             b"{not json".to_vec()
         };
-        Record {
+        ConsumedRecord {
             partition,
             offset,
             key: None,
@@ -278,7 +282,7 @@ mod tests {
         Held::new(limits, Instant::now())
     }
 
-    fn push(held: &mut Held, record: Record) {
+    fn push(held: &mut Held, record: ConsumedRecord) {
         held.take_in(record, &layout(), Instant::now());
     }
 

@@ -34,7 +34,7 @@ use crate::dlq::DlqWriter;
 use crate::gate::Gate;
 use crate::lane::{Held, Lane, Stalled};
 use crate::metrics::Metrics;
-use crate::record::Record;
+use crate::record::ConsumedRecord;
 use crate::retry::RetryPolicy;
 use crate::sink::SearchSink;
 
@@ -353,7 +353,7 @@ impl Pipeline {
                 return;
             }
         };
-        let record = Record::from_message(&message);
+        let record = ConsumedRecord::from_message(&message);
         drop(message);
         // A rebalance served while this record was being received came before it: drop the
         // revoked partitions' records first, or a record of a partition assigned again would go

@@ -3,7 +3,7 @@
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct ConsumedRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -11,7 +11,7 @@ pub struct Record {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-impl Record {
+impl ConsumedRecord {
     pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let headers = message
             .headers()

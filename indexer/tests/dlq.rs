@@ -13,7 +13,7 @@ use e2e::{rig::rig, unique, wait};
 use indexer::config::KafkaArgs;
 use indexer::dlq::DlqWriter;
 use indexer::dlq_tools::{self, EXIT_REFUSED, Selection, TopicReader};
-use indexer::record::Record;
+use indexer::record::ConsumedRecord;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::kafka_client::Connection;
@@ -48,12 +48,12 @@ impl Topics {
     }
 
     /// Every record of the events topic up to its current end.
-    async fn events(&self) -> Vec<Record> {
+    async fn events(&self) -> Vec<ConsumedRecord> {
         read_all(&self.topic).await
     }
 }
 
-async fn read_all(topic: &str) -> Vec<Record> {
+async fn read_all(topic: &str) -> Vec<ConsumedRecord> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", rig().kafka());
     let mut reader = TopicReader::open(config, topic.to_owned());
@@ -77,8 +77,8 @@ fn owned(pairs: &[(&str, String)]) -> Vec<(String, Option<Vec<u8>>)> {
 }
 
 /// An original record as the DLQ writer receives it.
-fn original(key: &str, value: &[u8], headers: &[(&str, String)]) -> Record {
-    Record {
+fn original(key: &str, value: &[u8], headers: &[(&str, String)]) -> ConsumedRecord {
+    ConsumedRecord {
         partition: 0,
         offset: 0,
         key: Some(key.as_bytes().to_vec()),
@@ -139,7 +139,7 @@ fn event_headers(message: &str, changed_at: Timestamp) -> Vec<(&'static str, Str
     ]
 }
 
-fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
+fn header<'a>(record: &'a ConsumedRecord, name: &str) -> Option<&'a str> {
     record.header(name)
 }
 
@@ -393,7 +393,7 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
         timestamp: event.changed_at().unwrap(),
         traceparent: None,
     };
-    let record = Record {
+    let record = ConsumedRecord {
         partition: 1,
         offset: 17,
         key: record_key(&event).map(String::into_bytes),

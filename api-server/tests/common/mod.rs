@@ -79,7 +79,7 @@ impl Setup {
     }
 
     /// Every record the api-server published, decoded.
-    pub fn events(&self) -> Vec<(kafka::Record, MessageEvent)> {
+    pub fn events(&self) -> Vec<(kafka::TopicRecord, MessageEvent)> {
         kafka::read_topic(&self.topic)
             .into_iter()
             .map(|r| {
