@@ -11,15 +11,22 @@ use crate::rig::rig;
 
 /// Creates `topic` with `partitions` partitions (replication 1, as the rig has one broker).
 pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topics(&[(topic, partitions)]).await;
+}
+
+/// Creates each `(topic, partitions)` (replication 1, as the rig has one broker); panics with
+/// the broker's reason when one cannot be created.
+pub async fn create_topics(topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", rig().kafka())
         .create()
         .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
     let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&new, &AdminOptions::new())
         .await
         .expect("create_topics");
     for result in results {

@@ -24,8 +24,6 @@ use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::search::{IndexLayout, IndexSettings, SearchDocument};
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
@@ -240,21 +238,8 @@ async fn main() {
     let http = reqwest::Client::new();
 
     let topic = unique("bench-events");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .create()
-        .unwrap();
-    for t in [topic.clone(), format!("{topic}.dlq")] {
-        admin
-            .create_topics(
-                [&NewTopic::new(&t, 3, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            )
-            .await
-            .unwrap()[0]
-            .clone()
-            .expect("topic");
-    }
+    let dlq = format!("{topic}.dlq");
+    e2e::kafka::create_topics(&[(&topic, 3), (&dlq, 3)]).await;
     let conversations: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
     let events = events(total, &conversations);
     let producer: FutureProducer = ClientConfig::new()

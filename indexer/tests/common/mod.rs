@@ -14,8 +14,6 @@ use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::search::{IndexLayout, IndexSettings};
 use pipeline_contract::{DeletedPayload, MessageEvent, MessagePayload, Timestamp};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -241,21 +239,7 @@ pub fn history(conversation: Uuid, updates: u64, delete: bool) -> Vec<MessageEve
 pub async fn events_and_dlq(prefix: &str, partitions: i32) -> (String, String) {
     let topic = unique(prefix);
     let dlq = format!("{topic}.dlq");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-    ];
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.expect("topic created");
-    }
+    e2e::kafka::create_topics(&[(&topic, partitions), (&dlq, 1)]).await;
     (topic, dlq)
 }
 
