@@ -84,10 +84,10 @@ pub fn idempotent(mut config: ClientConfig) -> ClientConfig {
 }
 
 /// Record headers in the order given; a header without a value is kept as such.
-pub fn headers<'a, K, V>(pairs: impl IntoIterator<Item = (K, Option<V>)>) -> OwnedHeaders
+pub fn headers<K, V>(pairs: impl IntoIterator<Item = (K, Option<V>)>) -> OwnedHeaders
 where
-    K: AsRef<str> + 'a,
-    V: AsRef<[u8]> + 'a,
+    K: AsRef<str>,
+    V: AsRef<[u8]>,
 {
     let pairs = pairs.into_iter();
     let mut headers = OwnedHeaders::new_with_capacity(pairs.size_hint().0);

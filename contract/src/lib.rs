@@ -27,6 +27,9 @@ pub mod lease;
 /// Logging and the shutdown signal, the same in every binary (feature `process`).
 #[cfg(feature = "process")]
 pub mod process;
+/// Exponential backoff with full jitter, the random draw injected: the indexer's retries and DLQ
+/// writes, the operator's reconcile retries.
+pub mod retry;
 /// The search document, the index layout (template, first index, alias) and its template body.
 pub mod search;
 /// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.

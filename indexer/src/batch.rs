@@ -92,7 +92,12 @@ impl<T> Batch<T> {
     }
 
     fn is_full(&self) -> bool {
-        self.items.len() >= self.limits.max_count.max(1) || self.bytes >= self.limits.max_bytes
+        self.at_max_count() || self.bytes >= self.limits.max_bytes
+    }
+
+    /// Whether it holds `max_count` items (0 read as 1).
+    pub fn at_max_count(&self) -> bool {
+        self.items.len() >= self.limits.max_count.max(1)
     }
 
     /// When the linger of the first item runs out; `None` while empty. The consumer loop sleeps

@@ -41,8 +41,9 @@ pub mod pipeline;
 pub mod purge;
 /// A consumed Kafka record, owned.
 pub mod record;
-/// Exponential backoff with full jitter, the random draw injected.
-pub mod retry;
+/// Exponential backoff with full jitter, the random draw injected (the contract's, shared with the
+/// operator).
+pub use pipeline_contract::retry;
 /// Builds the clients from the configuration and runs the loop beside the health server.
 pub mod run;
 /// `/live`, `/ready`, `/metrics`.

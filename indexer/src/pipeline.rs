@@ -157,7 +157,7 @@ impl Pipeline {
             self.tend(&mut held, &mut running, quiet, &shutdown);
             quiet = false;
             let paused = self.partitions.is_paused();
-            let receive = paused || !self.buffer_full(&held);
+            let receive = paused || !held.buffer.at_max_count();
             let wait = self.wait(&held, running.len(), paused);
             tokio::select! {
                 biased;
@@ -199,10 +199,6 @@ impl Pipeline {
         self.commit_durable(held, running.is_empty(), now);
     }
 
-    fn buffer_full(&self, held: &Held) -> bool {
-        held.buffer.len() >= self.settings.lane_limits().max_count.max(1)
-    }
-
     /// How long to wait for a record: until the buffer may go out (the end of its linger, or
     /// after a quiet spell). Without room for a lane, a finishing lane is what wakes the loop.
     fn wait(&self, held: &Held, running: usize, paused: bool) -> Duration {
@@ -226,7 +222,7 @@ impl Pipeline {
         paused: bool,
     ) {
         for _ in 1..RECEIVE_BURST {
-            if !paused && self.buffer_full(held) {
+            if !paused && held.buffer.at_max_count() {
                 break;
             }
             match stream.next().now_or_never() {

@@ -6,7 +6,7 @@
 //! so a quiet pipeline causes no writes at all.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,6 +21,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -29,6 +30,7 @@ use messagepipeline_crd::{
     PAUSED_ANNOTATION, condition,
 };
 use pipeline_contract::install::{InstallError, SearchEndpoint, install};
+use pipeline_contract::retry;
 use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
 use pipeline_contract::worker::lease;
 use serde::Serialize;
@@ -121,9 +123,10 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Failed reconciles in a row, per pipeline (namespace, name), for the backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
-    /// A cache of every MessagePipeline of the cluster, for the claims check (set by [`run`]; a
-    /// reconcile run without it lists them).
-    pipelines: OnceLock<Store<DeserializeGuard<MessagePipeline>>>,
+    /// A cache of every MessagePipeline of the cluster, for the claims check; [`run`] fills it
+    /// through `pipelines_writer`, which it takes.
+    pipelines: Store<DeserializeGuard<MessagePipeline>>,
+    pipelines_writer: Mutex<Option<Writer<DeserializeGuard<MessagePipeline>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -138,6 +141,7 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance,
         };
+        let (pipelines, writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -147,7 +151,8 @@ impl Context {
                 .build()
                 .unwrap_or_default(),
             failures: Mutex::new(HashMap::new()),
-            pipelines: OnceLock::new(),
+            pipelines,
+            pipelines_writer: Mutex::new(Some(writer)),
         }
     }
 
@@ -219,8 +224,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     .predicate_filter(predicates::annotations, Default::default());
     // Claims are cluster-wide (topics, index aliases), whichever namespaces this controller
     // reconciles: a cache of every MessagePipeline answers the claims check.
-    let (claims, writer) = reflector::store();
-    let _ = ctx.pipelines.set(claims);
+    let Some(writer) = ctx.pipelines_writer.lock().expect("claims writer").take() else {
+        tracing::error!("this Context already runs a controller; not starting another");
+        return;
+    };
     let claims = reflector::reflector(
         writer,
         watcher(
@@ -281,14 +288,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The wait after `failures` failures in a row: half of `min(MAX, BASE * 2^(failures-1))` plus a
 /// random part of the other half (`random` in `[0, 1)`): never a hot loop, never in lockstep.
 fn backoff(failures: u32, random: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let ceiling = BASE_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF);
-    let random = if random.is_nan() {
-        0.0
-    } else {
-        random.clamp(0.0, 1.0)
-    };
-    ceiling / 2 + (ceiling / 2).mul_f64(random)
+    retry::ceiling(failures, BASE_BACKOFF, MAX_BACKOFF) / 2
+        + retry::delay(failures, BASE_BACKOFF / 2, MAX_BACKOFF / 2, random)
 }
 
 /// One reconcile, timed; a success ends the pipeline's run of failures.
@@ -439,7 +440,11 @@ async fn refuse(
 ) -> Result<Option<Action>, Error> {
     let problems = validate::validate(mp);
     let (reason, problems, action) = if problems.is_empty() {
-        let conflicts = validate::conflicts(mp, &all_pipelines(ctx).await?);
+        // Until its first list is complete the cache may miss the very pipeline that holds a
+        // claim.
+        let _ = ctx.pipelines.wait_until_ready().await;
+        let all = ctx.pipelines.state();
+        let conflicts = validate::conflicts(mp, all.iter().filter_map(|g| g.0.as_ref().ok()));
         if conflicts.is_empty() {
             return Ok(None);
         }
@@ -459,27 +464,6 @@ async fn refuse(
     let refused = status::refused(reason, &problems, previous, mp.metadata.generation, now);
     write_status(ctx, mp, previous, refused).await?;
     Ok(Some(action))
-}
-
-/// Every MessagePipeline of the cluster: from the claims cache once it has read them all
-/// (without one, from the API server).
-async fn all_pipelines(ctx: &Context) -> Result<Vec<MessagePipeline>, Error> {
-    match ctx.pipelines.get() {
-        Some(store) => {
-            // Until its first list is complete the cache may miss the very pipeline that holds
-            // a claim.
-            let _ = store.wait_until_ready().await;
-            Ok(store
-                .state()
-                .iter()
-                .filter_map(|guard| guard.0.as_ref().ok().cloned())
-                .collect())
-        }
-        None => Ok(Api::<MessagePipeline>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items),
-    }
 }
 
 /// The topics as the spec says, each change an Event; `Err` is the condition's message.

@@ -125,7 +125,10 @@ fn precedes(a: &MessagePipeline, b: &MessagePipeline) -> bool {
 }
 
 /// Why `mp` may not touch anything: each claim of it held by a pipeline that precedes it.
-pub fn conflicts(mp: &MessagePipeline, all: &[MessagePipeline]) -> Vec<String> {
+pub fn conflicts<'a>(
+    mp: &MessagePipeline,
+    all: impl IntoIterator<Item = &'a MessagePipeline>,
+) -> Vec<String> {
     let mine = claims(mp);
     let mut out = Vec::new();
     for other in all {

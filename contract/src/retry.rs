@@ -1,8 +1,9 @@
-//! Backoff between attempts of item-level retries: exponential, capped, with full jitter.
+//! Backoff between attempts: exponential, capped, with full jitter.
 //!
 //! Owns only the arithmetic. It never sleeps, never reads a clock and never draws a random
 //! number: the caller injects the random fraction, so every delay is reproducible in a test.
-//! Whether an item may be retried at all is `classify`'s decision, not this module's.
+//! Whether an item may be retried at all is the caller's decision (the indexer's `classify`), not
+//! this module's.
 
 use std::time::Duration;
 
