@@ -99,6 +99,26 @@ pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease 
     }
 }
 
+/// Whether a worker's Lease is past its duration at `now`: the one rule by which a worker that
+/// stopped renewing leaves the pipeline (a Lease without a duration gets [`lease::DURATION_SECONDS`],
+/// one never renewed counts from its acquisition, one with neither is expired).
+pub fn expired(l: &Lease, now: Timestamp) -> bool {
+    let Some(spec) = &l.spec else { return true };
+    let duration = i64::from(
+        spec.lease_duration_seconds
+            .unwrap_or(lease::DURATION_SECONDS as i32),
+    );
+    let last = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
+    match last {
+        Some(last) => last.as_second() + duration < now.as_second(),
+        None => true,
+    }
+}
+
 /// Holds the Lease until `shutdown`, then deletes it. Renews every `RENEW_SECONDS` and at once
 /// when `state` changes. Failures are reported through `on_error` and retried at the next tick:
 /// a worker keeps working without its Lease (the operator then shows it as not live).
@@ -174,6 +194,39 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_expires_after_its_duration_from_the_last_renewal() {
+        let at = |s: i64| Some(MicroTime(Timestamp::from_second(s).unwrap()));
+        let lease = |duration: Option<i32>, acquired, renewed| Lease {
+            spec: Some(LeaseSpec {
+                lease_duration_seconds: duration,
+                acquire_time: acquired,
+                renew_time: renewed,
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        };
+        let now = Timestamp::from_second(100).unwrap();
+        // (duration, acquired, renewed, expired at 100 s)
+        let rows = [
+            (Some(10), None, at(90), false),
+            (Some(10), None, at(89), true),
+            (Some(10), at(95), at(80), true),
+            (None, None, at(70), false),
+            (None, None, at(69), true),
+            (Some(10), at(95), None, false),
+            (Some(10), None, None, true),
+        ];
+        for (duration, acquired, renewed, want) in rows {
+            assert_eq!(
+                expired(&lease(duration, acquired.clone(), renewed.clone()), now),
+                want,
+                "duration {duration:?}, acquired {acquired:?}, renewed {renewed:?}"
+            );
+        }
+        assert!(expired(&Lease::default(), now), "no spec");
+    }
 
     #[test]
     fn the_lease_carries_labels_annotations_and_a_renewal() {

@@ -66,6 +66,11 @@ impl TcpProxy {
         }
     }
 
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://<ip>:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -240,13 +240,7 @@ impl Rig {
 
     /// A client of the rig's Kubernetes API server, as the admin identity of its kubeconfig.
     pub async fn kube_client(&self) -> kube::Client {
-        let path = self.var("KUBECONFIG");
-        let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap_or_else(|e| {
-            panic!("the rig is not running: cannot read kubeconfig {path}: {e}; {HOW_TO_START}")
-        });
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("a usable kubeconfig");
+        let config = self.kube_config().await;
         let server = config
             .cluster_url
             .authority()
@@ -254,6 +248,18 @@ impl Rig {
             .unwrap_or_default();
         ensure_reachable("the Kubernetes API server", &server);
         kube::Client::try_from(config).expect("Kubernetes client")
+    }
+
+    /// The client configuration of the rig's kubeconfig (admin identity), for a test that
+    /// reaches the API server another way (through a [`crate::proxy::TcpProxy`]).
+    pub async fn kube_config(&self) -> kube::Config {
+        let path = self.var("KUBECONFIG");
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap_or_else(|e| {
+            panic!("the rig is not running: cannot read kubeconfig {path}: {e}; {HOW_TO_START}")
+        });
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a usable kubeconfig")
     }
 
     /// Path of the rig's kubeconfig (admin identity), for child processes.

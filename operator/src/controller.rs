@@ -746,7 +746,7 @@ async fn live_workers(
         if !status::of_pipeline(l, uid.as_deref()) {
             // An earlier object of the same name: its workers are stopping; the Lease is
             // deleted once it expires.
-            if status::expired(l, now) {
+            if pipeline_contract::lease::expired(l, now) {
                 let _ = api.delete(&l.name_any(), &DeleteParams::default()).await;
             }
             continue;

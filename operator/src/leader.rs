@@ -1,160 +1,144 @@
-//! Leader election on a coordination Lease: one replica reconciles, the others wait.
+//! Leader election on a coordination Lease, through `kube-lease-manager`: one replica
+//! reconciles, the others wait.
 //!
-//! The holder renews every `renew`; a Lease not renewed for `duration` may be taken over. Writes
-//! carry the Lease's resourceVersion, so two candidates can never both win a round. A leader that
-//! cannot renew before its Lease would expire steps down (the caller stops reconciling and exits,
-//! and the Deployment restarts it as a candidate).
+//! The Lease's rules are the crate's: the holder renews [`GRACE_SECONDS`] before its
+//! [`DURATION_SECONDS`] run out (so every `DURATION - GRACE` seconds), a Lease not renewed in time
+//! may be taken over, and a replica that shuts down releases its Lease so that a waiting one takes
+//! over at once instead of after the duration. What this module adds is the rule for a leader
+//! whose renewal fails: it steps down at once. A renewal fails with `GRACE_SECONDS` left on the
+//! Lease, which is the time the controller has to stop its reconciles before another replica may
+//! start its own; waiting for the API to come back would spend that margin. The caller stops
+//! reconciling and exits, and the Deployment restarts it as a candidate (a restarted container
+//! keeps its pod's name, so it takes its own Lease back without waiting when nobody else did).
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
+/// The Lease's `leaseDurationSeconds`: a leader not heard from for this long may be replaced.
+pub const DURATION_SECONDS: u64 = 15;
+/// How long before its Lease runs out the leader renews it (and how long a leader whose renewal
+/// failed has to stop).
+pub const GRACE_SECONDS: u64 = 10;
+/// Pause between candidate rounds that failed against the API.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Where the Lease is and who this replica is.
 #[derive(Debug, Clone)]
 pub struct Election {
     pub namespace: String,
     pub name: String,
     pub identity: String,
-    pub duration: Duration,
-    pub renew: Duration,
 }
 
-/// Whether `lease` can be taken by `identity` at `now`.
-pub fn takeable(lease: &Lease, identity: &str, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else { return true };
-    if spec
-        .holder_identity
-        .as_deref()
-        .is_none_or(|h| h == identity || h.is_empty())
-    {
-        return true;
+/// Why a leader stopped leading while it still wanted to.
+#[derive(Debug)]
+pub enum Lost {
+    /// Another replica holds the Lease now.
+    TakenOver,
+    /// A renewal failed; the Lease runs out within [`GRACE_SECONDS`].
+    RenewalFailed(LeaseManagerError),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TakenOver => f.write_str("another replica took the leader Lease"),
+            Self::RenewalFailed(e) => write!(f, "renewing the leader Lease failed: {e}"),
+        }
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    spec.renew_time
-        .as_ref()
-        .is_none_or(|t| t.0.as_second() + duration < now.as_second())
 }
 
 impl Election {
-    /// One round: `Ok(true)` when this candidate holds the Lease afterwards.
-    pub async fn try_acquire(&self, client: &Client) -> Result<bool, kube::Error> {
-        let api: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
-        let now = Timestamp::now();
-        let duration = i32::try_from(self.duration.as_secs()).unwrap_or(15);
-        let Some(mut lease) = api.get_opt(&self.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(duration),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            return match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
-        };
-        if !takeable(&lease, &self.identity, now) {
-            return Ok(false);
-        }
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            spec.holder_identity = Some(self.identity.clone());
-            spec.acquire_time = Some(MicroTime(now));
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        }
-        spec.renew_time = Some(MicroTime(now));
-        spec.lease_duration_seconds = Some(duration);
-        match api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// This replica as a candidate; creates the Lease when there is none.
+    pub async fn candidate(&self, client: Client) -> Result<Candidate, LeaseManagerError> {
+        let manager = LeaseManagerBuilder::new(client, &self.name)
+            .with_namespace(&self.namespace)
+            .with_identity(&self.identity)
+            .with_duration(DURATION_SECONDS)
+            .with_grace(GRACE_SECONDS)
+            .build()
+            .await?;
+        Ok(Candidate { manager })
     }
+}
 
-    /// Waits until this candidate leads (or `shutdown`); `false` on shutdown.
-    pub async fn acquire(&self, client: &Client, shutdown: &CancellationToken) -> bool {
+/// A replica taking part in the election.
+#[derive(Debug)]
+pub struct Candidate {
+    manager: LeaseManager,
+}
+
+impl Candidate {
+    /// Waits until this replica leads (`true`), or until `shutdown` (`false`). Failed rounds are
+    /// logged and retried: a candidate holds nothing, so an unreachable API only delays it.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> bool {
         loop {
-            match self.try_acquire(client).await {
+            let round = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                round = self.manager.changed() => round,
+            };
+            match round {
                 Ok(true) => return true,
                 Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "leader election round failed"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(self.renew) => {}
-            }
-        }
-    }
-
-    /// Renews until `shutdown`, or until leadership is lost; fires `lost` in the second case.
-    pub async fn hold(
-        &self,
-        client: &Client,
-        shutdown: &CancellationToken,
-        lost: &CancellationToken,
-    ) {
-        let mut last_renewal = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.renew) => {}
-            }
-            match self.try_acquire(client).await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!("another replica took the leader Lease; stepping down");
-                    lost.cancel();
-                    return;
-                }
                 Err(error) => {
-                    tracing::warn!(%error, "renewing the leader Lease failed");
-                    if last_renewal.elapsed() >= self.duration {
-                        tracing::error!("could not renew the leader Lease in time; stepping down");
-                        lost.cancel();
-                        return;
+                    tracing::warn!(%error, "leader election round failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(RETRY) => {}
                     }
                 }
             }
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lease_is_takeable_when_free_mine_or_expired() {
-        let now = Timestamp::from_second(100).unwrap();
-        let lease = |holder: Option<&str>, renewed: i64| Lease {
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(str::to_owned),
-                lease_duration_seconds: Some(15),
-                renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
-                ..LeaseSpec::default()
-            }),
-            ..Lease::default()
+    /// Leads while `work` runs, renewing the Lease, until `shutdown`, until leadership is lost or
+    /// until `work` ends by itself. Either way `stop` is cancelled (which should end `work`), the
+    /// Lease is renewed until `work` has ended and released after that, unless it was lost: then
+    /// the reason is returned.
+    pub async fn lead(
+        &self,
+        work: impl Future<Output = ()>,
+        stop: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        let ended = CancellationToken::new();
+        let work = async {
+            work.await;
+            ended.cancel();
         };
-        assert!(takeable(&lease(None, 99), "me", now));
-        assert!(takeable(&lease(Some("me"), 99), "me", now));
-        assert!(!takeable(&lease(Some("other"), 90), "me", now));
-        assert!(takeable(&lease(Some("other"), 84), "me", now));
+        let stop_on_shutdown = async {
+            tokio::select! {
+                () = shutdown.cancelled() => stop.cancel(),
+                () = ended.cancelled() => {}
+            }
+        };
+        let held = async {
+            let held = self.hold(&ended).await;
+            stop.cancel();
+            held
+        };
+        let ((), (), held) = tokio::join!(work, stop_on_shutdown, held);
+        held.err()
+    }
+
+    /// Renews the Lease until `done` (then releases it, `Ok`), or until leadership is lost.
+    async fn hold(&self, done: &CancellationToken) -> Result<(), Lost> {
+        let renewed = tokio::select! {
+            () = done.cancelled() => {
+                if let Err(error) = self.manager.release().await {
+                    tracing::warn!(%error, "releasing the leader Lease failed; it expires instead");
+                }
+                return Ok(());
+            }
+            renewed = self.manager.changed() => renewed,
+        };
+        Err(match renewed {
+            // `changed` returns only when the holder changes; a leader can only lose.
+            Ok(_) => Lost::TakenOver,
+            Err(error) => Lost::RenewalFailed(error),
+        })
     }
 }

@@ -2,7 +2,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use clap::Parser;
 use operator::controller::{self, Context};
@@ -66,49 +65,41 @@ async fn main() -> ExitCode {
         namespace: cli.pod_namespace.clone(),
         name: cli.lease_name.clone(),
         identity: cli.pod_name.clone(),
-        duration: Duration::from_secs(15),
-        renew: Duration::from_secs(5),
+    };
+    let candidate = match election.candidate(client.clone()).await {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!(
+                "operator: preparing the leader Lease {}: {error}",
+                cli.lease_name
+            );
+            return ExitCode::FAILURE;
+        }
     };
     // A waiting candidate is healthy: ready means "serving its role".
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(lease = %cli.lease_name, identity = %cli.pod_name, "waiting to lead");
-    if !election.acquire(&client, &shutdown).await {
+    if !candidate.acquire(&shutdown).await {
         return ExitCode::SUCCESS;
     }
     tracing::info!("leading: reconciling MessagePipelines");
     metrics.leader.set(1);
-    let lost = CancellationToken::new();
-    let stop = CancellationToken::new();
-    let holder = {
-        let (election, client, shutdown, lost, stop) = (
-            election.clone(),
-            client.clone(),
-            shutdown.clone(),
-            lost.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            election.hold(&client, &shutdown, &lost).await;
-            stop.cancel();
-        })
-    };
     let ctx = Arc::new(Context::new(client, metrics.clone(), Some(cli.pod_name)));
     // An empty WATCH_NAMESPACE means every namespace, like an absent one.
     let namespace = cli.namespace.filter(|n| !n.is_empty());
+    let stop = CancellationToken::new();
     let controller = tokio::spawn(controller::run(ctx, namespace, stop.clone()));
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = lost.cancelled() => {}
-    }
-    stop.cancel();
-    let _ = controller.await;
-    let _ = holder.await;
+    let controller = async {
+        let _ = controller.await;
+    };
+    let lost = candidate.lead(controller, &stop, &shutdown).await;
+    metrics.leader.set(0);
     shutdown.cancel();
     let _ = server.await;
-    metrics.leader.set(0);
-    if lost.is_cancelled() {
+    if let Some(lost) = lost {
         tracing::error!(
-            "lost leadership; exiting so the Deployment restarts this replica as a candidate"
+            %lost,
+            "stepped down; exiting so the Deployment restarts this replica as a candidate"
         );
         return ExitCode::FAILURE;
     }

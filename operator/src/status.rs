@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
+use pipeline_contract::lease::expired;
 use pipeline_contract::worker::lease::RelayBacklog;
 use pipeline_contract::worker::{BreakerState, Role, lease};
 
@@ -26,24 +27,6 @@ pub struct LiveWorker {
     pub breaker: Option<BreakerState>,
     /// The api-server's relay backlog bucket.
     pub relay_backlog: Option<RelayBacklog>,
-}
-
-/// Whether a Lease is past its duration at `now`.
-pub fn expired(l: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &l.spec else { return true };
-    let duration = i64::from(
-        spec.lease_duration_seconds
-            .unwrap_or(lease::DURATION_SECONDS as i32),
-    );
-    let last = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match last {
-        Some(last) => last.as_second() + duration < now.as_second(),
-        None => true,
-    }
 }
 
 /// Whether a Lease labelled with `mp`'s name belongs to the object with `uid`: a pipeline deleted
@@ -680,7 +663,6 @@ mod tests {
             Some(worker(Role::Api, false, None))
         );
         assert_eq!(live_worker(&lease(69, "api", "true"), now), None);
-        assert!(expired(&Lease::default(), now));
     }
 
     #[test]
