@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use messagepipeline_crd::MessagePipeline;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use crate::forward::ServiceForward;
 use crate::rig::{ServiceAccess, rig};
+use crate::state::{self, Versions};
 use crate::traffic::{Acked, writer};
 use crate::{unique, wait};
 
@@ -399,45 +399,20 @@ impl Pipeline {
     }
 
     /// Per message id, its version in MongoDB and whether it is a tombstone.
-    pub async fn stored(&self) -> HashMap<Uuid, (u64, bool)> {
-        crate::traffic::stored(&self.database).await
+    pub async fn stored(&self) -> Versions {
+        state::stored(&self.database).await
     }
 
-    /// Per document id in the index (through the alias), its external version and whether it is
-    /// a tombstone.
-    pub async fn indexed(&self) -> Option<HashMap<Uuid, (u64, bool)>> {
-        let http = reqwest::Client::new();
-        let url = format!(
-            "{}/{}/_search?version=true&size=10000",
-            rig().search_url(),
-            self.alias
-        );
-        let body: Value = http
-            .post(url)
-            .json(&json!({"query": {"match_all": {}}, "_source": ["deleted"]}))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let hits = body["hits"]["hits"].as_array()?;
-        Some(
-            hits.iter()
-                .filter_map(|h| {
-                    Some((
-                        Uuid::parse_str(h["_id"].as_str()?).ok()?,
-                        (h["_version"].as_u64()?, h["_source"]["deleted"].as_bool()?),
-                    ))
-                })
-                .collect(),
-        )
+    /// Per document id in the index (through the alias), its version and whether it is a
+    /// tombstone.
+    pub async fn indexed(&self) -> Option<Versions> {
+        state::indexed(&self.alias).await
     }
 
     /// What every scenario ends with: every acknowledged write is in MongoDB (at its version or
     /// later, a delete as a tombstone), and, within `timeout`, the index holds exactly MongoDB's
     /// documents at MongoDB's versions. Returns the number of documents.
-    pub async fn verify(&self, acked: &HashMap<Uuid, (u64, bool)>, timeout: Duration) -> usize {
+    pub async fn verify(&self, acked: &Versions, timeout: Duration) -> usize {
         let stored = self.stored().await;
         let mut lost = Vec::new();
         for (id, (version, deleted)) in acked {
@@ -540,7 +515,7 @@ impl Traffic {
     }
 
     /// Stops the writers; returns what was acknowledged, the count and the rate per second.
-    pub async fn stop(self) -> (HashMap<Uuid, (u64, bool)>, u64, f64) {
+    pub async fn stop(self) -> (Versions, u64, f64) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();

@@ -7,6 +7,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use pipeline_contract::kafka_client;
+use rdkafka::producer::FutureProducer;
+
 use crate::rig::rig;
 
 /// Creates `topic` with `partitions` partitions (replication 1, as the rig has one broker).
@@ -34,6 +37,83 @@ pub async fn create_topics(topics: &[(&str, i32)]) {
     }
 }
 
+/// The configuration of a producer to the rig's Kafka as the workers make theirs: the
+/// connection, idempotent, acknowledged by every in-sync replica. A test adds its own settings.
+pub fn producer_config() -> ClientConfig {
+    kafka_client::idempotent(kafka_client::Connection::plaintext(rig().kafka()).client_config())
+}
+
+/// An idempotent producer to the rig's Kafka ([`producer_config`]).
+pub fn producer() -> FutureProducer {
+    producer_config().create().expect("producer")
+}
+
+fn client() -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .create()
+        .expect("consumer")
+}
+
+/// The ids of `topic`'s partitions. Right after a broker restart leaders may not be known yet:
+/// retries for up to 30 s.
+pub fn partitions(topic: &str) -> Vec<i32> {
+    let client = client();
+    let retry_until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match client.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(m) if !m.topics()[0].partitions().is_empty() => {
+                return m.topics()[0].partitions().iter().map(|p| p.id()).collect();
+            }
+            Ok(_) => "no partitions".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < retry_until, "metadata of {topic}: {error}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `topic`'s end offsets summed over its partitions.
+pub fn end_offsets_total(topic: &str) -> i64 {
+    let client = client();
+    partitions(topic)
+        .into_iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+/// `group`'s committed offsets on `topic` summed over its partitions (none committed counts 0).
+pub fn committed_total(group: &str, topic: &str) -> i64 {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig().kafka())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in partitions(topic) {
+        list.add_partition(topic, p);
+    }
+    let committed = reader
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    let total = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    // The list holds references into the client: drop it before the client.
+    drop(committed);
+    total
+}
+
 /// One record as read back.
 #[derive(Debug, Clone)]
 pub struct TopicRecord {
@@ -54,21 +134,12 @@ pub fn read_topic(topic: &str) -> Vec<TopicRecord> {
         .create()
         .expect("consumer");
     let timeout = Duration::from_secs(10);
-    // Right after a broker restart, leaders may not be known yet: retry for a while.
     let retry_until = Instant::now() + Duration::from_secs(30);
     let retry = |what: &str, error: rdkafka::error::KafkaError| {
         assert!(Instant::now() < retry_until, "{what} of {topic}: {error}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let partitions: Vec<i32> = loop {
-        match consumer.fetch_metadata(Some(topic), timeout) {
-            Ok(m) if m.topics()[0].partitions().is_empty() => {
-                retry("metadata", rdkafka::error::KafkaError::NoMessageReceived);
-            }
-            Ok(m) => break m.topics()[0].partitions().iter().map(|p| p.id()).collect(),
-            Err(e) => retry("metadata", e),
-        }
-    };
+    let partitions = partitions(topic);
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {

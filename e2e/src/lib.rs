@@ -16,6 +16,8 @@ pub mod memory;
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.
 pub mod rig;
+/// Per message, its version and deletion as MongoDB, the index and a stream of events have it.
+pub mod state;
 /// Steady writes through the API, and what was acknowledged.
 pub mod traffic;
 /// Waiting on a condition with a deadline instead of sleeping and hoping.

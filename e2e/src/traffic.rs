@@ -1,7 +1,6 @@
 //! Steady writes through the api-server's HTTP API, recording what clients saw acknowledged, so
 //! a test can check afterwards that nothing acknowledged was lost.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -10,8 +9,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::state::Versions;
+
 /// What clients saw acknowledged: per id, the highest version and whether it was deleted.
-pub type Acked = Arc<Mutex<HashMap<Uuid, (u64, bool)>>>;
+pub type Acked = Arc<Mutex<Versions>>;
 
 /// A client writing until `stop`: half creates, the rest patches and some deletes of messages
 /// it created, each request to one of `bases` at random (so replicas change each other's
@@ -122,33 +123,4 @@ async fn send(
     let status = response.status();
     let body = response.json().await.ok();
     Some((status, body))
-}
-
-/// Per message id in `database`'s `messages` collection, its version and whether it is a
-/// tombstone: what acknowledged writes are checked against.
-pub async fn stored(database: &str) -> HashMap<Uuid, (u64, bool)> {
-    use futures::TryStreamExt;
-    let client = mongodb::Client::with_uri_str(crate::rig::rig().mongodb_uri())
-        .await
-        .unwrap();
-    let docs: Vec<mongodb::bson::Document> = client
-        .database(database)
-        .collection("messages")
-        .find(mongodb::bson::doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    docs.iter()
-        .map(|d| {
-            (
-                Uuid::parse_str(d.get_str("_id").unwrap()).unwrap(),
-                (
-                    u64::try_from(d.get_i64("version").unwrap()).unwrap(),
-                    d.get_bool("deleted").unwrap(),
-                ),
-            )
-        })
-        .collect()
 }

@@ -28,9 +28,7 @@ fn admin() -> AdminClient<DefaultClientContext> {
 }
 
 fn producer() -> FutureProducer {
-    config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    e2e::kafka::producer_config()
         .set("message.timeout.ms", "15000")
         .create()
         .expect("producer")

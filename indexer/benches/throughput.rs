@@ -23,7 +23,6 @@ use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::search::{IndexLayout, IndexSettings, SearchDocument};
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
@@ -242,9 +241,7 @@ async fn main() {
     e2e::kafka::create_topics(&[(&topic, 3), (&dlq, 3)]).await;
     let conversations: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
     let events = events(total, &conversations);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = e2e::kafka::producer_config()
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .create()

@@ -16,11 +16,11 @@ use indexer::dlq_tools::{self, EXIT_REFUSED, Selection, TopicReader};
 use indexer::record::ConsumedRecord;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
+use pipeline_contract::kafka_client;
 use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -107,18 +107,8 @@ fn dlq_headers(
 
 /// Produces a record exactly as given (for dead letters the DLQ writer would not write).
 async fn produce_raw(topic: &str, key: &str, value: &[u8], headers: &[(&str, String)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    let mut owned = OwnedHeaders::new();
-    for (name, value) in headers {
-        owned = owned.insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    }
+    let producer = e2e::kafka::producer();
+    let owned = kafka_client::headers(headers.iter().map(|(name, value)| (name, Some(value))));
     producer
         .send(
             FutureRecord::to(topic)

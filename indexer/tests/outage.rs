@@ -8,10 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    Fixture, committed_total, converge, end_offsets_total, event_record, history, members, newest,
-};
+use common::{Fixture, converge, event_record, history, members};
+use e2e::kafka::{committed_total, end_offsets_total};
 use e2e::proxy::TcpProxy;
+use e2e::state::newest;
 use e2e::{rig::rig, unique, wait};
 use indexer::breaker::BreakerState;
 use uuid::Uuid;

@@ -7,7 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Fixture, converge, event_record, history, newest};
+use common::{Fixture, converge, event_record, history};
+use e2e::state::newest;
 use e2e::{rig::rig, unique, wait};
 use pipeline_contract::MessageEvent;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass};

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    Fixture, committed_total, converge, end_offsets_total, event_record, history, newest,
-};
+use common::{Fixture, converge, event_record, history};
+use e2e::kafka::{committed_total, end_offsets_total};
+use e2e::state::newest;
 use e2e::{unique, wait};
 use pipeline_contract::MessageEvent;
 use uuid::Uuid;

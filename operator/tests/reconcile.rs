@@ -657,7 +657,7 @@ async fn lag_is_what_the_kafka_admin_api_reports() {
         .unwrap();
     let mut expected = 0i64;
     let mut commit = TopicPartitionList::new();
-    for p in 0..3 {
+    for p in e2e::kafka::partitions(&topic_name) {
         let (low, high) = consumer
             .fetch_watermarks(&topic_name, p, Duration::from_secs(10))
             .unwrap();

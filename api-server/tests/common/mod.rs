@@ -2,13 +2,13 @@
 //! with two tenants, the real `api-server` binary as a child process, and an HTTP client.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use e2e::state::{self, Versions};
 use e2e::{kafka, rig::rig, unique, wait};
 use pipeline_contract::MessageEvent;
 use reqwest::header::HeaderMap;
@@ -90,22 +90,13 @@ impl Setup {
     }
 
     /// Per message id, the highest version published and whether it was a delete.
-    pub fn published(&self) -> HashMap<Uuid, (u64, bool)> {
-        let mut newest: HashMap<Uuid, (u64, bool)> = HashMap::new();
-        for (_, event) in self.events() {
-            let version = event.version().expect("versioned");
-            let deleted = matches!(event, MessageEvent::Deleted(_));
-            let entry = newest.entry(event.id()).or_insert((0, false));
-            if version > entry.0 {
-                *entry = (version, deleted);
-            }
-        }
-        newest
+    pub fn published(&self) -> Versions {
+        state::newest(self.events().iter().map(|(_, event)| event))
     }
 
     /// Per message id, its version in MongoDB and whether it is a tombstone.
-    pub async fn stored(&self) -> HashMap<Uuid, (u64, bool)> {
-        e2e::traffic::stored(&self.database).await
+    pub async fn stored(&self) -> Versions {
+        state::stored(&self.database).await
     }
 }
 
@@ -346,7 +337,7 @@ impl Api {
 
 /// Waits until every message in MongoDB is on the topic at its MongoDB version (and every
 /// tombstone as a delete); returns what was published.
-pub async fn converged(setup: &Setup, timeout: Duration) -> HashMap<Uuid, (u64, bool)> {
+pub async fn converged(setup: &Setup, timeout: Duration) -> Versions {
     let stored = setup.stored().await;
     wait::until("every stored change published", timeout, || {
         let stored = stored.clone();

@@ -2,23 +2,23 @@
 //! in-process indexer, event histories, and reading the index back.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use e2e::state::{self, Versions};
 use e2e::{rig::rig, unique, wait};
 use indexer::config::{Cli, Command, RunArgs};
 use indexer::metrics::Metrics;
 use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
+use pipeline_contract::kafka_client;
 use pipeline_contract::search::{IndexLayout, IndexSettings};
 use pipeline_contract::{DeletedPayload, MessageEvent, MessagePayload, Timestamp};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::{Value, json};
+use rdkafka::message::OwnedHeaders;
+
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -125,18 +125,14 @@ impl Fixture {
     }
 
     pub async fn produce(&self, records: &[(Option<String>, Vec<u8>, OwnedHeaders)]) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", rig().kafka())
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
+        let producer = e2e::kafka::producer();
         for (key, value, headers) in records {
-            let mut record = FutureRecord::to(&self.topic)
-                .payload(value)
-                .headers(headers.clone());
-            if let Some(key) = key {
-                record = record.key(key);
-            }
+            let record = kafka_client::record(
+                &self.topic,
+                key.as_deref().map(str::as_bytes),
+                Some(value),
+                headers.clone(),
+            );
             producer
                 .send(record, Duration::from_secs(10))
                 .await
@@ -145,46 +141,10 @@ impl Fixture {
     }
 
     /// Every document of the index by id: (version, deleted).
-    pub async fn documents(&self) -> HashMap<Uuid, (u64, bool)> {
-        let url = format!(
-            "{}/{}/_search?size=10000&version=true",
-            rig().search_url(),
-            self.layout.alias()
-        );
-        let _ = self
-            .http
-            .post(format!(
-                "{}/{}/_refresh",
-                rig().search_url(),
-                self.layout.alias()
-            ))
-            .send()
-            .await;
-        let body: Value = self
-            .http
-            .post(url)
-            .json(&json!({"query": {"match_all": {}}}))
-            .send()
+    pub async fn documents(&self) -> Versions {
+        state::indexed(self.layout.alias())
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["hits"]["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                let id = h["_id"].as_str().unwrap().parse().unwrap();
-                (
-                    id,
-                    (
-                        h["_version"].as_u64().unwrap(),
-                        h["_source"]["deleted"].as_bool().unwrap(),
-                    ),
-                )
-            })
-            .collect()
+            .expect("the search engine answers")
     }
 }
 
@@ -195,13 +155,12 @@ pub fn event_record(event: &MessageEvent) -> (Option<String>, Vec<u8>, OwnedHead
         timestamp: event.changed_at().unwrap(),
         traceparent: None,
     };
-    let mut owned = OwnedHeaders::new();
-    for (name, value) in headers.pairs() {
-        owned = owned.insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    }
+    let owned = kafka_client::headers(
+        headers
+            .pairs()
+            .into_iter()
+            .map(|(name, value)| (name, Some(value))),
+    );
     (record_key(event), event.encode(), owned)
 }
 
@@ -243,73 +202,13 @@ pub async fn events_and_dlq(prefix: &str, partitions: i32) -> (String, String) {
     (topic, dlq)
 }
 
-/// What the index must hold after `events`, in any order and with any duplicates: per message,
-/// the version of its newest event and whether that event is a delete.
-pub fn newest(events: &[MessageEvent]) -> HashMap<Uuid, (u64, bool)> {
-    let mut state: HashMap<Uuid, (u64, bool)> = HashMap::new();
-    for e in events {
-        let version = e.version().expect("test events carry versions");
-        let entry = state.entry(e.id()).or_insert((0, false));
-        if version > entry.0 {
-            *entry = (version, matches!(e, MessageEvent::Deleted(_)));
-        }
-    }
-    state
-}
-
 /// Waits until the index holds exactly `expected`.
-pub async fn converge(fixture: &Fixture, expected: &HashMap<Uuid, (u64, bool)>, what: &str) {
+pub async fn converge(fixture: &Fixture, expected: &Versions, what: &str) {
     wait::until(what, Duration::from_secs(90), || async {
         let docs = fixture.documents().await;
         (docs == *expected).then_some(())
     })
     .await;
-}
-
-/// The group's committed offsets summed over the topic's partitions.
-pub fn committed_total(group: &str, topic: &str) -> i64 {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..3 {
-        list.add_partition(topic, p);
-    }
-    let committed = reader
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed offsets");
-    let total = committed
-        .elements()
-        .iter()
-        .map(|e| {
-            if let Offset::Offset(o) = e.offset() {
-                o
-            } else {
-                0
-            }
-        })
-        .sum();
-    // The list holds references into the client: drop it before the client.
-    drop(committed);
-    total
-}
-
-/// The topic's end offsets summed over its partitions.
-pub fn end_offsets_total(topic: &str) -> i64 {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", rig().kafka())
-        .create()
-        .unwrap();
-    (0..3)
-        .map(|p| {
-            client
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .sum()
 }
 
 /// How many members the consumer group has.

@@ -1,0 +1,83 @@
+//! The state a scenario compares: per message id, its version and whether it is deleted, as
+//! MongoDB stores it, as the index holds it, and as a stream of events leaves it.
+
+use std::collections::HashMap;
+
+use pipeline_contract::MessageEvent;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::rig::rig;
+
+/// Per message id: (version, deleted).
+pub type Versions = HashMap<Uuid, (u64, bool)>;
+
+/// What `events` leave, in any order and with any duplicates: per message, the version of its
+/// newest event and whether that event is a delete.
+pub fn newest<'a>(events: impl IntoIterator<Item = &'a MessageEvent>) -> Versions {
+    let mut state = Versions::new();
+    for e in events {
+        let version = e.version().expect("events carry versions");
+        let entry = state.entry(e.id()).or_insert((0, false));
+        if version > entry.0 {
+            *entry = (version, matches!(e, MessageEvent::Deleted(_)));
+        }
+    }
+    state
+}
+
+/// Per message id in `database`'s `messages` collection, its version and whether it is a
+/// tombstone: what acknowledged writes are checked against.
+pub async fn stored(database: &str) -> Versions {
+    use futures::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(rig().mongodb_uri())
+        .await
+        .unwrap();
+    let docs: Vec<mongodb::bson::Document> = client
+        .database(database)
+        .collection("messages")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.iter()
+        .map(|d| {
+            (
+                Uuid::parse_str(d.get_str("_id").unwrap()).unwrap(),
+                (
+                    u64::try_from(d.get_i64("version").unwrap()).unwrap(),
+                    d.get_bool("deleted").unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Per document in `index` (an index or an alias) after a refresh, its external version and
+/// whether it is a tombstone; `None` while the search engine does not answer.
+pub async fn indexed(index: &str) -> Option<Versions> {
+    let http = reqwest::Client::new();
+    let base = rig().search_url();
+    let _ = http.post(format!("{base}/{index}/_refresh")).send().await;
+    let body: Value = http
+        .post(format!("{base}/{index}/_search?version=true&size=10000"))
+        .json(&json!({"query": {"match_all": {}}, "_source": ["deleted"]}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["hits"]["hits"]
+        .as_array()?
+        .iter()
+        .map(|h| {
+            Some((
+                Uuid::parse_str(h["_id"].as_str()?).ok()?,
+                (h["_version"].as_u64()?, h["_source"]["deleted"].as_bool()?),
+            ))
+        })
+        .collect()
+}
