@@ -47,7 +47,7 @@ test: up check image
 ## itself (the committed CRD, the seed events, document references, the prerequisites list).
 ## Seconds once built; `make test` runs these too.
 unit:
-	cargo test --workspace --lib --bins --test seed --test generated --test documents --test prerequisites
+	cargo test --workspace --lib --bins --test seed --test generated --test documents --test prerequisites --test settings_read
 
 ## The long cluster scenarios (indexer 1 -> 3 -> 1, a minute of chaos with pods killed at 100+
 ## writes/s); not part of `make test`. Its image holds release builds (the chaos asks for a write

@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
 use crate::routes::{AppState, Authenticator, router};
+use pipeline_contract::search_client::SearchAccessError;
+
 use crate::search::SearchClient;
 use crate::service::Messages;
 use crate::store::{Store, StoreError};
@@ -30,8 +32,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("creating the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("creating the search client: {0}")]
-    Search(#[from] reqwest::Error),
+    #[error(transparent)]
+    Search(#[from] SearchAccessError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

@@ -9,6 +9,7 @@ use clap::{Args, Parser};
 use pipeline_contract::kafka::DEFAULT_TOPIC;
 use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
+use pipeline_contract::search_client::SearchAccess;
 use pipeline_contract::worker::env;
 
 use crate::validate::Limits;
@@ -161,10 +162,8 @@ pub struct SearchArgs {
     /// The search engine's base URL; without it `/v1/search` answers 503.
     #[arg(long, env = env::ELASTICSEARCH_URL)]
     pub search_url: Option<String>,
-    #[arg(long, env = env::ELASTICSEARCH_USERNAME)]
-    pub search_username: Option<String>,
-    #[arg(long, env = env::ELASTICSEARCH_PASSWORD, hide_env_values = true)]
-    pub search_password: Option<String>,
+    #[command(flatten)]
+    pub access: SearchAccess,
     /// The alias searched (the indexer writes through it).
     #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
     pub search_alias: String,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::{SearchDocument, field};
+use pipeline_contract::search_client::SearchAccessError;
 use pipeline_contract::time::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -235,21 +236,16 @@ pub struct SearchClient {
 }
 
 impl SearchClient {
-    pub fn new(args: &SearchArgs) -> Result<Option<Self>, reqwest::Error> {
+    pub fn new(args: &SearchArgs) -> Result<Option<Self>, SearchAccessError> {
         let Some(base) = &args.search_url else {
             return Ok(None);
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(args.search_timeout_ms))
-            .build()?;
-        let mut endpoint = SearchEndpoint::new(base);
-        if let Some(user) = &args.search_username {
-            let password = args.search_password.clone().unwrap_or_default();
-            endpoint = endpoint.with_basic_auth(user, password);
-        }
+        let http = args
+            .access
+            .http_client(Duration::from_millis(args.search_timeout_ms))?;
         Ok(Some(Self {
             http,
-            endpoint,
+            endpoint: args.access.endpoint(base),
             path: format!("/{}/_search", args.search_alias),
         }))
     }

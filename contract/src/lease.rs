@@ -44,6 +44,14 @@ pub struct Identity {
     pub role: Role,
 }
 
+/// The env vars [`Identity::from_env`] reads (outside the command line).
+pub const IDENTITY_ENV: [&str; 4] = [
+    env::PIPELINE_NAME,
+    env::PIPELINE_NAMESPACE,
+    env::PIPELINE_UID,
+    env::POD_NAME,
+];
+
 impl Identity {
     /// `None` unless all three variables are set (a worker run outside any pipeline).
     pub fn from_env(role: Role) -> Option<Self> {

@@ -4,8 +4,8 @@
 //! check all three; each agreement lives here exactly once so none of them can drift apart. The
 //! crate holds types, names and pure functions, plus (feature `installer`) the one function that
 //! installs the search index layout, (feature `lease`) the worker Lease holder, and (feature
-//! `kafka-client`) how the workers' Kafka clients connect and produce, and (feature `process`)
-//! how each binary logs and stops. Without
+//! `kafka-client`) how the workers' Kafka clients connect and produce, (feature `search-client`)
+//! how they reach the search engine, and (feature `process`) how each binary logs and stops. Without
 //! features it links no Kafka, MongoDB or Kubernetes client.
 
 /// DLQ record headers and the error classes that explain why a record was dead-lettered.
@@ -32,6 +32,10 @@ pub mod process;
 pub mod retry;
 /// The search document, the index layout (template, first index, alias) and its template body.
 pub mod search;
+/// The workers' search client: credential and CA flags, the HTTP client (feature
+/// `search-client`).
+#[cfg(feature = "search-client")]
+pub mod search_client;
 /// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.
 pub mod time;
 /// Environment variable names and Lease labels/annotations shared by workers and the operator.

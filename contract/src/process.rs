@@ -5,13 +5,17 @@
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// JSON log lines, with the current span's fields, filtered by `RUST_LOG` (default `info`).
+/// The env var of the log filter (read by [`init_logging`], not by the command line).
+pub const LOG_FILTER_ENV: &str = "RUST_LOG";
+
+/// JSON log lines, with the current span's fields, filtered by [`LOG_FILTER_ENV`] (default
+/// `info`).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
 }

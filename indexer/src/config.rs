@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use pipeline_contract::kafka::{DEFAULT_CONSUMER_GROUP, DEFAULT_TOPIC};
 use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::search::DEFAULT_ALIAS;
+use pipeline_contract::search_client::SearchAccess;
 use pipeline_contract::worker::env;
 
 use crate::batch::BatchLimits;
@@ -101,10 +102,8 @@ pub struct RunArgs {
     /// The search engine's base URL.
     #[arg(long, env = env::ELASTICSEARCH_URL)]
     pub search_url: String,
-    #[arg(long, env = env::ELASTICSEARCH_USERNAME)]
-    pub search_username: Option<String>,
-    #[arg(long, env = env::ELASTICSEARCH_PASSWORD, hide_env_values = true)]
-    pub search_password: Option<String>,
+    #[command(flatten)]
+    pub search: SearchAccess,
     /// The write alias (installed by the operator).
     #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
     pub alias: String,

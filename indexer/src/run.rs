@@ -1,10 +1,10 @@
 //! Wiring: builds the clients from the configuration, checks the alias, and runs the consume
 //! loop next to the health server until shutdown.
 
+use pipeline_contract::search_client::SearchAccessError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::IndexLayout;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +20,8 @@ use crate::sink::{AliasCheckError, SearchSink};
 pub enum RunError {
     #[error("invalid alias: {0}")]
     Alias(#[from] pipeline_contract::search::InvalidAlias),
-    #[error("building the search client: {0}")]
-    SearchClient(reqwest::Error),
+    #[error(transparent)]
+    SearchClient(#[from] SearchAccessError),
     #[error(transparent)]
     AliasCheck(#[from] AliasCheckError),
     #[error("creating a Kafka client: {0}")]
@@ -39,17 +39,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let layout = IndexLayout::new(args.alias.clone())?;
-    let mut endpoint = SearchEndpoint::new(&args.search_url);
-    if let Some(user) = &args.search_username {
-        let password = args.search_password.clone().unwrap_or_default();
-        endpoint = endpoint.with_basic_auth(user, password);
-    }
-    let sink = SearchSink::new(
-        endpoint,
-        layout,
-        Duration::from_millis(args.request_timeout_ms),
-    )
-    .map_err(RunError::SearchClient)?;
+    let http = args
+        .search
+        .http_client(Duration::from_millis(args.request_timeout_ms))?;
+    let sink = SearchSink::new(args.search.endpoint(&args.search_url), http, layout);
     sink.check_alias().await?;
     let dlq = DlqWriter::new(
         args.kafka.connection.client_config(),

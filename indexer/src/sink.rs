@@ -4,8 +4,6 @@
 //! It never decides what a status means (that is `classify`'s job) and never retries: one call,
 //! one request.
 
-use std::time::Duration;
-
 use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::IndexLayout;
 use serde::Deserialize;
@@ -79,19 +77,13 @@ pub enum AliasCheckError {
 }
 
 impl SearchSink {
-    pub fn new(
-        endpoint: SearchEndpoint,
-        layout: IndexLayout,
-        request_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .build()?;
-        Ok(Self {
+    /// The sink writing through `endpoint` with `http` (which carries the timeouts and the CA).
+    pub fn new(endpoint: SearchEndpoint, http: reqwest::Client, layout: IndexLayout) -> Self {
+        Self {
             http,
             endpoint,
             layout,
-        })
+        }
     }
 
     pub fn layout(&self) -> &IndexLayout {

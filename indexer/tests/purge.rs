@@ -30,12 +30,15 @@ fn tombstone(days_ago: i64) -> SearchDocument {
 #[tokio::test]
 async fn purge_removes_only_tombstones_past_the_horizon() {
     let fixture = Fixture::new(None).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let sink = SearchSink::new(
         SearchEndpoint::new(rig().search_url()),
+        http,
         fixture.layout.clone(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    );
     let live = SearchDocument::from_event(&history(Uuid::new_v4(), 0, false)[0]).unwrap();
     let (old, recent) = (tombstone(30), tombstone(1));
     let body = indexer::bulk::encode(

@@ -299,7 +299,7 @@ fn common(
             }),
         },
         plain(env::HTTP_ADDR, format!("0.0.0.0:{HTTP_PORT}")),
-        plain("RUST_LOG", "info"),
+        plain(pipeline_contract::process::LOG_FILTER_ENV, "info"),
         plain(
             env::KAFKA_BOOTSTRAP_SERVERS,
             spec.kafka.bootstrap_servers.clone(),
