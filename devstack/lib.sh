@@ -274,6 +274,75 @@ mp_select_services() {
   printf '%s\n' "$@"
 }
 
+# --- the rig's CA ------------------------------------------------------------------------------
+# One CA for the services' secured listeners (the control plane keeps its own, run/kube/pki):
+# run/pki/ca.crt, written to rig.env as RIG_CA_CERT. Its key never leaves run/pki (mode 700).
+
+mp_pki_dir() { printf '%s/pki\n' "$MP_RUN_ROOT"; }
+
+# The CA, made once.
+mp_rig_ca() {
+  local pki
+  pki=$(mp_pki_dir)
+  [[ -s $pki/ca.crt && -s $pki/ca.key ]] && return 0
+  mp_require_cmd openssl openssl
+  mkdir -p "$pki"
+  chmod 700 "$pki"
+  (
+    umask 077
+    openssl genrsa -out "$pki/ca.key" 2048 2>/dev/null &&
+      openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=devstack-rig-ca" -days 3650 -sha256 \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -out "$pki/ca.crt" 2>/dev/null
+  ) || {
+    mp_log "pki: openssl failed to make the rig's CA in $pki"
+    return 1
+  }
+  chmod 644 "$pki/ca.crt"
+}
+
+# mp_rig_cert NAME: NAME.key (PKCS#8, unencrypted) and NAME.crt signed by the rig's CA for
+# 127.0.0.1, localhost and MP_RIG_ADDRESS; made again when the rig's address is not among its
+# names. Prints the directory.
+mp_rig_cert() {
+  local pki name=$1
+  mp_rig_ca || return 1
+  pki=$(mp_pki_dir)
+  if [[ ! -s $pki/$name.crt || ! -s $pki/$name.key ]] ||
+    ! openssl x509 -noout -ext subjectAltName -in "$pki/$name.crt" 2>/dev/null |
+    grep -q "IP Address:$MP_RIG_ADDRESS\(,\|$\)"; then
+    (
+      umask 077
+      printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+        "$MP_RIG_ADDRESS" >"$pki/$name.ext"
+      openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/$name.key" 2>/dev/null &&
+        openssl req -new -key "$pki/$name.key" -subj "/CN=devstack-$name" -out "$pki/$name.csr" &&
+        openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+          -set_serial "0x$(openssl rand -hex 12)" -days 3650 -sha256 -extfile "$pki/$name.ext" \
+          -out "$pki/$name.crt" 2>/dev/null
+    ) || {
+      mp_log "pki: openssl failed to make $pki/$name.crt"
+      return 1
+    }
+    rm -f "$pki/$name.csr" "$pki/$name.ext"
+  fi
+  printf '%s\n' "$pki"
+}
+
+# mp_secret NAME: a random password kept in run/pki/NAME.password (made once, mode 600).
+mp_secret() {
+  local file
+  file=$(mp_pki_dir)/$1.password
+  if [[ ! -s $file ]]; then
+    mkdir -p "$(mp_pki_dir)"
+    (
+      umask 077
+      openssl rand -hex 16 >"$file"
+    )
+  fi
+  cat -- "$file"
+}
+
 # Write rig.env from the services whose processes are running (after `up` that is every service
 # it brought up), plus the installed tools; remove it when no service runs.
 mp_write_env() {
@@ -289,12 +358,17 @@ mp_write_env() {
     return 0
   fi
   lines+=("RIG_ADDRESS=$MP_RIG_ADDRESS")
+  [[ -s $(mp_pki_dir)/ca.crt ]] && lines+=("RIG_CA_CERT=$(mp_pki_dir)/ca.crt")
   for s in "${TOOLS[@]}"; do
     if "${s}_installed"; then
       mapfile -t -O "${#lines[@]}" lines < <("${s}_env")
     fi
   done
-  printf '%s\n' "${lines[@]}" >"$MP_ENV_FILE.tmp"
+  # Mode 600: it holds the rig's passwords.
+  (
+    umask 077
+    printf '%s\n' "${lines[@]}" >"$MP_ENV_FILE.tmp"
+  )
   mv -f "$MP_ENV_FILE.tmp" "$MP_ENV_FILE"
 }
 

@@ -7,6 +7,11 @@ KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 # The listener pods use, on the rig's bridge address (advertised there, so their clients stay on it).
 KAFKA_POD_PORT=9094
+# The secured listeners (SASL_SSL, SCRAM-SHA-512, ACLs): loopback, and the rig's bridge for pods.
+KAFKA_SECURE_PORT=9095
+KAFKA_SECURE_POD_PORT=9096
+# The principals of devstack/kafka/acls; each gets a password of its own (mp_secret).
+KAFKA_USERS=(mp-api mp-indexer mp-replay mp-operator mp-audit)
 KAFKA_HEAP=${KAFKA_HEAP:--Xms256m -Xmx512m}
 # shellcheck disable=SC2034 # read by devstack/up through ${NAME}_START_TIMEOUT
 KAFKA_START_TIMEOUT=120
@@ -21,16 +26,24 @@ _kafka_marker() { printf '%s/server.properties\n' "$(_kafka_run)"; }
 kafka_address() { printf '127.0.0.1:%s\n' "$KAFKA_PORT"; }
 kafka_log() { printf '%s/kafka.log\n' "$(_kafka_run)"; }
 kafka_env() {
+  local user var
   printf 'KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%s\nKAFKA_POD_BOOTSTRAP_SERVERS=%s:%s\n' "$KAFKA_PORT" \
     "$MP_RIG_ADDRESS" "$KAFKA_POD_PORT"
+  printf 'KAFKA_SECURE_BOOTSTRAP_SERVERS=127.0.0.1:%s\nKAFKA_SECURE_POD_BOOTSTRAP_SERVERS=%s:%s\n' \
+    "$KAFKA_SECURE_PORT" "$MP_RIG_ADDRESS" "$KAFKA_SECURE_POD_PORT"
+  for user in "${KAFKA_USERS[@]}"; do
+    var=${user#mp-}
+    printf 'KAFKA_PASSWORD_%s=%s\n' "${var^^}" "$(mp_secret "kafka-$user")"
+  done
 }
 
 kafka_install() {
   local build hash
   mp_require_cmd java openjdk-17-jre-headless
   mp_require_cmd mvn maven
+  mp_require_cmd javac openjdk-17-jdk-headless
   build=$(_kafka_build)
-  hash=$(mp_inputs_hash "$MP_DEVSTACK_DIR/kafka/pom.xml")
+  hash=$(mp_inputs_hash "$MP_DEVSTACK_DIR/kafka/pom.xml" "$MP_DEVSTACK_DIR/kafka/Provision.java")
   mp_stamp_ok "$build" "$hash" && return 0
   mp_log "kafka: fetching Kafka $KAFKA_VERSION jars with Maven into $build"
   rm -rf "$build"
@@ -39,23 +52,42 @@ kafka_install() {
   cp "$MP_DEVSTACK_DIR/kafka/pom.xml" "$build/pom.xml"
   mp_run_logged "$build/install.log" mvn -B -f "$build/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$build/libs" || return 1
+  mkdir -p "$build/provision"
+  mp_run_logged "$build/install.log" javac -d "$build/provision" -cp "$build/libs/*" \
+    "$MP_DEVSTACK_DIR/kafka/Provision.java" || return 1
   mp_stamp_write "$build" "$hash"
 }
 
 kafka_running() { mp_pid_running "$(_kafka_pidfile)" "$(_kafka_marker)"; }
 
 kafka_start() {
-  local run data cluster_id build
-  kafka_running && return 0
+  local run data cluster_id build pki
+  if kafka_running; then
+    # A broker started before the secured listeners existed: restart it with them.
+    mp_tcp_open 127.0.0.1 "$KAFKA_SECURE_PORT" && return 0
+    mp_log "kafka: restarting to open the secured listeners"
+    kafka_stop || return 1
+  fi
   mp_require_port_free 127.0.0.1 "$KAFKA_PORT" kafka
+  mp_require_port_free 127.0.0.1 "$KAFKA_SECURE_PORT" kafka
+  mp_require_port_free "$MP_RIG_ADDRESS" "$KAFKA_SECURE_POD_PORT" kafka
   mp_require_port_free 127.0.0.1 "$KAFKA_CONTROLLER_PORT" kafka
   mp_require_port_free "$MP_RIG_ADDRESS" "$KAFKA_POD_PORT" kafka
   build=$(_kafka_build)
   run=$(_kafka_run)
   data=$run/data
+  pki=$(mp_rig_cert kafka) || return 1
+  # Kafka's PEM keystore: the private key and the certificate in one file.
+  mkdir -p "$run"
+  (
+    umask 077
+    cat "$pki/kafka.key" "$pki/kafka.crt" >"$run/keystore.pem"
+  )
   mp_render "$MP_DEVSTACK_DIR/kafka/server.properties.in" "$run/server.properties" \
     "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "DATA_DIR=$data" \
-    "POD_ADDRESS=$MP_RIG_ADDRESS" "POD_PORT=$KAFKA_POD_PORT"
+    "POD_ADDRESS=$MP_RIG_ADDRESS" "POD_PORT=$KAFKA_POD_PORT" \
+    "SECURE_PORT=$KAFKA_SECURE_PORT" "SECURE_POD_PORT=$KAFKA_SECURE_POD_PORT" \
+    "KEYSTORE=$run/keystore.pem"
   cp "$MP_DEVSTACK_DIR/kafka/log4j2.properties" "$run/log4j2.properties"
   if [[ ! -f $data/meta.properties ]]; then
     # A cluster id is 16 random bytes in URL-safe base64 without padding (as `random-uuid`).
@@ -84,7 +116,31 @@ kafka_health() {
     head -c 10 <&3 | od -An -tx1' "$KAFKA_PORT" 2>/dev/null) || return 1
   # size(4) correlation id(4) error code(2)
   read -ra bytes <<<"$reply"
-  [[ ${#bytes[@]} -eq 10 && ${bytes[*]:4:6} == "00 00 00 2a 00 00" ]]
+  [[ ${#bytes[@]} -eq 10 && ${bytes[*]:4:6} == "00 00 00 2a 00 00" ]] || return 1
+  mp_tcp_open 127.0.0.1 "$KAFKA_SECURE_PORT"
+}
+
+# After health: the secured listener's users and ACLs (devstack/kafka/acls), made through the
+# Admin API once per data dir and inputs (users and ACLs live in the cluster's metadata).
+kafka_ready() {
+  local run build users stamp hash user
+  run=$(_kafka_run)
+  build=$(_kafka_build)
+  users=$run/users
+  (
+    umask 077
+    for user in "${KAFKA_USERS[@]}"; do
+      printf '%s=%s\n' "$user" "$(mp_secret "kafka-$user")"
+    done >"$users"
+  )
+  stamp=$run/data/.provisioned
+  hash=$(mp_inputs_hash "$users" "$MP_DEVSTACK_DIR/kafka/acls" "$MP_DEVSTACK_DIR/kafka/Provision.java")
+  [[ -f $stamp && $(<"$stamp") == "$hash" ]] && return 0
+  mp_log "kafka: provisioning the secured listener's users and ACLs"
+  mp_run_logged "$run/provision.log" java -Dlog4j2.configurationFile="$run/log4j2.properties" \
+    -cp "$build/libs/*:$build/provision" Provision "127.0.0.1:$KAFKA_PORT" "$users" \
+    "$MP_DEVSTACK_DIR/kafka/acls" || return 1
+  printf '%s\n' "$hash" >"$stamp"
 }
 
 kafka_stop() { mp_daemon_stop "$(_kafka_pidfile)" "$(_kafka_marker)" TERM 60; }

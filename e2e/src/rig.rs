@@ -128,6 +128,25 @@ impl Rig {
         servers
     }
 
+    /// The rig's CA (PEM), which every secured listener's certificate chains to.
+    pub fn ca_cert(&self) -> &str {
+        self.var("RIG_CA_CERT")
+    }
+
+    /// Kafka's SASL_SSL listener on loopback (SCRAM-SHA-512, ACLs of devstack/kafka/acls), after
+    /// checking it accepts connections.
+    pub fn kafka_secure(&self) -> &str {
+        let servers = self.var("KAFKA_SECURE_BOOTSTRAP_SERVERS");
+        ensure_reachable("Kafka's secured listener", servers);
+        servers
+    }
+
+    /// The password of one of the secured listener's principals (`api`, `indexer`, `replay`,
+    /// `operator`, `audit`; the user is `mp-<principal>`).
+    pub fn kafka_password(&self, principal: &str) -> &str {
+        self.var(&format!("KAFKA_PASSWORD_{}", principal.to_uppercase()))
+    }
+
     /// The addresses of the rig's services as pods on its node reach them (the rig's bridge
     /// address), for the endpoints of a MessagePipeline whose workers run as pods.
     pub fn pod_endpoints(&self) -> PodEndpoints<'_> {
