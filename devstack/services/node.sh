@@ -336,9 +336,29 @@ _node_containerd() {
   return 1
 }
 
+# The pause image in containerd, imported again whenever the build made a new one (same name,
+# new program) or it is gone (the kubelet removes unused images under disk pressure).
+_node_pause_image() {
+  local run build pause_sum
+  run=$(_node_run)
+  build=$(_node_build)
+  pause_sum=$(sha256sum <"$build/images/pause.tar")
+  if [[ $(cat "$run/pause.imported" 2>/dev/null) != "$pause_sum" ]] ||
+    ! _node_ctr images check "name==$NODE_IMAGE_PAUSE" 2>/dev/null | grep -q complete; then
+    _node_ctr images import "$build/images/pause.tar" >/dev/null || return 1
+    printf '%s\n' "$pause_sum" >"$run/pause.imported"
+  fi
+}
+
 node_start() {
   local run build
-  node_running && return 0
+  if node_running; then
+    # Running but not healthy: after disk pressure the pause image may be gone and the probe
+    # pod ended; both come back.
+    _node_pause_image || return 1
+    _node_probe_reset
+    return 0
+  fi
   kube_running || mp_die "node: the control plane is not running (devstack/up kube node)"
   # up starts services concurrently: the node registers once the apiserver answers.
   mp_wait_for_health kube "$KUBE_START_TIMEOUT" || return 1
@@ -349,14 +369,7 @@ node_start() {
   _node_host_network || return 1
 
   _node_containerd || return 1
-  # Imported again whenever the build made a new one (same name, new program).
-  local pause_sum
-  pause_sum=$(sha256sum <"$build/images/pause.tar")
-  if [[ $(cat "$run/pause.imported" 2>/dev/null) != "$pause_sum" ]] ||
-    ! _node_ctr images check "name==$NODE_IMAGE_PAUSE" 2>/dev/null | grep -q complete; then
-    _node_ctr images import "$build/images/pause.tar" >/dev/null || return 1
-    printf '%s\n' "$pause_sum" >"$run/pause.imported"
-  fi
+  _node_pause_image || return 1
 
   if ! _node_proc_running kubelet; then
     mp_daemon_start "$(_node_pidfile kubelet)" "$(_node_logfile kubelet)" \
@@ -382,6 +395,15 @@ node_start() {
     }
     mp_daemon_start "$(_node_pidfile dns)" "$(_node_logfile dns)" \
       "$(_node_bin coredns)" -conf "$run/Corefile" || return 1
+  fi
+}
+
+# The probe pod deleted when it has ended (it is made again by the next health check).
+_node_probe_reset() {
+  local phase
+  phase=$(_node_kubectl get pod -n default devstack-probe -o jsonpath='{.status.phase}' 2>/dev/null) || return 0
+  if [[ $phase == Succeeded || $phase == Failed ]]; then
+    _node_kubectl delete pod -n default devstack-probe --wait=false >/dev/null 2>&1 || true
   fi
 }
 
