@@ -92,7 +92,7 @@ MP_RIG_SERVICE_CIDR=10.96.0.0/12
 export MP_RIG_BRIDGE MP_RIG_ADDRESS MP_RIG_SERVICE_CIDR
 
 # Start order; `down` stops in reverse order.
-SERVICES=(kafka ferretdb opensearch kube node)
+SERVICES=(kafka ferretdb opensearch opensearch_secure kube node)
 # Client tools (see "Tools" above).
 TOOLS=(helm schemathesis)
 
@@ -313,7 +313,7 @@ mp_rig_cert() {
     grep -q "IP Address:$MP_RIG_ADDRESS\(,\|$\)"; then
     (
       umask 077
-      printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+      printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' \
         "$MP_RIG_ADDRESS" >"$pki/$name.ext"
       openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/$name.key" 2>/dev/null &&
         openssl req -new -key "$pki/$name.key" -subj "/CN=devstack-$name" -out "$pki/$name.csr" &&
@@ -341,6 +341,17 @@ mp_secret() {
     )
   fi
   cat -- "$file"
+}
+
+# mp_passwords_env VAR SECRET USER...: a line VAR_PASSWORD_<USER without mp-, upper case>=... per
+# user, from the secret SECRET-<user>.
+mp_passwords_env() {
+  local var=$1 secret=$2 user name
+  shift 2
+  for user in "$@"; do
+    name=${user#mp-}
+    printf '%s_PASSWORD_%s=%s\n' "$var" "${name^^}" "$(mp_secret "$secret-$user")"
+  done
 }
 
 # Write rig.env from the services whose processes are running (after `up` that is every service

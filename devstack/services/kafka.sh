@@ -26,15 +26,11 @@ _kafka_marker() { printf '%s/server.properties\n' "$(_kafka_run)"; }
 kafka_address() { printf '127.0.0.1:%s\n' "$KAFKA_PORT"; }
 kafka_log() { printf '%s/kafka.log\n' "$(_kafka_run)"; }
 kafka_env() {
-  local user var
   printf 'KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%s\nKAFKA_POD_BOOTSTRAP_SERVERS=%s:%s\n' "$KAFKA_PORT" \
     "$MP_RIG_ADDRESS" "$KAFKA_POD_PORT"
   printf 'KAFKA_SECURE_BOOTSTRAP_SERVERS=127.0.0.1:%s\nKAFKA_SECURE_POD_BOOTSTRAP_SERVERS=%s:%s\n' \
     "$KAFKA_SECURE_PORT" "$MP_RIG_ADDRESS" "$KAFKA_SECURE_POD_PORT"
-  for user in "${KAFKA_USERS[@]}"; do
-    var=${user#mp-}
-    printf 'KAFKA_PASSWORD_%s=%s\n' "${var^^}" "$(mp_secret "kafka-$user")"
-  done
+  mp_passwords_env KAFKA kafka "${KAFKA_USERS[@]}"
 }
 
 kafka_install() {

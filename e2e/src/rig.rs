@@ -141,6 +141,23 @@ impl Rig {
         servers
     }
 
+    /// The secured search engine (HTTPS, the rig's CA, basic authentication), after checking it
+    /// accepts connections.
+    pub fn search_secure_url(&self) -> &str {
+        let url = self.var("ELASTICSEARCH_SECURE_URL");
+        ensure_reachable(
+            "the secured search engine",
+            url.trim_start_matches("https://").trim_end_matches('/'),
+        );
+        url
+    }
+
+    /// The password of one of the secured search engine's users (`admin`, `api`, `indexer`,
+    /// `operator`, `audit`; the user is `mp-<principal>`).
+    pub fn search_password(&self, principal: &str) -> &str {
+        self.var(&format!("SEARCH_PASSWORD_{}", principal.to_uppercase()))
+    }
+
     /// The password of one of the secured listener's principals (`api`, `indexer`, `replay`,
     /// `operator`, `audit`; the user is `mp-<principal>`).
     pub fn kafka_password(&self, principal: &str) -> &str {
