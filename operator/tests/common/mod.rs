@@ -188,6 +188,26 @@ impl Env {
         .await
     }
 
+    /// Creates the Secret `name` in this namespace with `data`.
+    pub async fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
     /// Reconciles started so far.
     pub fn reconciles(&self) -> u64 {
         self.metrics.reconciles.get()
