@@ -104,6 +104,17 @@ pub enum InstallError {
     AliasTakenByIndex { alias: String },
 }
 
+impl InstallError {
+    /// The refusal this failure is: credentials (401), a role (403), an untrusted certificate.
+    pub fn cause(&self) -> Option<crate::access::Cause> {
+        match self {
+            Self::Request { source, .. } => crate::access::search_error_cause(source),
+            Self::Status { status, .. } => crate::access::search_status_cause(status.as_u16()),
+            _ => None,
+        }
+    }
+}
+
 struct Engine<'a> {
     client: &'a reqwest::Client,
     endpoint: &'a SearchEndpoint,
@@ -300,7 +311,7 @@ async fn alias_indices(
     engine: &Engine<'_>,
     layout: &IndexLayout,
 ) -> Result<Option<Vec<String>>, InstallError> {
-    let path = format!("_alias/{}", layout.alias());
+    let path = layout.alias_lookup_path();
     match engine.send("read alias", Method::GET, &path, None).await? {
         (StatusCode::NOT_FOUND, _) => Ok(None),
         (status, body) if status.is_success() => {

@@ -6,11 +6,19 @@
 //! ([`crate::worker::env`]); a producer that must neither lose nor repeat a record is idempotent
 //! and waits for every in-sync replica; a record carries its key, payload and headers as given.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use clap::Args;
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 
+use crate::access::{Refusal, Refused, Service, kafka_cause};
 use crate::worker::env;
 
 /// Where Kafka is and how to authenticate: the part of a worker's configuration every one of
@@ -117,6 +125,88 @@ pub fn record<'a>(
     record
 }
 
+/// How long a refusal counts after librdkafka last reported it. It reports a refused
+/// connection at every reconnect (at most `reconnect.backoff.max.ms`, 10 s, apart), so a
+/// refusal older than this one was fixed (an ACL added) or the client stopped trying.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
+
+/// The refusals a client's connections met, shared between the client's context (which
+/// librdkafka calls with every error) and whoever reports them (`/ready`, the Lease, a
+/// condition). Each refusal is logged once when it starts, with the endpoint and the cause;
+/// other errors are logged as librdkafka's default context does.
+#[derive(Debug, Clone)]
+pub struct Refusals {
+    endpoint: Arc<str>,
+    last: Arc<Mutex<Option<(Instant, Refused)>>>,
+}
+
+impl Refusals {
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            last: Arc::default(),
+        }
+    }
+
+    /// The servers the client connects to, as refusals name them.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Records `code` when it is a refusal; whether it was.
+    pub fn observe(&self, code: RDKafkaErrorCode, message: &str) -> bool {
+        let Some(cause) = kafka_cause(code, message) else {
+            return false;
+        };
+        let refused = Refused {
+            refusal: Refusal::new(Service::Kafka, cause),
+            endpoint: self.endpoint.to_string(),
+            detail: message.to_owned(),
+        };
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = last
+            .as_ref()
+            .is_none_or(|(at, r)| r.refusal != refused.refusal || at.elapsed() > REFUSAL_MEMORY);
+        if new {
+            tracing::error!(refusal = %refused.refusal.reason(), "{refused}");
+        }
+        *last = Some((Instant::now(), refused));
+        true
+    }
+
+    /// Records `error` when it is a refusal; whether it was.
+    pub fn observe_error(&self, error: &KafkaError) -> bool {
+        error
+            .rdkafka_error_code()
+            .is_some_and(|code| self.observe(code, &error.to_string()))
+    }
+
+    /// The refusal reported within [`REFUSAL_MEMORY`], if any.
+    pub fn current(&self) -> Option<Refused> {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() <= REFUSAL_MEMORY)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+impl ClientContext for Refusals {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+        if !self.observe(code, reason) {
+            tracing::warn!(endpoint = %self.endpoint, %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Refusals {}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::message::Headers;
@@ -143,6 +233,31 @@ mod tests {
         let producer = idempotent(config);
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn a_refusal_is_kept_with_its_endpoint_and_other_errors_are_not() {
+        let refusals = Refusals::new("kafka:9093");
+        assert!(!refusals.observe(RDKafkaErrorCode::AllBrokersDown, "down"));
+        assert_eq!(refusals.current(), None);
+        assert!(refusals.observe(
+            RDKafkaErrorCode::Authentication,
+            "SASL authentication error"
+        ));
+        let refused = refusals.current().unwrap();
+        assert_eq!(refused.refusal.reason(), "KafkaAuthenticationFailed");
+        assert_eq!(refused.endpoint, "kafka:9093");
+        assert!(refused.to_string().contains("SASL authentication error"));
+        // A later refusal replaces it; the clone shares the record.
+        assert!(
+            refusals
+                .clone()
+                .observe(RDKafkaErrorCode::TopicAuthorizationFailed, "topic")
+        );
+        assert_eq!(
+            refusals.current().unwrap().refusal.reason(),
+            "KafkaAuthorizationFailed"
+        );
     }
 
     #[test]

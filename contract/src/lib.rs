@@ -8,6 +8,8 @@
 //! how they reach the search engine, and (feature `process`) how each binary logs and stops. Without
 //! features it links no Kafka, MongoDB or Kubernetes client.
 
+/// Why a service refused a client (credentials, CA, permissions), as reasons and log lines.
+pub mod access;
 /// DLQ record headers and the error classes that explain why a record was dead-lettered.
 pub mod dlq;
 /// The change events on the topic: envelope, payloads, decoding with typed errors.

@@ -182,6 +182,14 @@ impl IndexLayout {
         &self.alias
     }
 
+    /// The path that reads which indices the alias points at (404 when there is no such
+    /// alias). Named on both sides, so the request is about the alias only: `_alias/<alias>`
+    /// would be about every index, which a principal allowed on the pipeline's indices alone
+    /// (OpenSearch's security plugin, Elasticsearch's index privileges) is refused with a 403.
+    pub fn alias_lookup_path(&self) -> String {
+        format!("{0}/_alias/{0}", self.alias)
+    }
+
     pub fn template_name(&self) -> String {
         format!("{}-template", self.alias)
     }

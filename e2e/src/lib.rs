@@ -12,6 +12,8 @@ pub mod forward;
 pub mod kafka;
 /// A process's peak resident memory (`VmHWM`), for the benchmarks.
 pub mod memory;
+/// A CA the rig does not trust, for certificate-verification failures.
+pub mod pki;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.

@@ -5,13 +5,12 @@
 //! it nor write the DLQ; the indexer's reads the events with its group and writes the DLQ but not
 //! the events; a wrong password and an untrusted CA fail with their own error, not a timeout.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use e2e::{rig::rig, unique};
-use pipeline_contract::kafka_client::{self, Connection};
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use pipeline_contract::access::Refused;
+use pipeline_contract::kafka_client::{self, Connection, Refusals};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -149,53 +148,47 @@ async fn the_indexer_principal_reads_the_events_with_its_group_and_writes_only_t
     );
 }
 
-/// The errors librdkafka reports about its connections (where it says why a broker is
-/// unusable: a metadata request only sees "transport failure").
-#[derive(Default)]
-struct Errors(Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>);
-
-impl ConsumerContext for Errors {}
-
-impl ClientContext for Errors {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((error.rdkafka_error_code(), reason.to_owned()));
-    }
-}
-
-/// The first connection error librdkafka reports through `c`, with its reason.
-fn connection_error(c: &Connection) -> (Option<RDKafkaErrorCode>, String) {
-    let client: BaseConsumer<Errors> = c
+/// The refusal the connections through `c` meet, as the workers' client context records it
+/// (librdkafka says why a broker is unusable only in its error events: a metadata request
+/// sees a mere transport failure).
+fn refusal(c: &Connection) -> Refused {
+    let refusals = Refusals::new(&c.bootstrap_servers);
+    let client: BaseConsumer<Refusals> = c
         .client_config()
-        .create_with_context(Errors::default())
+        .create_with_context(refusals.clone())
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Errors reach the context while the client is polled.
         let _ = client.poll(Duration::from_millis(500));
-        if let Some(first) = client.context().0.lock().unwrap().first() {
-            return first.clone();
+        if let Some(refused) = refusals.current() {
+            return refused;
         }
-        assert!(Instant::now() < deadline, "no connection error within 30 s");
+        assert!(Instant::now() < deadline, "no refusal within 30 s");
     }
 }
 
 #[test]
 fn a_wrong_password_is_an_authentication_failure() {
-    let (code, reason) = connection_error(&connection(
+    let refused = refusal(&connection(
         "api",
         "not-the-password",
         Some(rig().ca_cert()),
     ));
-    assert_eq!(code, Some(RDKafkaErrorCode::Authentication), "{reason}");
-    assert!(reason.contains("SASL authentication error"), "{reason}");
+    assert_eq!(refused.refusal.reason(), "KafkaAuthenticationFailed");
+    assert_eq!(refused.endpoint, rig().kafka_secure());
+    assert!(
+        refused.detail.contains("SASL authentication error"),
+        "{refused}"
+    );
 }
 
 #[test]
 fn a_certificate_from_an_untrusted_ca_fails_the_handshake() {
-    let (code, reason) = connection_error(&connection("api", rig().kafka_password("api"), None));
-    assert_eq!(code, Some(RDKafkaErrorCode::SSL), "{reason}");
-    assert!(reason.contains("certificate verify failed"), "{reason}");
+    let refused = refusal(&connection("api", rig().kafka_password("api"), None));
+    assert_eq!(refused.refusal.reason(), "KafkaTLSUntrusted");
+    assert!(
+        refused.detail.contains("certificate verify failed"),
+        "{refused}"
+    );
 }

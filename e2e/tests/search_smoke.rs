@@ -2,7 +2,7 @@
 //! on: external versions that refuse older writes, `flat_object` metadata queries, term filters.
 
 use e2e::{rig::rig, unique};
-use pipeline_contract::install::{Change, SearchEndpoint, install};
+use pipeline_contract::install::{Change, InstallError, SearchEndpoint, install};
 use pipeline_contract::search::{Distribution, IndexLayout, IndexSettings, SearchDocument, field};
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use serde_json::{Map, Value, json};
@@ -192,6 +192,36 @@ async fn installer_is_idempotent_and_picks_flat_object() {
             .changed()
     );
     index.remove().await;
+}
+
+#[tokio::test]
+async fn an_alias_name_taken_by_a_concrete_index_is_refused_not_adopted() {
+    let base = rig().search_url().to_owned();
+    let name = unique("smoke-taken");
+    let http = reqwest::Client::new();
+    let created = http
+        .put(format!("{base}/{name}"))
+        .json(&json!({"settings": {"number_of_replicas": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{:?}", created.text().await);
+    let layout = IndexLayout::new(name.clone()).unwrap();
+    let settings = IndexSettings {
+        replicas: 0,
+        ..IndexSettings::default()
+    };
+    let error = install(&http, &SearchEndpoint::new(&base), &layout, &settings)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, InstallError::AliasTakenByIndex { alias } if *alias == name),
+        "{error}"
+    );
+    for path in [name.clone(), layout.template_name()] {
+        let prefix = if path == name { "" } else { "_index_template/" };
+        let _ = http.delete(format!("{base}/{prefix}{path}")).send().await;
+    }
 }
 
 #[tokio::test]

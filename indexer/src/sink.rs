@@ -101,7 +101,7 @@ impl SearchSink {
         let alias = self.layout.alias().to_owned();
         let url = self.endpoint.base_url().to_owned();
         let response = self
-            .request(reqwest::Method::GET, &format!("_alias/{alias}"))
+            .request(reqwest::Method::GET, &self.layout.alias_lookup_path())
             .send()
             .await
             .map_err(|e| AliasCheckError::Unreachable {

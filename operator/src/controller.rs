@@ -29,6 +29,7 @@ use messagepipeline_crd::{
     DeletionPolicy, FIELD_MANAGER, FINALIZER, MessagePipeline, MessagePipelineStatus,
     PAUSED_ANNOTATION, condition,
 };
+use pipeline_contract::access::{self, Refusal, Refused};
 use pipeline_contract::install::{InstallError, SearchEndpoint, install};
 use pipeline_contract::retry;
 use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
@@ -40,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::build::{Children, PerRole, children};
 use crate::kafka::{self, Credentials};
 use crate::metrics::Metrics;
-use crate::status::{self, Observed};
+use crate::status::{self, Failure, Observed};
 use crate::validate;
 
 /// Reconciles running at once.
@@ -466,12 +467,13 @@ async fn refuse(
     Ok(Some(action))
 }
 
-/// The topics as the spec says, each change an Event; `Err` is the condition's message.
+/// The topics as the spec says, each change an Event; `Err` is the condition's
+/// reason and message (the refusal, when Kafka refused the operator).
 async fn reconcile_topics(
     ctx: &Context,
     mp: &MessagePipeline,
     config: &rdkafka::ClientConfig,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Failure> {
     match kafka::ensure_topics(config, &kafka::wanted(&mp.spec)).await {
         Ok(report) => {
             for (what, list) in [
@@ -493,23 +495,26 @@ async fn reconcile_topics(
             Ok(report.notes)
         }
         Err(error) => {
-            let message = error.to_string();
+            let failure = match error.refusal() {
+                Some(refused) => Failure::refused(refused),
+                None => Failure::new("KafkaError", error.to_string()),
+            };
             ctx.event(
                 mp,
                 EventType::Warning,
-                "KafkaError",
-                message.clone(),
+                &failure.reason,
+                failure.message.clone(),
                 "ReconcileTopics",
             )
             .await;
-            Err(message)
+            Err(failure)
         }
     }
 }
 
 /// The index template, first index and alias in place, a change an Event; `Err` is the
-/// condition's message.
-async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), String> {
+/// condition's reason and message (the refusal, when the engine refused the operator).
+async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), Failure> {
     match install_index(ctx, mp).await {
         Ok(changed) => {
             if changed {
@@ -526,16 +531,23 @@ async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), Stri
             Ok(())
         }
         Err(error) => {
-            let message = error.to_string();
+            let failure = match &error {
+                Error::Install(e) if let Some(cause) = e.cause() => Failure::refused(&Refused {
+                    refusal: Refusal::new(access::Service::Search, cause),
+                    endpoint: mp.spec.elasticsearch.url.clone(),
+                    detail: e.to_string(),
+                }),
+                _ => Failure::new("SearchEngineError", error.to_string()),
+            };
             ctx.event(
                 mp,
                 EventType::Warning,
-                "SearchEngineError",
-                message.clone(),
+                &failure.reason,
+                failure.message.clone(),
                 "ReconcileIndex",
             )
             .await;
-            Err(message)
+            Err(failure)
         }
     }
 }

@@ -12,13 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use messagepipeline_crd::{KafkaSpec, MessagePipelineSpec};
+use pipeline_contract::access::{Refusal, Refused, Service, kafka_cause};
+use pipeline_contract::kafka_client::Refusals;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,21 +107,55 @@ pub struct TopicReport {
 pub enum KafkaError {
     #[error("Kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
-    #[error("{step} `{topic}`: {error}")]
+    #[error("{step} `{topic}`: {code}")]
     Topic {
         step: &'static str,
         topic: String,
-        error: String,
+        code: RDKafkaErrorCode,
     },
+    /// Kafka refused the operator's credentials, CA or principal.
+    #[error("{0}")]
+    Refused(Refused),
 }
 
-fn admin(config: &ClientConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    Ok(config.create()?)
+impl KafkaError {
+    /// The refusal this error is, by its own code.
+    fn own_refusal(&self, endpoint: &str) -> Option<Refused> {
+        let cause = match self {
+            Self::Client(e) => e
+                .rdkafka_error_code()
+                .and_then(|code| kafka_cause(code, &e.to_string())),
+            Self::Topic { code, .. } => kafka_cause(*code, ""),
+            Self::Refused(r) => return Some(r.clone()),
+        }?;
+        Some(Refused {
+            refusal: Refusal::new(Service::Kafka, cause),
+            endpoint: endpoint.to_owned(),
+            detail: self.to_string(),
+        })
+    }
+
+    /// The refusal, when this is one.
+    pub fn refusal(&self) -> Option<&Refused> {
+        match self {
+            Self::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A client context that keeps what refused the connections to `config`'s servers.
+fn refusals(config: &ClientConfig) -> Refusals {
+    Refusals::new(config.get("bootstrap.servers").unwrap_or_default())
+}
+
+fn admin(config: &ClientConfig) -> Result<AdminClient<Refusals>, KafkaError> {
+    Ok(config.create_with_context(refusals(config))?)
 }
 
 /// Partition counts of existing topics among `names`.
 fn partition_counts(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<Refusals>,
     names: &[&str],
 ) -> Result<HashMap<String, i32>, KafkaError> {
     let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
@@ -136,10 +172,47 @@ pub async fn ensure_topics(
     config: &ClientConfig,
     topics: &[WantedTopic],
 ) -> Result<TopicReport, KafkaError> {
-    let admin = admin(config)?;
+    let result = match admin(config) {
+        Ok(admin) => reconcile_topics(&admin, topics).await,
+        Err(e) => Err(e),
+    };
+    let Err(error) = result else { return result };
+    let endpoint = config.get("bootstrap.servers").unwrap_or_default();
+    if let Some(refused) = error.own_refusal(endpoint) {
+        return Err(KafkaError::Refused(refused));
+    }
+    let config = config.clone();
+    match tokio::task::spawn_blocking(move || refusal_of(&config)).await {
+        Ok(Some(refused)) => Err(KafkaError::Refused(refused)),
+        _ => Err(error),
+    }
+}
+
+/// What refuses the connections to `config`'s servers, if anything, within a few seconds. A
+/// refused login or certificate fails an admin request as a mere transport failure; librdkafka
+/// says why only in the error events of a client that is polled, which the admin client's
+/// main queue is not.
+fn refusal_of(config: &ClientConfig) -> Option<Refused> {
+    let refusals = refusals(config);
+    let probe: BaseConsumer<Refusals> = config.create_with_context(refusals.clone()).ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        // Polling makes it connect and serves the error events.
+        let _ = probe.poll(Duration::from_millis(200));
+        if let Some(refused) = refusals.current() {
+            return Some(refused);
+        }
+    }
+    None
+}
+
+async fn reconcile_topics(
+    admin: &AdminClient<Refusals>,
+    topics: &[WantedTopic],
+) -> Result<TopicReport, KafkaError> {
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
     let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-    let existing = partition_counts(&admin, &names)?;
+    let existing = partition_counts(admin, &names)?;
     let mut report = TopicReport::default();
     for t in topics {
         match existing.get(&t.name) {
@@ -154,7 +227,7 @@ pub async fn ensure_topics(
                         // Created concurrently (another reconcile): the next pass checks it.
                         Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
                         Err((_, code)) => {
-                            return Err(KafkaError::Topic { step: "creating topic", topic: t.name.clone(), error: code.to_string() });
+                            return Err(KafkaError::Topic { step: "creating topic", topic: t.name.clone(), code });
                         }
                     }
                 }
@@ -163,7 +236,7 @@ pub async fn ensure_topics(
             Some(&have) if have < t.partitions => {
                 let grow = NewPartitions::new(&t.name, t.partitions as usize);
                 for result in admin.create_partitions([&grow], &options).await? {
-                    result.map_err(|(_, code)| KafkaError::Topic { step: "adding partitions to", topic: t.name.clone(), error: code.to_string() })?;
+                    result.map_err(|(_, code)| KafkaError::Topic { step: "adding partitions to", topic: t.name.clone(), code })?;
                 }
                 report.partitions_added.push(format!("{}: {have} → {}", t.name, t.partitions));
             }
@@ -182,7 +255,7 @@ pub async fn ensure_topics(
             let resource = result.map_err(|code| KafkaError::Topic {
                 step: "describing",
                 topic: t.name.clone(),
-                error: code.to_string(),
+                code,
             })?;
             for entry in resource.entries {
                 if !entry.is_default
@@ -202,7 +275,7 @@ pub async fn ensure_topics(
                 result.map_err(|(_, code)| KafkaError::Topic {
                     step: "configuring",
                     topic: t.name.clone(),
-                    error: code.to_string(),
+                    code,
                 })?;
             }
             report.reverted.push(t.name.clone());
@@ -225,7 +298,7 @@ pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<()
                 return Err(KafkaError::Topic {
                     step: "deleting",
                     topic,
-                    error: code.to_string(),
+                    code,
                 });
             }
         }

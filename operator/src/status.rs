@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
+use pipeline_contract::access::Refused;
 use pipeline_contract::lease::expired;
 use pipeline_contract::worker::lease::RelayBacklog;
 use pipeline_contract::worker::{BreakerState, Role, lease};
@@ -63,13 +64,34 @@ pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
     })
 }
 
+/// Why a part is not in place: its condition's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A service refused: the refusal is the reason.
+    pub fn refused(refused: &Refused) -> Self {
+        Self::new(refused.refusal.reason(), refused.to_string())
+    }
+}
+
 /// What the external steps found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub generation: Option<i64>,
     /// `Ok(notes)` when the topics are as the spec says (notes: what needs a human), or why not.
-    pub topics: Result<Vec<String>, String>,
-    pub template: Result<(), String>,
+    pub topics: Result<Vec<String>, Failure>,
+    pub template: Result<(), Failure>,
     /// (available replicas, desired) per Deployment; `None` when not readable.
     pub api_available: Option<(i32, i32)>,
     pub indexer_available: Option<(i32, i32)>,
@@ -209,11 +231,11 @@ fn topics_ready(observed: &Observed) -> Condition {
             "TopicsReconciled",
             "the events topic and its DLQ exist with the spec's settings".into(),
         ),
-        Err(e) => cond(
+        Err(f) => cond(
             condition::TOPICS_READY,
             Some(false),
-            "KafkaError",
-            e.clone(),
+            &f.reason,
+            f.message.clone(),
         ),
     }
 }
@@ -226,11 +248,11 @@ fn template_ready(observed: &Observed) -> Condition {
             "TemplateInstalled",
             "index template, first index and write alias are in place".into(),
         ),
-        Err(e) => cond(
+        Err(f) => cond(
             condition::INDEX_TEMPLATE_READY,
             Some(false),
-            "SearchEngineError",
-            e.clone(),
+            &f.reason,
+            f.message.clone(),
         ),
     }
 }
@@ -450,7 +472,7 @@ mod tests {
             ),
             (
                 "kafka down",
-                Box::new(|o| o.topics = Err("brokers unreachable".into())),
+                Box::new(|o| o.topics = Err(Failure::new("KafkaError", "brokers unreachable"))),
                 "False",
                 "KafkaError",
                 "False",
@@ -458,9 +480,11 @@ mod tests {
             ),
             (
                 "template",
-                Box::new(|o| o.template = Err("401".into())),
+                Box::new(|o| {
+                    o.template = Err(Failure::new("SearchAuthenticationFailed", "401"));
+                }),
                 "False",
-                "SearchEngineError",
+                "SearchAuthenticationFailed",
                 "False",
                 Some("closed"),
             ),
@@ -598,7 +622,7 @@ mod tests {
         let again = status(&healthy(), &first.conditions, t2);
         assert_eq!(first, again, "nothing changed, nothing moves");
         let mut o = healthy();
-        o.template = Err("down".into());
+        o.template = Err(Failure::new("SearchEngineError", "down"));
         let changed = status(&o, &again.conditions, t2);
         assert_eq!(
             get(&changed, "IndexTemplateReady").last_transition_time,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{rig::rig, unique, wait};
+use e2e::{rig::rig, unique};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -169,7 +169,8 @@ impl Env {
             .unwrap()
     }
 
-    /// Waits until `check` holds for the pipeline; returns it.
+    /// Waits until `check` holds for the pipeline; returns it. On timeout the panic shows the
+    /// conditions last seen.
     pub async fn until(
         &self,
         name: &str,
@@ -177,15 +178,21 @@ impl Env {
         check: impl Fn(&MessagePipeline) -> bool,
     ) -> MessagePipeline {
         let api = self.api::<MessagePipeline>();
-        wait::until(what, Duration::from_secs(60), || {
-            let api = api.clone();
-            let check = &check;
-            async move {
-                let mp = api.get(name).await.ok()?;
-                check(&mp).then_some(mp)
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        loop {
+            if let Ok(mp) = api.get(name).await {
+                if check(&mp) {
+                    return mp;
+                }
+                last = mp.status.map(|s| s.conditions);
             }
-        })
-        .await
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after 60 s waiting for {what}; conditions last seen: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Creates the Secret `name` in this namespace with `data`.
