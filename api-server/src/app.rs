@@ -189,6 +189,7 @@ async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
                         && state.messages.accepts_writes(),
                     breaker: None,
                     relay_backlog: Some(RelayBacklog::of_age_millis(lag_ms)),
+                    refused: None,
                 }
             }
         },

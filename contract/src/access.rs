@@ -10,6 +10,8 @@
 //! `kafka-client`), [`search_status_cause`] and [`search_error_cause`] (feature `installer`).
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The services a worker or the operator connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +124,42 @@ impl fmt::Display for Refused {
     }
 }
 
+/// How long a refusal counts after it was last met. Clients meet a refusal again at every
+/// reconnect or request (librdkafka at most `reconnect.backoff.max.ms`, 10 s, apart; the
+/// indexer with every batch or probe), so one older than this was fixed (an ACL added) or is no
+/// longer tried.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
+
+/// The refusals a worker's clients meet, shared by the clients that meet them and whatever
+/// reports them (`/ready`, the worker's Lease): the last one, while it is recent.
+#[derive(Debug, Clone, Default)]
+pub struct RefusalLog {
+    last: Arc<Mutex<Option<(Instant, Refused)>>>,
+}
+
+impl RefusalLog {
+    /// Keeps `refused` as the last refusal; whether it starts one (another refusal than the
+    /// last, or the first after a quiet [`REFUSAL_MEMORY`]): the moment to log it.
+    pub fn record(&self, refused: Refused) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let starts = last.as_ref().is_none_or(|(at, r)| {
+            r.refusal != refused.refusal
+                || r.endpoint != refused.endpoint
+                || at.elapsed() > REFUSAL_MEMORY
+        });
+        *last = Some((Instant::now(), refused));
+        starts
+    }
+
+    /// The refusal met within [`REFUSAL_MEMORY`], if any.
+    pub fn current(&self) -> Option<Refused> {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() <= REFUSAL_MEMORY)
+            .map(|(_, r)| r.clone())
+    }
+}
+
 /// The cause of a librdkafka error, when it is a refusal: SASL authentication, a certificate that
 /// fails verification, an ACL. Other SSL errors (a plaintext port, a handshake cut) are not.
 #[cfg(feature = "kafka-client")]
@@ -208,6 +246,35 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "the search engine at https://search:9200 refused the connection: the credentials were refused: 401 Unauthorized"
+        );
+    }
+
+    #[test]
+    fn a_log_keeps_the_last_refusal_and_says_when_one_starts() {
+        let log = RefusalLog::default();
+        assert_eq!(log.current(), None);
+        let refused = |cause, endpoint: &str| Refused {
+            refusal: Refusal::new(Service::Kafka, cause),
+            endpoint: endpoint.into(),
+            detail: "d".into(),
+        };
+        assert!(log.record(refused(Cause::AuthenticationFailed, "k:1")));
+        assert!(
+            !log.clone()
+                .record(refused(Cause::AuthenticationFailed, "k:1")),
+            "the same again"
+        );
+        assert!(
+            log.record(refused(Cause::AuthenticationFailed, "k:2")),
+            "another endpoint"
+        );
+        assert!(
+            log.record(refused(Cause::AuthorizationFailed, "k:2")),
+            "another cause"
+        );
+        assert_eq!(
+            log.current(),
+            Some(refused(Cause::AuthorizationFailed, "k:2"))
         );
     }
 

@@ -6,8 +6,7 @@
 //! ([`crate::worker::env`]); a producer that must neither lose nor repeat a record is idempotent
 //! and waits for every in-sync replica; a record carries its key, payload and headers as given.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use clap::Args;
 use rdkafka::ClientContext;
@@ -18,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::access::{Refusal, Refused, Service, kafka_cause};
+use crate::access::{Refusal, RefusalLog, Refused, Service, kafka_cause};
 use crate::worker::env;
 
 /// Where Kafka is and how to authenticate: the part of a worker's configuration every one of
@@ -125,26 +124,27 @@ pub fn record<'a>(
     record
 }
 
-/// How long a refusal counts after librdkafka last reported it. It reports a refused
-/// connection at every reconnect (at most `reconnect.backoff.max.ms`, 10 s, apart), so a
-/// refusal older than this one was fixed (an ACL added) or the client stopped trying.
-pub const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
-
-/// The refusals a client's connections met, shared between the client's context (which
-/// librdkafka calls with every error) and whoever reports them (`/ready`, the Lease, a
-/// condition). Each refusal is logged once when it starts, with the endpoint and the cause;
-/// other errors are logged as librdkafka's default context does.
+/// A Kafka client's context that records the refusals its connections meet in a
+/// [`RefusalLog`] (librdkafka calls it with every error), logging each refusal once when it
+/// starts, with the endpoint and the cause; other errors are logged as librdkafka's default
+/// context does.
 #[derive(Debug, Clone)]
 pub struct Refusals {
     endpoint: Arc<str>,
-    last: Arc<Mutex<Option<(Instant, Refused)>>>,
+    log: RefusalLog,
 }
 
 impl Refusals {
+    /// Records into a log of its own.
     pub fn new(endpoint: &str) -> Self {
+        Self::into_log(endpoint, RefusalLog::default())
+    }
+
+    /// Records into `log`, which the worker's other clients share.
+    pub fn into_log(endpoint: &str, log: RefusalLog) -> Self {
         Self {
             endpoint: endpoint.into(),
-            last: Arc::default(),
+            log,
         }
     }
 
@@ -163,17 +163,11 @@ impl Refusals {
             endpoint: self.endpoint.to_string(),
             detail: message.to_owned(),
         };
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new = last
-            .as_ref()
-            .is_none_or(|(at, r)| r.refusal != refused.refusal || at.elapsed() > REFUSAL_MEMORY);
-        if new {
-            tracing::error!(refusal = %refused.refusal.reason(), "{refused}");
+        let reason = refused.refusal.reason();
+        let line = refused.to_string();
+        if self.log.record(refused) {
+            tracing::error!(refusal = %reason, "{line}");
         }
-        *last = Some((Instant::now(), refused));
         true
     }
 
@@ -184,15 +178,9 @@ impl Refusals {
             .is_some_and(|code| self.observe(code, &error.to_string()))
     }
 
-    /// The refusal reported within [`REFUSAL_MEMORY`], if any.
+    /// The refusal met within [`crate::access::REFUSAL_MEMORY`], if any.
     pub fn current(&self) -> Option<Refused> {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.as_ref()
-            .filter(|(at, _)| at.elapsed() <= REFUSAL_MEMORY)
-            .map(|(_, r)| r.clone())
+        self.log.current()
     }
 }
 

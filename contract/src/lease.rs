@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Refused;
 use crate::worker::lease::RelayBacklog;
 use crate::worker::{BreakerState, Role, env, lease, lease_name};
 
@@ -24,13 +25,15 @@ use crate::worker::{BreakerState, Role, env, lease, lease_name};
 pub const FIELD_MANAGER: &str = "message-pipeline-worker";
 
 /// What the Lease says about the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkerState {
     pub ready: bool,
     /// The indexer's circuit breaker; `None` for the api-server.
     pub breaker: Option<BreakerState>,
     /// The api-server's relay backlog; `None` for indexers.
     pub relay_backlog: Option<RelayBacklog>,
+    /// A refusal the worker's clients met recently (a credential, a CA, a permission).
+    pub refused: Option<Refused>,
 }
 
 /// Which Lease: from `MP_PIPELINE_NAME`, `MP_PIPELINE_NAMESPACE` and `POD_NAME`.
@@ -71,7 +74,7 @@ impl Identity {
 }
 
 /// The Lease object for `state` at `now`.
-pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease {
+pub fn lease_object(id: &Identity, state: &WorkerState, now: Timestamp) -> Lease {
     let mut annotations =
         BTreeMap::from([(lease::ANNOTATION_READY.to_owned(), state.ready.to_string())]);
     if let Some(b) = state.breaker {
@@ -82,6 +85,18 @@ pub fn lease_object(id: &Identity, state: WorkerState, now: Timestamp) -> Lease 
             lease::ANNOTATION_RELAY_BACKLOG.to_owned(),
             b.as_str().to_owned(),
         );
+    }
+    if let Some(r) = &state.refused {
+        annotations.insert(lease::ANNOTATION_REFUSAL.to_owned(), r.refusal.reason());
+        let mut message = r.to_string();
+        if message.len() > lease::REFUSAL_MESSAGE_MAX {
+            let mut end = lease::REFUSAL_MESSAGE_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        annotations.insert(lease::ANNOTATION_REFUSAL_MESSAGE.to_owned(), message);
     }
     let mut labels = BTreeMap::from([
         (lease::LABEL_PIPELINE.to_owned(), id.pipeline.clone()),
@@ -141,8 +156,8 @@ pub async fn hold(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = id.lease_name();
     loop {
-        let current = *state.borrow_and_update();
-        let lease = lease_object(&id, current, Timestamp::now());
+        let current = state.borrow_and_update().clone();
+        let lease = lease_object(&id, &current, Timestamp::now());
         if let Err(error) = api.patch(&name, &params, &Patch::Apply(&lease)).await {
             on_error(&error);
         }
@@ -188,7 +203,11 @@ where
                     () = tokio::time::sleep(every) => {}
                 }
                 let now = probe().await;
-                tx.send_if_modified(|s| std::mem::replace(s, now) != now);
+                tx.send_if_modified(|s| {
+                    let changed = *s != now;
+                    *s = now;
+                    changed
+                });
             }
         })
     };
@@ -202,6 +221,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::{Cause, Refusal, Service};
 
     #[test]
     fn a_lease_expires_after_its_duration_from_the_last_renewal() {
@@ -248,10 +268,11 @@ mod tests {
         let now = Timestamp::from_second(1_000).unwrap();
         let l = lease_object(
             &id,
-            WorkerState {
+            &WorkerState {
                 ready: true,
                 breaker: Some(BreakerState::Open),
                 relay_backlog: None,
+                refused: None,
             },
             now,
         );
@@ -272,6 +293,7 @@ mod tests {
         assert_eq!(annotations[lease::ANNOTATION_READY], "true");
         assert_eq!(annotations[lease::ANNOTATION_BREAKER], "open");
         assert!(!annotations.contains_key(lease::ANNOTATION_RELAY_BACKLOG));
+        assert!(!annotations.contains_key(lease::ANNOTATION_REFUSAL));
         let spec = l.spec.unwrap();
         assert_eq!(spec.renew_time, Some(MicroTime(now)));
         assert_eq!(spec.lease_duration_seconds, Some(30));
@@ -280,15 +302,30 @@ mod tests {
                 role: Role::Api,
                 ..id
             },
-            WorkerState {
+            &WorkerState {
                 ready: true,
                 breaker: None,
                 relay_backlog: Some(RelayBacklog::Over1m),
+                refused: Some(Refused {
+                    refusal: Refusal::new(Service::Kafka, Cause::AuthenticationFailed),
+                    endpoint: "kafka:9093".into(),
+                    detail: "é".repeat(lease::REFUSAL_MESSAGE_MAX),
+                }),
             },
             now,
         );
         let annotations = api.metadata.annotations.unwrap();
         assert!(!annotations.contains_key(lease::ANNOTATION_BREAKER));
         assert_eq!(annotations[lease::ANNOTATION_RELAY_BACKLOG], "over-1m");
+        assert_eq!(
+            annotations[lease::ANNOTATION_REFUSAL],
+            "KafkaAuthenticationFailed"
+        );
+        let message = &annotations[lease::ANNOTATION_REFUSAL_MESSAGE];
+        assert!(
+            message.starts_with("Kafka at kafka:9093 refused") && message.len() <= 1024,
+            "{} bytes: {message}",
+            message.len()
+        );
     }
 }

@@ -136,6 +136,13 @@ pub mod lease {
     /// Annotation (api-server): the age of the oldest change MongoDB acknowledged that is not on
     /// Kafka yet, as a [`RelayBacklog`] bucket; changed only when the bucket does.
     pub const ANNOTATION_RELAY_BACKLOG: &str = "messagepipeline.io/relay-backlog";
+    /// Annotation: the reason of a refusal the worker's clients met recently
+    /// ([`crate::access::Refusal::reason`], `KafkaAuthenticationFailed`, ...); absent when none.
+    pub const ANNOTATION_REFUSAL: &str = "messagepipeline.io/refusal";
+    /// Annotation: that refusal as a log line (endpoint, cause, the client library's words),
+    /// at most [`REFUSAL_MESSAGE_MAX`] bytes.
+    pub const ANNOTATION_REFUSAL_MESSAGE: &str = "messagepipeline.io/refusal-message";
+    pub const REFUSAL_MESSAGE_MAX: usize = 1024;
 
     /// How old the oldest change an api-server still owes Kafka is, in coarse buckets so the
     /// annotation (and the operator's reconcile) changes rarely. Ordered: worse is greater.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pipeline_contract::kafka_client::Refusals;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -42,7 +43,11 @@ pub fn consumer(
         .set("fetch.max.bytes", "8388608")
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000");
-    config.create_with_context(Context::new(metrics, args.kafka.topic.clone()))
+    let refusals = Refusals::into_log(
+        &args.kafka.connection.bootstrap_servers,
+        metrics.refusals.clone(),
+    );
+    config.create_with_context(Context::new(metrics, args.kafka.topic.clone()).recording(refusals))
 }
 
 /// Rebalance notices and statistics from librdkafka's threads, read by the loop; the durable
@@ -52,6 +57,7 @@ pub struct Context {
     durable: Mutex<BTreeMap<i32, i64>>,
     metrics: Arc<Metrics>,
     topic: String,
+    refusals: Option<Refusals>,
 }
 
 impl std::fmt::Debug for Context {
@@ -75,7 +81,15 @@ impl Context {
             durable: Mutex::new(BTreeMap::new()),
             metrics,
             topic,
+            refusals: None,
         }
+    }
+
+    /// The context recording the refusals the consumer's connections meet.
+    #[must_use]
+    pub fn recording(mut self, refusals: Refusals) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     pub(crate) fn take_notices(&self) -> Vec<RebalanceNotice> {
@@ -93,6 +107,13 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match &self.refusals {
+            Some(refusals) => refusals.error(error, reason),
+            None => tracing::error!(%error, reason, "Kafka consumer error"),
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.metrics.kafka_up.store(up, Ordering::Relaxed);

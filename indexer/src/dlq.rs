@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pipeline_contract::dlq::DlqHeaders;
 use pipeline_contract::kafka_client;
+use pipeline_contract::kafka_client::Refusals;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use crate::retry::RetryPolicy;
 
 /// Writes dead letters to one topic.
 pub struct DlqWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<Refusals>,
     topic: String,
 }
 
@@ -43,10 +44,15 @@ const BACKOFF: RetryPolicy = RetryPolicy {
 };
 
 impl DlqWriter {
-    pub fn new(config: ClientConfig, topic: String) -> Result<Self, rdkafka::error::KafkaError> {
+    /// A writer whose producer records the refusals it meets with `refusals`.
+    pub fn new(
+        config: ClientConfig,
+        topic: String,
+        refusals: Refusals,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = kafka_client::idempotent(config)
             .set("message.timeout.ms", "30000")
-            .create()?;
+            .create_with_context(refusals)?;
         Ok(Self { producer, topic })
     }
 

@@ -1,7 +1,7 @@
 //! The indexer's worker Lease: readiness and breaker state for the operator's status
 //! (ARCHITECTURE.md, Workers and the operator), through `pipeline_contract::lease::maintain`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pipeline_contract::lease::{WorkerState, maintain};
@@ -12,8 +12,13 @@ use crate::gate::Gate;
 use crate::metrics::Metrics;
 
 /// Holds the Lease until `shutdown` (returns at once when there is no pipeline identity); its
-/// breaker state is the consume loop's breaker, read where it lives.
-pub async fn run(gate: Arc<Gate>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// breaker state is the consume loop's breaker, read where it lives, once the loop has one (a
+/// start refused by the search engine holds the Lease before it does).
+pub async fn run(
+    gate: Arc<OnceLock<Arc<Gate>>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     // Breaker transitions reach the Lease within a second.
     maintain(
         Role::Indexer,
@@ -21,8 +26,9 @@ pub async fn run(gate: Arc<Gate>, metrics: Arc<Metrics>, shutdown: CancellationT
         move || {
             let state = WorkerState {
                 ready: metrics.ready(),
-                breaker: Some(gate.state()),
+                breaker: gate.get().map(|g| g.state()),
                 relay_backlog: None,
+                refused: metrics.refusals.current(),
             };
             async move { state }
         },

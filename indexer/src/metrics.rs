@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use pipeline_contract::access::RefusalLog;
 use pipeline_contract::dlq::ErrorClass;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub kafka_up: AtomicBool,
     /// The consume loop is running: part of `/ready`.
     pub running: AtomicBool,
+    /// What refused the indexer's Kafka and search clients recently: part of `/ready`, and on
+    /// the Lease.
+    pub refusals: RefusalLog,
     registry: Registry,
 }
 
@@ -63,6 +67,7 @@ impl Metrics {
             consumer_lag: Family::default(),
             kafka_up: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            refusals: RefusalLog::default(),
             registry: Registry::with_prefix("indexer"),
         };
         let r = &mut m.registry;
@@ -160,7 +165,9 @@ impl Metrics {
     }
 
     pub fn ready(&self) -> bool {
-        self.running.load(Ordering::Relaxed) && self.kafka_up.load(Ordering::Relaxed)
+        self.running.load(Ordering::Relaxed)
+            && self.kafka_up.load(Ordering::Relaxed)
+            && self.refusals.current().is_none()
     }
 
     /// The registry in the Prometheus text format.

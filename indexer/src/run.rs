@@ -2,9 +2,10 @@
 //! loop next to the health server until shutdown.
 
 use pipeline_contract::search_client::SearchAccessError;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use pipeline_contract::kafka_client::Refusals;
 use pipeline_contract::search::IndexLayout;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,12 @@ pub enum RunError {
     Server(std::io::Error),
 }
 
-/// Runs the indexer until `shutdown` fires.
+/// How often a start the search engine refused checks the alias again.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs the indexer until `shutdown` fires. The health server and the Lease start first, so a
+/// start the search engine refuses (credentials, CA, role) is visible on both while the
+/// indexer keeps trying.
 pub async fn run(
     args: RunArgs,
     metrics: Arc<Metrics>,
@@ -42,13 +48,61 @@ pub async fn run(
     let http = args
         .search
         .http_client(Duration::from_millis(args.request_timeout_ms))?;
-    let sink = SearchSink::new(args.search.endpoint(&args.search_url), http, layout);
-    sink.check_alias().await?;
+    let sink = SearchSink::new(args.search.endpoint(&args.search_url), http, layout)
+        .recording_refusals(metrics.refusals.clone());
+    let gate = Arc::new(OnceLock::new());
+    let lease = tokio::spawn(crate::lease::run(
+        gate.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let server = tokio::spawn(crate::server::serve(
+        args.http_addr,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let result = consume(&args, sink, metrics, &gate, &shutdown).await;
+    shutdown.cancel();
+    let _ = lease.await;
+    match server.await {
+        Ok(Err(e)) => return Err(RunError::Server(e)),
+        Err(e) => tracing::warn!(error = %e, "health server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Checks the alias (again while the engine refuses), then runs the consume loop and the purge.
+async fn consume(
+    args: &RunArgs,
+    sink: SearchSink,
+    metrics: Arc<Metrics>,
+    gate: &OnceLock<Arc<crate::gate::Gate>>,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    loop {
+        match sink.check_alias().await {
+            Ok(()) => break,
+            // The sink logged it; the Lease and /ready say it.
+            Err(AliasCheckError::Refused { .. }) => tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(REFUSED_RETRY) => {}
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let refusals = || {
+        Refusals::into_log(
+            &args.kafka.connection.bootstrap_servers,
+            metrics.refusals.clone(),
+        )
+    };
     let dlq = DlqWriter::new(
         args.kafka.connection.client_config(),
         args.kafka.dlq_topic(),
+        refusals(),
     )?;
-    let consumer = consumer(&args, metrics.clone())?;
+    let consumer = consumer(args, metrics.clone())?;
     let settings = Settings {
         topic: args.kafka.topic.clone(),
         batch: args.batch(),
@@ -62,25 +116,10 @@ pub async fn run(
         Duration::from_secs(args.purge_interval_seconds),
         shutdown.clone(),
     ));
-    let pipeline = Pipeline::new(consumer, sink, dlq, metrics.clone(), settings);
-    let lease = tokio::spawn(crate::lease::run(
-        pipeline.gate(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let server = tokio::spawn(crate::server::serve(
-        args.http_addr,
-        metrics,
-        shutdown.clone(),
-    ));
+    let pipeline = Pipeline::new(consumer, sink, dlq, metrics, settings);
+    let _ = gate.set(pipeline.gate());
     let result = pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = purge.await;
-    let _ = lease.await;
-    match server.await {
-        Ok(Err(e)) => return Err(RunError::Server(e)),
-        Err(e) => tracing::warn!(error = %e, "health server task failed"),
-        Ok(Ok(())) => {}
-    }
     Ok(result?)
 }

@@ -4,6 +4,9 @@
 //! It never decides what a status means (that is `classify`'s job) and never retries: one call,
 //! one request.
 
+use pipeline_contract::access::{
+    Cause, Refusal, RefusalLog, Refused, Service, search_error_cause, search_status_cause,
+};
 use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::IndexLayout;
 use serde::Deserialize;
@@ -58,6 +61,7 @@ pub struct SearchSink {
     http: reqwest::Client,
     endpoint: SearchEndpoint,
     layout: IndexLayout,
+    refusals: RefusalLog,
 }
 
 /// The alias the indexer writes to is not there.
@@ -74,6 +78,9 @@ pub enum AliasCheckError {
         url: String,
         detail: String,
     },
+    /// The engine refused the indexer's credentials, CA or role.
+    #[error("checking alias {alias:?}: {refused}")]
+    Refused { alias: String, refused: Refused },
 }
 
 impl SearchSink {
@@ -83,7 +90,28 @@ impl SearchSink {
             http,
             endpoint,
             layout,
+            refusals: RefusalLog::default(),
         }
+    }
+
+    /// The sink recording the refusals it meets into `log`, which `/ready` and the Lease read.
+    #[must_use]
+    pub fn recording_refusals(mut self, log: RefusalLog) -> Self {
+        self.refusals = log;
+        self
+    }
+
+    /// Records a refusal (`cause`, in the words of `detail`); logs it when it starts.
+    fn refused(&self, cause: Cause, detail: String) -> Refused {
+        let refused = Refused {
+            refusal: Refusal::new(Service::Search, cause),
+            endpoint: self.endpoint.base_url().to_owned(),
+            detail,
+        };
+        if self.refusals.record(refused.clone()) {
+            tracing::error!(refusal = %refused.refusal.reason(), "{refused}");
+        }
+        refused
     }
 
     pub fn layout(&self) -> &IndexLayout {
@@ -100,16 +128,32 @@ impl SearchSink {
     pub async fn check_alias(&self) -> Result<(), AliasCheckError> {
         let alias = self.layout.alias().to_owned();
         let url = self.endpoint.base_url().to_owned();
-        let response = self
+        let response = match self
             .request(reqwest::Method::GET, &self.layout.alias_lookup_path())
             .send()
             .await
-            .map_err(|e| AliasCheckError::Unreachable {
-                alias: alias.clone(),
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-        match response.status().as_u16() {
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let detail = error_chain(&e);
+                return Err(match search_error_cause(&e) {
+                    Some(cause) => AliasCheckError::Refused {
+                        alias,
+                        refused: self.refused(cause, detail),
+                    },
+                    None => AliasCheckError::Unreachable { alias, url, detail },
+                });
+            }
+        };
+        let status = response.status();
+        if let Some(cause) = search_status_cause(status.as_u16()) {
+            let body = response.text().await.unwrap_or_default();
+            return Err(AliasCheckError::Refused {
+                alias,
+                refused: self.refused(cause, format!("HTTP {status}: {body}")),
+            });
+        }
+        match status.as_u16() {
             200 => Ok(()),
             404 => Err(AliasCheckError::Missing { alias, url }),
             status => Err(AliasCheckError::Unreachable {
@@ -134,7 +178,12 @@ impl SearchSink {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return (no_response(&e), Vec::new()),
+            Err(e) => {
+                if let Some(cause) = search_error_cause(&e) {
+                    self.refused(cause, error_chain(&e));
+                }
+                return (no_response(&e), Vec::new());
+            }
         };
         let status = response.status().as_u16();
         let bytes = match response.bytes().await {
@@ -149,6 +198,10 @@ impl SearchSink {
             Some(ErrorField::Text(text)) => (None, Some(text)),
             None => (None, None),
         };
+        if let Some(cause) = search_status_cause(status) {
+            let detail = format!("bulk: HTTP {status}: {}", reason.as_deref().unwrap_or(""));
+            self.refused(cause, detail);
+        }
         let outcome = RequestOutcome::Response {
             status,
             error_type,

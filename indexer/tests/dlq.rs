@@ -18,6 +18,7 @@ use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::kafka_client;
 use pipeline_contract::kafka_client::Connection;
+use pipeline_contract::kafka_client::Refusals;
 use pipeline_contract::{MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureRecord;
@@ -137,7 +138,12 @@ fn header<'a>(record: &'a ConsumedRecord, name: &str) -> Option<&'a str> {
 async fn inspect_counts_by_class_and_replay_redrives_only_the_selected_within_the_horizon() {
     let topics = Topics::new(1).await;
     let kafka = topics.kafka();
-    let writer = DlqWriter::new(kafka.connection.client_config(), topics.dlq.clone()).unwrap();
+    let writer = DlqWriter::new(
+        kafka.connection.client_config(),
+        topics.dlq.clone(),
+        Refusals::new(&kafka.connection.bootstrap_servers),
+    )
+    .unwrap();
     let token = CancellationToken::new();
     let now = Timestamp::now().timestamp_millis();
 
@@ -395,7 +401,12 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
             .collect(),
     };
     let kafka = fixture.args("unused").kafka;
-    let writer = DlqWriter::new(kafka.connection.client_config(), fixture.dlq.clone()).unwrap();
+    let writer = DlqWriter::new(
+        kafka.connection.client_config(),
+        fixture.dlq.clone(),
+        Refusals::new(&kafka.connection.bootstrap_servers),
+    )
+    .unwrap();
     let dlq = DlqHeaders {
         source_topic: fixture.topic.clone(),
         source_partition: record.partition,

@@ -28,6 +28,8 @@ pub struct LiveWorker {
     pub breaker: Option<BreakerState>,
     /// The api-server's relay backlog bucket.
     pub relay_backlog: Option<RelayBacklog>,
+    /// A refusal the worker's clients met recently: (reason, message).
+    pub refused: Option<(String, String)>,
 }
 
 /// Whether a Lease labelled with `mp`'s name belongs to the object with `uid`: a pipeline deleted
@@ -61,6 +63,13 @@ pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
         relay_backlog: annotations
             .get(lease::ANNOTATION_RELAY_BACKLOG)
             .and_then(|b| RelayBacklog::parse(b)),
+        refused: annotations.get(lease::ANNOTATION_REFUSAL).map(|reason| {
+            let message = annotations
+                .get(lease::ANNOTATION_REFUSAL_MESSAGE)
+                .cloned()
+                .unwrap_or_default();
+            (reason.clone(), message)
+        }),
     })
 }
 
@@ -116,7 +125,29 @@ fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Conditi
     }
 }
 
-fn availability(type_: &str, what: &str, available: Option<(i32, i32)>) -> Condition {
+/// Whether the role's Deployment has its replicas, unless a live worker of it reports that a
+/// service refuses it: a worker refused its credentials, CA or permissions cannot do its job
+/// whatever its pod says, and the refusal is the reason.
+fn availability(
+    type_: &str,
+    what: &str,
+    available: Option<(i32, i32)>,
+    workers: &[&LiveWorker],
+) -> Condition {
+    let refused: Vec<&(String, String)> =
+        workers.iter().filter_map(|w| w.refused.as_ref()).collect();
+    if let Some((reason, message)) = refused.first() {
+        return cond(
+            type_,
+            Some(false),
+            reason,
+            format!(
+                "{} of {} live {what}s report a refusal: {message}",
+                refused.len(),
+                workers.len()
+            ),
+        );
+    }
     match available {
         None => cond(
             type_,
@@ -189,15 +220,20 @@ pub fn status(
         .max();
     let topics = topics_ready(observed);
     let template = template_ready(observed);
+    let of = |role: Role| -> Vec<&LiveWorker> {
+        observed.workers.iter().filter(|w| w.role == role).collect()
+    };
     let api = availability(
         condition::API_SERVER_AVAILABLE,
         "api-server",
         observed.api_available,
+        &of(Role::Api),
     );
     let indexer = availability(
         condition::INDEXER_AVAILABLE,
         "indexer",
         observed.indexer_available,
+        &of(Role::Indexer),
     );
     let healthy = indexer_healthy(worst, &workers.indexer);
     let relay_backlog = observed
@@ -424,6 +460,7 @@ mod tests {
             ready,
             breaker,
             relay_backlog: (role == Role::Api).then_some(RelayBacklog::Clear),
+            refused: None,
         }
     }
 
@@ -501,6 +538,29 @@ mod tests {
                 Box::new(|o| o.indexer_available = Some((0, 2))),
                 "False",
                 "NoReplicasAvailable",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "indexer refused by Kafka",
+                Box::new(|o| {
+                    o.workers[2].refused = Some((
+                        "KafkaAuthenticationFailed".into(),
+                        "Kafka at k:9093 refused the connection".into(),
+                    ));
+                }),
+                "False",
+                "KafkaAuthenticationFailed",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "api-server refused by the engine",
+                Box::new(|o| {
+                    o.workers[1].refused = Some(("SearchTLSUntrusted".into(), String::new()));
+                }),
+                "False",
+                "SearchTLSUntrusted",
                 "False",
                 Some("closed"),
             ),
@@ -652,6 +712,46 @@ mod tests {
         );
         assert_eq!(get(&s, "TopicsReady"), get(&before, "TopicsReady"));
         assert_eq!(s.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn a_refusal_a_worker_writes_on_its_lease_is_read_back_as_written() {
+        use pipeline_contract::access::{Cause, Refusal, Service};
+        use pipeline_contract::lease::{Identity, WorkerState, lease_object};
+        let refused = Refused {
+            refusal: Refusal::new(Service::Kafka, Cause::AuthorizationFailed),
+            endpoint: "kafka:9093".into(),
+            detail: "Broker: Topic authorization failed".into(),
+        };
+        let id = Identity {
+            pipeline: "p".into(),
+            namespace: "n".into(),
+            pipeline_uid: None,
+            pod: "p-indexer-0".into(),
+            role: Role::Indexer,
+        };
+        let now = Timestamp::from_second(1_000).unwrap();
+        let state = WorkerState {
+            ready: false,
+            breaker: Some(BreakerState::Closed),
+            relay_backlog: None,
+            refused: Some(refused.clone()),
+        };
+        let live = live_worker(&lease_object(&id, &state, now), now).unwrap();
+        assert_eq!(
+            live.refused,
+            Some(("KafkaAuthorizationFailed".into(), refused.to_string()))
+        );
+        let quiet = WorkerState {
+            refused: None,
+            ..state
+        };
+        assert_eq!(
+            live_worker(&lease_object(&id, &quiet, now), now)
+                .unwrap()
+                .refused,
+            None
+        );
     }
 
     #[test]
