@@ -56,7 +56,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     store.ensure_indexes().await?;
     let outbox = Outbox::new(config.relay.relay_max_pending);
     // Fails early on bad Kafka settings; a down broker is fine (the relay waits for it).
-    drop(crate::relay::producer(&config.kafka, &config.relay)?);
+    drop(crate::relay::producer(
+        &config.kafka,
+        &config.relay,
+        &metrics.refusals,
+    )?);
     let pod = config.relay.pod();
     let relay = Relay {
         outbox: Arc::clone(&outbox),
@@ -189,7 +193,7 @@ async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
                         && state.messages.accepts_writes(),
                     breaker: None,
                     relay_backlog: Some(RelayBacklog::of_age_millis(lag_ms)),
-                    refused: None,
+                    refused: state.metrics.refusals.current(),
                 }
             }
         },

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use pipeline_contract::access::RefusalLog;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +45,9 @@ pub struct Metrics {
     pub relay_lag_seconds: Gauge<f64, AtomicU64>,
     pub relay_orphans: Gauge,
     pub relay_adopted: Counter,
+    /// What refused the relay's Kafka producer recently: on the Lease. (Not part of `/ready`:
+    /// writes are still taken, kept in MongoDB until Kafka takes them.)
+    pub refusals: RefusalLog,
     registry: Registry,
 }
 
@@ -69,6 +73,7 @@ impl Metrics {
             relay_lag_seconds: Gauge::default(),
             relay_orphans: Gauge::default(),
             relay_adopted: Counter::default(),
+            refusals: RefusalLog::default(),
             registry: Registry::with_prefix("api"),
         };
         let r = &mut m.registry;

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use pipeline_contract::access::RefusalLog;
 use pipeline_contract::kafka_client;
+use pipeline_contract::kafka_client::Refusals;
 use pipeline_contract::time::Timestamp;
 use pipeline_contract::worker::lease::RelayBacklog;
 use rdkafka::ClientConfig;
@@ -44,8 +46,12 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Longest wait on shutdown for the outbox to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
-/// The producer as the relay needs it.
-pub fn producer(kafka: &KafkaArgs, relay: &RelayArgs) -> Result<FutureProducer, KafkaError> {
+/// The producer as the relay needs it, recording the refusals its connections meet in `log`.
+pub fn producer(
+    kafka: &KafkaArgs,
+    relay: &RelayArgs,
+    log: &RefusalLog,
+) -> Result<FutureProducer<Refusals>, KafkaError> {
     let mut config: ClientConfig = kafka_client::idempotent(kafka.connection.client_config());
     config
         // The relay gathers changes itself (GATHER); records are small and the broker would
@@ -57,7 +63,10 @@ pub fn producer(kafka: &KafkaArgs, relay: &RelayArgs) -> Result<FutureProducer, 
         )
         // The outbox bounds what is queued; keep librdkafka's own buffer small to match.
         .set("queue.buffering.max.kbytes", "16384");
-    config.create()
+    config.create_with_context(Refusals::into_log(
+        &kafka.connection.bootstrap_servers,
+        log.clone(),
+    ))
 }
 
 #[derive(Debug)]
@@ -85,7 +94,7 @@ enum Scanned {
 
 /// The producer and how sending goes.
 struct Link {
-    producer: FutureProducer,
+    producer: FutureProducer<Refusals>,
     /// No sends before this (a pause after a failure).
     resend_after: Instant,
     /// Since when every delivery failed (`None` after a success).
@@ -130,7 +139,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let overlap = i64::try_from(self.args.overlap().as_millis()).unwrap_or(i64::MAX);
         let mut link = Link {
-            producer: producer(&self.kafka, &self.args)?,
+            producer: producer(&self.kafka, &self.args, &self.metrics.refusals)?,
             resend_after: Instant::now(),
             failing_since: None,
         };
@@ -319,6 +328,12 @@ impl Relay {
             Err(error) => {
                 self.outbox.failed(key);
                 self.metrics.relay_failures.inc();
+                // A topic ACL refuses each record, not the connection.
+                Refusals::into_log(
+                    &self.kafka.connection.bootstrap_servers,
+                    self.metrics.refusals.clone(),
+                )
+                .observe_error(&error);
                 // One line per burst of failures (an outage fails every record in flight).
                 if link.resend_after <= Instant::now() {
                     tracing::warn!(%error, id = %key.id, version = key.version, pending = self.outbox.snapshot().pending, "publishing failed; retrying in 1 s");
@@ -332,7 +347,7 @@ impl Relay {
                 let wedged = failing_since.elapsed() >= self.args.stuck_producer_after();
                 if fatal.is_some() || wedged {
                     tracing::warn!(fatal = ?fatal, failing_for = ?failing_since.elapsed(), "replacing the Kafka producer");
-                    match self::producer(&self.kafka, &self.args) {
+                    match self::producer(&self.kafka, &self.args, &self.metrics.refusals) {
                         Ok(fresh) => {
                             link.producer = fresh;
                             link.failing_since = Some(Instant::now());

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Setup};
+use common::{KEY_A, Server, Setup};
 use e2e::{rig::rig, wait};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
+use pipeline_contract::worker::lease;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_holds_its_lease_while_it_runs() {
@@ -53,5 +54,75 @@ async fn the_api_server_holds_its_lease_while_it_runs() {
             .is_none(),
         "deleted on a clean stop"
     );
+    rig().delete_namespace(&client, &namespace).await;
+}
+
+/// The api-server's Lease once it carries a refusal: (reason, message).
+async fn refusal(leases: &Api<Lease>, name: &str) -> (String, String) {
+    wait::until(
+        "a refusal on the api-server's Lease",
+        Duration::from_secs(60),
+        || async {
+            let a = leases.get_opt(name).await.ok()??.metadata.annotations?;
+            Some((
+                a.get(lease::ANNOTATION_REFUSAL)?.clone(),
+                a.get(lease::ANNOTATION_REFUSAL_MESSAGE)?.clone(),
+            ))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_kafka_refuses_says_so_on_the_lease_and_writes_are_still_taken() {
+    let client = rig().kube_client().await;
+    let namespace = rig().create_namespace(&client, "lease-api-refused").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let kubeconfig = rig().kubeconfig().to_owned();
+    // The topic is outside the prefix mp-api may write (devstack/kafka/acls).
+    let setup = Setup::new("lease-acl").await;
+    let secured = |pod: &'static str, password: &'static str| {
+        vec![
+            ("MP_PIPELINE_NAME", "orders"),
+            ("MP_PIPELINE_NAMESPACE", namespace.as_str()),
+            ("POD_NAME", pod),
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("KAFKA_BOOTSTRAP_SERVERS", rig().kafka_secure()),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME", "mp-api"),
+            ("KAFKA_SASL_PASSWORD", password),
+            ("KAFKA_SSL_CA_LOCATION", rig().ca_cert()),
+        ]
+    };
+    let cases = [
+        (
+            "orders-api-acl",
+            secured("orders-api-acl", rig().kafka_password("api")),
+            "KafkaAuthorizationFailed",
+        ),
+        (
+            "orders-api-login",
+            secured("orders-api-login", "not-the-password"),
+            "KafkaAuthenticationFailed",
+        ),
+    ];
+    for (pod, env, want) in cases {
+        let mut server = Server::start_with(&setup, &env).await;
+        let created = server
+            .client(KEY_A)
+            .create(uuid::Uuid::new_v4(), "kept in MongoDB until Kafka takes it")
+            .await;
+        assert!(created["id"].is_string(), "{created}");
+        let (reason, message) = refusal(&leases, &format!("orders-api-{pod}")).await;
+        assert_eq!(reason, want, "{pod}: {message}");
+        assert!(message.contains(rig().kafka_secure()), "{pod}: {message}");
+        assert!(!message.contains("not-the-password"), "{pod}: {message}");
+        let ready = reqwest::get(format!("{}/ready", server.base))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "{pod}: writes are still taken");
+        assert!(server.terminate(), "clean exit");
+    }
     rig().delete_namespace(&client, &namespace).await;
 }
