@@ -6,11 +6,15 @@
 // Usage:
 //
 //	ferretdb --listen-addr=127.0.0.1:27017 --handler=postgresql --postgresql-url=postgres://...
+//	ferretdb --listen-addr= --listen-tls=127.0.0.1:27018 --listen-tls-cert-file=... --listen-tls-key-file=... ...
 //	ferretdb --ping=mongodb://127.0.0.1:27017/   # health probe: one MongoDB `ping`, exit 0/1
+//	ferretdb --ping=mongodb://127.0.0.1:27018/ --ping-ca-file=ca.crt   # the same over TLS
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"flag"
 	"fmt"
@@ -35,13 +39,17 @@ func main() {
 	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite URI (directory) for the sqlite handler")
 	telemetry := flag.String("telemetry", "disable", "accepted for CLI compatibility; the embedded package never reports telemetry")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
+	tlsAddr := flag.String("listen-tls", "", "listen TLS address (empty: no TLS listener)")
+	tlsCert := flag.String("listen-tls-cert-file", "", "TLS certificate file (PEM)")
+	tlsKey := flag.String("listen-tls-key-file", "", "TLS private key file (PEM)")
 	ping := flag.String("ping", "", "do not serve: send one `ping` command to this MongoDB URI and exit 0 on success, 1 on failure")
+	pingCA := flag.String("ping-ca-file", "", "with --ping: connect over TLS, trusting this CA file (PEM)")
 	timeout := flag.Duration("timeout", 2*time.Second, "timeout for --ping")
 	flag.Parse()
 	_ = telemetry
 
 	if *ping != "" {
-		os.Exit(doPing(*ping, *timeout))
+		os.Exit(doPing(*ping, *pingCA, *timeout))
 	}
 
 	var level slog.Level
@@ -52,7 +60,13 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:      ferretdb.ListenerConfig{TCP: *listenAddr},
+		// No TLS CA file: it would make FerretDB require client certificates.
+		Listener: ferretdb.ListenerConfig{
+			TCP:         *listenAddr,
+			TLS:         *tlsAddr,
+			TLSCertFile: *tlsCert,
+			TLSKeyFile:  *tlsKey,
+		},
 		Logger:        logger,
 		Handler:       *handler,
 		PostgreSQLURL: *pgURL,
@@ -82,8 +96,8 @@ func main() {
 // doPing sends one OP_MSG `{ping: 1, $db: "admin"}` over a plain TCP connection and checks the
 // reply's `ok`. No driver: a driver would also send session commands FerretDB logs as errors.
 // FerretDB answers `ping` after querying its backend's status, so this checks PostgreSQL too.
-func doPing(uri string, timeout time.Duration) int {
-	if err := ping(uri, timeout); err != nil {
+func doPing(uri, caFile string, timeout time.Duration) int {
+	if err := ping(uri, caFile, timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "ping:", err)
 		return 1
 	}
@@ -91,13 +105,13 @@ func doPing(uri string, timeout time.Duration) int {
 	return 0
 }
 
-func ping(uri string, timeout time.Duration) error {
+func ping(uri, caFile string, timeout time.Duration) error {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return err
 	}
 
-	conn, err := net.DialTimeout("tcp", u.Host, timeout)
+	conn, err := dial(u.Host, caFile, timeout)
 	if err != nil {
 		return err
 	}
@@ -156,4 +170,25 @@ func ping(uri string, timeout time.Duration) error {
 	}
 
 	return fmt.Errorf("reply %s", reply)
+}
+
+// dial connects over TCP, or over TLS trusting only caFile when it is given.
+func dial(host, caFile string, timeout time.Duration) (net.Conn, error) {
+	if caFile == "" {
+		return net.DialTimeout("tcp", host, timeout)
+	}
+
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no certificate in %s", caFile)
+	}
+
+	dialer := &net.Dialer{Timeout: timeout}
+
+	return tls.DialWithDialer(dialer, "tcp", host, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
 }

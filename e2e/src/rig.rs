@@ -164,6 +164,32 @@ impl Rig {
         self.var(&format!("KAFKA_PASSWORD_{}", principal.to_uppercase()))
     }
 
+    /// The secured FerretDB's connection string (TLS listener, PLAIN authentication checked by
+    /// PostgreSQL): as `mp-<principal>` with `password` when given, trusting the CA file `ca`
+    /// when given (otherwise the system roots only), after checking it accepts connections.
+    pub fn mongodb_secure_uri(&self, login: Option<(&str, &str)>, ca: Option<&str>) -> String {
+        let base = self.var("MONGODB_SECURE_URI");
+        let host = base.trim_start_matches("mongodb://").trim_end_matches('/');
+        ensure_reachable("the secured MongoDB (FerretDB)", host);
+        let mut uri = match login {
+            // The rig's passwords are hex: nothing to percent-encode.
+            Some((principal, password)) => {
+                format!("mongodb://mp-{principal}:{password}@{host}/?tls=true&authMechanism=PLAIN")
+            }
+            None => format!("mongodb://{host}/?tls=true"),
+        };
+        if let Some(ca) = ca {
+            uri.push_str("&tlsCAFile=");
+            uri.push_str(ca);
+        }
+        uri
+    }
+
+    /// The password of one of the secured FerretDB's principals (`api`, `audit`).
+    pub fn mongodb_password(&self, principal: &str) -> &str {
+        self.var(&format!("MONGODB_PASSWORD_{}", principal.to_uppercase()))
+    }
+
     /// The addresses of the rig's services as pods on its node reach them (the rig's bridge
     /// address), for the endpoints of a MessagePipeline whose workers run as pods.
     pub fn pod_endpoints(&self) -> PodEndpoints<'_> {
