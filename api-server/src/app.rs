@@ -47,13 +47,9 @@ pub enum RunError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let auth = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let store = Store::connect(
-        &config.mongodb.mongodb_uri,
-        &config.mongodb.mongodb_database,
-        &config.mongodb.mongodb_collection,
-    )
-    .await?;
-    store.ensure_indexes().await?;
+    let Some(store) = open_store(&config, &metrics, &shutdown).await? else {
+        return Ok(());
+    };
     let outbox = Outbox::new(config.relay.relay_max_pending);
     // Fails early on bad Kafka settings; a down broker is fine (the relay waits for it).
     drop(crate::relay::producer(
@@ -173,6 +169,78 @@ async fn purge_loop(
             Err(error) => tracing::warn!(%error, "tombstone purge failed; will retry"),
         }
     }
+}
+
+/// How often a start MongoDB refused tries again.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
+/// Connects to MongoDB and creates the indexes. While MongoDB refuses the credentials, the CA or
+/// the permissions, the refusal is logged once, a Lease says so (not ready: nothing is served
+/// yet), and the start is tried again every [`REFUSED_RETRY`]; `None` when `shutdown` fires
+/// meanwhile. Any other failure ends the start.
+async fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Option<Store>, RunError> {
+    let m = &config.mongodb;
+    let endpoint = crate::store::endpoint(&m.mongodb_uri);
+    let attempt = || async {
+        let store =
+            Store::connect(&m.mongodb_uri, &m.mongodb_database, &m.mongodb_collection).await?;
+        store.ensure_indexes().await?;
+        Ok::<_, StoreError>(store)
+    };
+    let mut lease: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    let result = loop {
+        let error = match attempt().await {
+            Ok(store) => break Ok(Some(store)),
+            Err(error) => error,
+        };
+        let Some(refused) = error.refusal(&endpoint) else {
+            break Err(error.into());
+        };
+        let reason = refused.refusal.reason();
+        let line = refused.to_string();
+        if metrics.refusals.record(refused) {
+            tracing::error!(refusal = %reason, "{line}");
+        }
+        if lease.is_none() {
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(refused_lease(Arc::clone(metrics), stop.clone()));
+            lease = Some((stop, task));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(None),
+            () = tokio::time::sleep(REFUSED_RETRY) => {}
+        }
+    };
+    if let Some((stop, task)) = lease {
+        stop.cancel();
+        let _ = task.await;
+    }
+    result
+}
+
+/// The Lease of a start MongoDB refuses: not ready, the refusal.
+async fn refused_lease(metrics: Arc<Metrics>, stop: CancellationToken) {
+    use pipeline_contract::lease::{WorkerState, maintain};
+    use pipeline_contract::worker::Role;
+    maintain(
+        Role::Api,
+        Duration::from_secs(1),
+        move || {
+            let refused = metrics.refusals.current();
+            async move {
+                WorkerState {
+                    refused,
+                    ..WorkerState::default()
+                }
+            }
+        },
+        stop,
+    )
+    .await;
 }
 
 /// The api-server's worker Lease (ready = MongoDB answers and writes are taken; the relay's

@@ -27,6 +27,7 @@ use mongodb::bson::{self, DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
+use pipeline_contract::access::{Refusal, Refused, Service, mongodb_cause};
 use pipeline_contract::event::{DeletedPayload, MessageEvent, MessagePayload};
 use pipeline_contract::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,36 @@ pub enum StoreError {
     Mongo(#[from] mongodb::error::Error),
     #[error(transparent)]
     Corrupt(#[from] CorruptDocument),
+}
+
+impl StoreError {
+    /// The refusal this is (credentials, CA, permissions), by the server at `endpoint`.
+    pub fn refusal(&self, endpoint: &str) -> Option<Refused> {
+        let Self::Mongo(error) = self else {
+            return None;
+        };
+        let code = match error.kind.as_ref() {
+            ErrorKind::Command(c) => Some(c.code),
+            _ => None,
+        };
+        let text = format!("{error} {error:?}");
+        mongodb_cause(code, &text).map(|cause| Refused {
+            refusal: Refusal::new(Service::MongoDb, cause),
+            endpoint: endpoint.to_owned(),
+            detail: error.to_string(),
+        })
+    }
+}
+
+/// The hosts of a MongoDB URI, without its scheme, credentials and options: how refusals and
+/// logs name the server (the URI itself may hold a password).
+pub fn endpoint(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, hosts)| hosts)
+        .to_owned()
 }
 
 pub fn to_timestamp(t: DateTime) -> Timestamp {
@@ -583,5 +614,26 @@ mod tests {
         assert!(!doc.contains_key("deletedAt"));
         let back: StoredMessage = bson::from_document(doc).unwrap();
         assert_eq!(back, m);
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint;
+
+    #[test]
+    fn the_endpoint_of_a_uri_has_no_credentials_or_options() {
+        for (uri, want) in [
+            ("mongodb://10.0.0.1:27017/", "10.0.0.1:27017"),
+            (
+                "mongodb://mp-api:s3cret@10.0.0.1:27018/?tls=true&tlsCAFile=/ca.crt",
+                "10.0.0.1:27018",
+            ),
+            ("mongodb://u:p@a:1,b:2/db?replicaSet=rs", "a:1,b:2"),
+            ("mongodb+srv://u:p%40x@cluster.example", "cluster.example"),
+            ("a:1", "a:1"),
+        ] {
+            assert_eq!(endpoint(uri), want, "{uri}");
+        }
     }
 }

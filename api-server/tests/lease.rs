@@ -126,3 +126,41 @@ async fn a_relay_kafka_refuses_says_so_on_the_lease_and_writes_are_still_taken()
     }
     rig().delete_namespace(&client, &namespace).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_mongodb_refuses_holds_a_lease_that_says_so_and_serves_nothing() {
+    let client = rig().kube_client().await;
+    let namespace = rig().create_namespace(&client, "lease-api-mongo").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let kubeconfig = rig().kubeconfig().to_owned();
+    let setup = Setup::new("lease-mongo").await;
+    let uri = rig().mongodb_secure_uri(Some(("api", "not-the-password")), Some(rig().ca_cert()));
+    let mut server = Server::launch(
+        &setup,
+        &[
+            ("MP_PIPELINE_NAME", "orders"),
+            ("MP_PIPELINE_NAMESPACE", namespace.as_str()),
+            ("POD_NAME", "orders-api-mongo"),
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("MONGODB_URI", uri.as_str()),
+        ],
+    );
+    let (reason, message) = refusal(&leases, "orders-api-orders-api-mongo").await;
+    assert_eq!(reason, "MongoDBAuthenticationFailed", "{message}");
+    let host = uri.rsplit('@').next().unwrap().split('/').next().unwrap();
+    assert!(message.contains(host), "names the server: {message}");
+    assert!(!message.contains("not-the-password"), "{message}");
+    let held = leases.get("orders-api-orders-api-mongo").await.unwrap();
+    assert_eq!(
+        held.metadata.annotations.unwrap()[lease::ANNOTATION_READY],
+        "false"
+    );
+    assert!(
+        reqwest::get(format!("{}/ready", server.base))
+            .await
+            .is_err(),
+        "nothing is served while MongoDB refuses"
+    );
+    assert!(server.terminate(), "a clean exit while refused");
+    rig().delete_namespace(&client, &namespace).await;
+}

@@ -177,6 +177,28 @@ pub fn kafka_cause(code: rdkafka::types::RDKafkaErrorCode, message: &str) -> Opt
     }
 }
 
+/// The cause of a failed MongoDB command or connection, from the server's error code and the
+/// error's text (causes included): 18 `AuthenticationFailed` and 13 `Unauthorized` as MongoDB
+/// sends them; FerretDB 1.x passes on PostgreSQL's words instead (`password authentication
+/// failed`, `permission denied`); an untrusted certificate is rustls' `invalid peer
+/// certificate`.
+pub fn mongodb_cause(code: Option<i32>, text: &str) -> Option<Cause> {
+    match code {
+        Some(18) => return Some(Cause::AuthenticationFailed),
+        Some(13) => return Some(Cause::AuthorizationFailed),
+        _ => {}
+    }
+    if text.contains("password authentication failed") || text.contains("Authentication failed") {
+        Some(Cause::AuthenticationFailed)
+    } else if text.contains("permission denied") {
+        Some(Cause::AuthorizationFailed)
+    } else if text.contains("invalid peer certificate") {
+        Some(Cause::TlsUntrusted)
+    } else {
+        None
+    }
+}
+
 /// The cause an HTTP answer of the search engine stands for: 401 authentication, 403 a role
 /// that does not allow the request.
 pub const fn search_status_cause(status: u16) -> Option<Cause> {
@@ -284,6 +306,38 @@ mod tests {
         assert_eq!(search_status_cause(403), Some(Cause::AuthorizationFailed));
         for other in [200, 400, 404, 409, 429, 500, 503] {
             assert_eq!(search_status_cause(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn mongodb_errors_that_are_refusals() {
+        let rows = [
+            (Some(18), "", Some(Cause::AuthenticationFailed)),
+            (Some(13), "", Some(Cause::AuthorizationFailed)),
+            (
+                None,
+                "Command failed: failed to connect to `user=mp-api database=ferretdb_secure`: 127.0.0.1:54329 (127.0.0.1): failed SASL auth: FATAL: password authentication failed for user \"mp-api\" (SQLSTATE 28P01)",
+                Some(Cause::AuthenticationFailed),
+            ),
+            (
+                Some(1),
+                "ERROR: permission denied for table messages_0a1b (SQLSTATE 42501)",
+                Some(Cause::AuthorizationFailed),
+            ),
+            (
+                None,
+                "Server selection timeout: ... invalid peer certificate: UnknownIssuer",
+                Some(Cause::TlsUntrusted),
+            ),
+            (
+                None,
+                "Server selection timeout: No available servers. Connection refused",
+                None,
+            ),
+            (Some(11000), "E11000 duplicate key error", None),
+        ];
+        for (code, text, want) in rows {
+            assert_eq!(mongodb_cause(code, text), want, "{code:?} {text}");
         }
     }
 

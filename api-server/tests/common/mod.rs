@@ -122,6 +122,13 @@ impl Server {
 
     /// Starts the binary with the setup's settings plus `extra` env vars, and waits for `/ready`.
     pub async fn start_with(setup: &Setup, extra: &[(&str, &str)]) -> Self {
+        let server = Self::launch(setup, extra);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts the binary with the setup's settings plus `extra` env vars, without waiting.
+    pub fn launch(setup: &Setup, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("api-server")));
         let log_file = std::fs::File::create(&log).unwrap();
@@ -153,13 +160,11 @@ impl Server {
             command.env(k, v);
         }
         let child = command.spawn().expect("api-server starts");
-        let server = Self {
+        Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     async fn wait_ready(&self) {
