@@ -186,8 +186,13 @@ async fn open_store(
     let m = &config.mongodb;
     let endpoint = crate::store::endpoint(&m.mongodb_uri);
     let attempt = || async {
-        let store =
-            Store::connect(&m.mongodb_uri, &m.mongodb_database, &m.mongodb_collection).await?;
+        let store = Store::connect(
+            &m.mongodb_uri,
+            m.mongodb_ca_file.as_deref(),
+            &m.mongodb_database,
+            &m.mongodb_collection,
+        )
+        .await?;
         store.ensure_indexes().await?;
         Ok::<_, StoreError>(store)
     };

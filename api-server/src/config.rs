@@ -80,6 +80,9 @@ pub struct MongoArgs {
     /// MongoDB connection string.
     #[arg(long, env = env::MONGODB_URI, hide_env_values = true)]
     pub mongodb_uri: String,
+    /// A CA file (PEM) the connection trusts (turns TLS on); the URI's `tlsCAFile` does the same.
+    #[arg(long, env = env::MONGODB_CA_FILE)]
+    pub mongodb_ca_file: Option<std::path::PathBuf>,
     /// Database of the messages collection.
     #[arg(long, env = env::MONGODB_DATABASE, default_value = "message_pipeline")]
     pub mongodb_database: String,

@@ -25,7 +25,7 @@
 use futures::TryStreamExt;
 use mongodb::bson::{self, DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::IndexOptions;
+use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Client, Collection, IndexModel};
 use pipeline_contract::access::{Refusal, Refused, Service, mongodb_cause};
 use pipeline_contract::event::{DeletedPayload, MessageEvent, MessagePayload};
@@ -254,8 +254,24 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 }
 
 impl Store {
-    pub async fn connect(uri: &str, database: &str, collection: &str) -> Result<Self, StoreError> {
-        let client = Client::with_uri_str(uri).await?;
+    /// A store on the server of `uri`, over TLS trusting `ca_file` when one is given.
+    pub async fn connect(
+        uri: &str,
+        ca_file: Option<&std::path::Path>,
+        database: &str,
+        collection: &str,
+    ) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri).await?;
+        if let Some(ca) = ca_file {
+            // The URI's other TLS settings (a client certificate) stay.
+            let mut tls = match options.tls.take() {
+                Some(Tls::Enabled(tls)) => tls,
+                _ => TlsOptions::default(),
+            };
+            tls.ca_file_path = Some(ca.to_owned());
+            options.tls = Some(Tls::Enabled(tls));
+        }
+        let client = Client::with_options(options)?;
         Ok(Self::new(&client, database, collection))
     }
 

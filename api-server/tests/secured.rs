@@ -1,6 +1,6 @@
 //! The api-server on the rig's secured endpoints only, each as its own least-privilege
 //! principal, configured as the operator configures it (a MongoDB URI with TLS and PLAIN
-//! credentials, Kafka SASL_SSL with SCRAM and the CA file, the search engine over HTTPS with
+//! credentials and the CA file beside it, Kafka SASL_SSL with SCRAM and the CA file, the search engine over HTTPS with
 //! basic authentication and the CA file): create, update, delete and read work, every change
 //! reaches the events topic, and search answers through the engine's `mp-api` role.
 
@@ -37,14 +37,13 @@ async fn crud_and_search_over_the_secured_endpoints_as_mp_api() {
     )
     .await
     .expect("the index installed as mp-operator");
-    let mongodb = rig().mongodb_secure_uri(
-        Some(("api", rig().mongodb_password("api"))),
-        Some(rig().ca_cert()),
-    );
+    // The CA as the operator gives it: a mounted file named by MONGODB_CA_FILE, not in the URI.
+    let mongodb = rig().mongodb_secure_uri(Some(("api", rig().mongodb_password("api"))), None);
     let server = Server::start_with(
         &setup,
         &[
             ("MONGODB_URI", mongodb.as_str()),
+            ("MONGODB_CA_FILE", rig().ca_cert()),
             ("KAFKA_BOOTSTRAP_SERVERS", rig().kafka_secure()),
             ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
             ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),

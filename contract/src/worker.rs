@@ -27,6 +27,8 @@ pub mod env {
 
     // MongoDB.
     pub const MONGODB_URI: &str = "MONGODB_URI";
+    /// A CA file (PEM) the MongoDB connection trusts, besides what the URI says.
+    pub const MONGODB_CA_FILE: &str = "MONGODB_CA_FILE";
     pub const MONGODB_DATABASE: &str = "MONGODB_DATABASE";
     pub const MONGODB_COLLECTION: &str = "MONGODB_COLLECTION";
 

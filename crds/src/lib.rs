@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
+use pipeline_contract::worker::Role;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -305,8 +306,13 @@ impl Default for BreakerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MongoSpec {
-    /// The Secret key holding the connection string.
+    /// The Secret key holding the connection string (with the api-server's credentials, and
+    /// `tls=true` where the server offers TLS).
     pub uri_secret_ref: SecretKeyRef,
+    /// The Secret key holding the CA certificate (PEM) the server's certificate chains to,
+    /// mounted as a file the connection trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     #[serde(default = "database")]
     #[schemars(length(min = 1, max = 63))]
     pub database: String,
@@ -356,7 +362,25 @@ pub struct KafkaTls {
 pub struct KafkaSasl {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: SaslMechanism,
+    /// The operator's principal (topics, lag), and each worker's unless given its own below.
     pub credentials_secret_ref: CredentialsSecretRef,
+    /// The api-server's own principal (least privilege: write the events topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// The indexer's own principal (read the events topic with its group, write the DLQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexer_credentials_secret_ref: Option<CredentialsSecretRef>,
+}
+
+impl KafkaSasl {
+    /// The credentials the worker of `role` uses: its own, else the operator's.
+    pub fn credentials_of(&self, role: Role) -> &CredentialsSecretRef {
+        match role {
+            Role::Api => self.api_credentials_secret_ref.as_ref(),
+            Role::Indexer => self.indexer_credentials_secret_ref.as_ref(),
+        }
+        .unwrap_or(&self.credentials_secret_ref)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -463,14 +487,33 @@ impl Default for DlqSpec {
     }
 }
 
+impl SearchSpec {
+    /// The credentials the worker of `role` uses: its own, else the operator's, else none.
+    pub fn credentials_of(&self, role: Role) -> Option<&CredentialsSecretRef> {
+        match role {
+            Role::Api => self.api_credentials_secret_ref.as_ref(),
+            Role::Indexer => self.indexer_credentials_secret_ref.as_ref(),
+        }
+        .or(self.credentials_secret_ref.as_ref())
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchSpec {
     /// Base URL of Elasticsearch 8/9 or OpenSearch 2/3.
     #[schemars(regex(pattern = "^https?://"))]
     pub url: String,
+    /// The operator's user (index template, first index, alias), and each worker's unless
+    /// given its own below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// The api-server's own user (least privilege: search through the alias).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// The indexer's own user (bulk writes, the alias check, the tombstone purge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexer_credentials_secret_ref: Option<CredentialsSecretRef>,
     /// The Secret key holding the CA certificate (PEM) of the engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,

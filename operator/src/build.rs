@@ -276,9 +276,11 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-/// The env vars and files both workers share: identity, Kafka, search.
+/// The env vars and files both workers have: identity, Kafka, search (each role with its own
+/// credentials where the spec gives them).
 fn common(
     mp: &MessagePipeline,
+    role: WorkerRole,
     volumes: &mut Vec<Volume>,
     mounts: &mut Vec<VolumeMount>,
 ) -> Vec<EnvVar> {
@@ -312,8 +314,8 @@ fn common(
             spec.indexer.tombstone_horizon_days.to_string(),
         ),
     ];
-    e.extend(kafka_security(mp, volumes, mounts));
-    if let Some(c) = &spec.elasticsearch.credentials_secret_ref {
+    e.extend(kafka_security(mp, role, volumes, mounts));
+    if let Some(c) = spec.elasticsearch.credentials_of(role) {
         e.push(from_secret(
             env::ELASTICSEARCH_USERNAME,
             &c.name,
@@ -334,10 +336,11 @@ fn common(
     e
 }
 
-/// How the workers reach a Kafka with TLS or SASL: the protocol, the CA file, the SASL
-/// credentials by reference.
+/// How the worker of `role` reaches a Kafka with TLS or SASL: the protocol, the CA file, its
+/// SASL credentials by reference.
 fn kafka_security(
     mp: &MessagePipeline,
+    role: WorkerRole,
     volumes: &mut Vec<Volume>,
     mounts: &mut Vec<VolumeMount>,
 ) -> Vec<EnvVar> {
@@ -354,7 +357,7 @@ fn kafka_security(
         e.push(plain(env::KAFKA_SSL_CA_LOCATION, path));
     }
     if let Some(sasl) = &spec.kafka.sasl {
-        let c = &sasl.credentials_secret_ref;
+        let c = sasl.credentials_of(role);
         e.push(plain(env::KAFKA_SASL_MECHANISM, sasl.mechanism.as_str()));
         e.push(from_secret(
             env::KAFKA_SASL_USERNAME,
@@ -399,6 +402,12 @@ fn role_pod<'a>(
                 &mongo.uri_secret_ref.name,
                 &mongo.uri_secret_ref.key,
             ));
+            if let Some(ca) = &mongo.ca_secret_ref {
+                let (v, m, path) = secret_file("mongodb-ca", ca);
+                volumes.push(v);
+                mounts.push(m);
+                env_vars.push(plain(env::MONGODB_CA_FILE, path));
+            }
             env_vars.push(plain(env::MONGODB_DATABASE, mongo.database.clone()));
             env_vars.push(plain(env::MONGODB_COLLECTION, mongo.collection.clone()));
             // Requests finish, then the relay drains for up to 10 s.
@@ -475,7 +484,7 @@ fn container_security() -> SecurityContext {
 fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
     let spec = &mp.spec;
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
-    let mut env_vars = common(mp, &mut volumes, &mut mounts);
+    let mut env_vars = common(mp, role, &mut volumes, &mut mounts);
     let pod = role_pod(mp, role, &mut env_vars, &mut volumes, &mut mounts);
     let labels_all = labels(mp, Some(role));
     Deployment {
@@ -684,6 +693,38 @@ mod tests {
             indexer.containers[0].command,
             Some(vec!["indexer".to_owned(), "run".to_owned()])
         );
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_principal_where_the_spec_names_one() {
+        let secret_of = |e: &BTreeMap<String, EnvVar>, name: &str| {
+            e.get(name)
+                .and_then(|v| v.value_from.as_ref())
+                .and_then(|f| f.secret_key_ref.as_ref())
+                .map(|r| r.name.clone())
+        };
+        let mut spec = minimal();
+        spec["kafka"]["sasl"] = json!({"mechanism": "SCRAM-SHA-512",
+            "credentialsSecretRef": {"name": "kafka-operator"},
+            "indexerCredentialsSecretRef": {"name": "kafka-indexer"}});
+        spec["elasticsearch"]["credentialsSecretRef"] = json!({"name": "search-operator"});
+        spec["elasticsearch"]["apiCredentialsSecretRef"] = json!({"name": "search-api"});
+        let c = children(&pipeline(spec));
+        let (api, indexer) = (env_of(&c.deployments.api), env_of(&c.deployments.indexer));
+        // (env, var, Secret): a role's own where given, else the operator's.
+        let rows = [
+            (&api, "KAFKA_SASL_USERNAME", "kafka-operator"),
+            (&api, "KAFKA_SASL_PASSWORD", "kafka-operator"),
+            (&indexer, "KAFKA_SASL_USERNAME", "kafka-indexer"),
+            (&indexer, "KAFKA_SASL_PASSWORD", "kafka-indexer"),
+            (&api, "ELASTICSEARCH_USERNAME", "search-api"),
+            (&api, "ELASTICSEARCH_PASSWORD", "search-api"),
+            (&indexer, "ELASTICSEARCH_USERNAME", "search-operator"),
+            (&indexer, "ELASTICSEARCH_PASSWORD", "search-operator"),
+        ];
+        for (e, var, secret) in rows {
+            assert_eq!(secret_of(e, var).as_deref(), Some(secret), "{var}");
+        }
     }
 
     #[test]

@@ -14,21 +14,31 @@ use pipeline_contract::worker::env;
 use pipeline_contract::{lease, process};
 use serde_json::json;
 
-/// A pipeline using every optional setting: Kafka over TLS with SASL, the search engine with
-/// credentials and a private CA.
+/// A pipeline using every optional setting: MongoDB with a private CA, Kafka over TLS with SASL
+/// and a principal per worker, the search engine with credentials per worker and a private CA.
 fn everything() -> MessagePipeline {
     let spec = json!({
         "image": "registry.example/message-pipeline:0.1.0",
         "api": {"auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
-        "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
+        "mongodb": {
+            "uriSecretRef": {"name": "mongodb", "key": "uri"},
+            "caSecretRef": {"name": "mongodb-ca", "key": "ca.crt"},
+        },
         "kafka": {
             "bootstrapServers": "kafka:9093",
             "tls": {"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}},
-            "sasl": {"mechanism": "SCRAM-SHA-512", "credentialsSecretRef": {"name": "kafka-user"}},
+            "sasl": {
+                "mechanism": "SCRAM-SHA-512",
+                "credentialsSecretRef": {"name": "kafka-user"},
+                "apiCredentialsSecretRef": {"name": "kafka-api"},
+                "indexerCredentialsSecretRef": {"name": "kafka-indexer"},
+            },
         },
         "elasticsearch": {
             "url": "https://search:9200",
             "credentialsSecretRef": {"name": "search-user"},
+            "apiCredentialsSecretRef": {"name": "search-api"},
+            "indexerCredentialsSecretRef": {"name": "search-indexer"},
             "caSecretRef": {"name": "search-ca", "key": "ca.crt"},
         },
     });
