@@ -200,6 +200,18 @@ impl Rig {
         }
     }
 
+    /// The secured listeners as pods reach them (SASL_SSL Kafka, the TLS FerretDB without
+    /// credentials in the URI, the HTTPS search engine), all with certificates from the rig's CA.
+    pub fn secure_pod_endpoints(&self) -> PodEndpoints<'_> {
+        PodEndpoints {
+            kafka: self.var("KAFKA_SECURE_POD_BOOTSTRAP_SERVERS"),
+            mongodb_uri: self.var("MONGODB_SECURE_URI"),
+            search_url: self
+                .var("ELASTICSEARCH_SECURE_POD_URL")
+                .trim_end_matches('/'),
+        }
+    }
+
     /// The worker image on the rig's node, and a second name of the same image (for a change of
     /// a pipeline's image), as `make image` imported them.
     pub fn worker_image(&self) -> (&str, &str) {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use pipeline_contract::MessageEvent;
+use pipeline_contract::install::SearchEndpoint;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -29,10 +30,13 @@ pub fn newest<'a>(events: impl IntoIterator<Item = &'a MessageEvent>) -> Version
 /// Per message id in `database`'s `messages` collection, its version and whether it is a
 /// tombstone: what acknowledged writes are checked against.
 pub async fn stored(database: &str) -> Versions {
+    stored_at(rig().mongodb_uri(), database).await
+}
+
+/// [`stored`] on the server of `uri` (a secured one, as a principal allowed to read).
+pub async fn stored_at(uri: &str, database: &str) -> Versions {
     use futures::TryStreamExt;
-    let client = mongodb::Client::with_uri_str(rig().mongodb_uri())
-        .await
-        .unwrap();
+    let client = mongodb::Client::with_uri_str(uri).await.unwrap();
     let docs: Vec<mongodb::bson::Document> = client
         .database(database)
         .collection("messages")
@@ -58,11 +62,31 @@ pub async fn stored(database: &str) -> Versions {
 /// Per document in `index` (an index or an alias) after a refresh, its external version and
 /// whether it is a tombstone; `None` while the search engine does not answer.
 pub async fn indexed(index: &str) -> Option<Versions> {
-    let http = reqwest::Client::new();
-    let base = rig().search_url();
-    let _ = http.post(format!("{base}/{index}/_refresh")).send().await;
-    let body: Value = http
-        .post(format!("{base}/{index}/_search?version=true&size=10000"))
+    indexed_at(
+        &reqwest::Client::new(),
+        &SearchEndpoint::new(rig().search_url()),
+        index,
+    )
+    .await
+}
+
+/// [`indexed`] through `endpoint` (a secured engine, as a principal allowed to read; one that
+/// may not refresh sees what the engine's own refresh made visible).
+pub async fn indexed_at(
+    http: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    index: &str,
+) -> Option<Versions> {
+    let _ = endpoint
+        .request(http, reqwest::Method::POST, &format!("/{index}/_refresh"))
+        .send()
+        .await;
+    let body: Value = endpoint
+        .request(
+            http,
+            reqwest::Method::POST,
+            &format!("/{index}/_search?version=true&size=10000"),
+        )
         .json(&json!({"query": {"match_all": {}}, "_source": ["deleted"]}))
         .send()
         .await
