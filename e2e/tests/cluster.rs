@@ -681,5 +681,55 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
         (indexed == stored).then_some(())
     })
     .await;
+
+    // A bad credential given to the workers only (the operator's stay good) reaches the
+    // resource through their Leases: the rolled-out pods are refused, the old ones keep serving.
+    let bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"},
+    "stringData": {
+        "username": "mp-indexer", "password": "not-the-password",
+        "uri": format!("mongodb://mp-api:not-the-password@{}/?tls=true&authMechanism=PLAIN",
+            endpoints.mongodb_uri.trim_start_matches("mongodb://").trim_end_matches('/')),
+    }});
+    install
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .patch(
+            "bad",
+            &kube::api::PatchParams::apply("cluster-e2e").force(),
+            &kube::api::Patch::Apply(&bad),
+        )
+        .await
+        .unwrap();
+    install
+        .change_spec("secure", |spec| {
+            spec["mongodb"]["uriSecretRef"] = json!({"name": "bad", "key": "uri"});
+            spec["kafka"]["sasl"]["indexerCredentialsSecretRef"] = json!({"name": "bad"});
+        })
+        .await;
+    let refused = pipeline
+        .until(
+            &install,
+            "ApiServerAvailable MongoDBAuthenticationFailed and IndexerAvailable KafkaAuthenticationFailed",
+            READY_WITHIN,
+            |mp| {
+                condition_reason(mp, "ApiServerAvailable") == Some("MongoDBAuthenticationFailed")
+                    && condition_reason(mp, "IndexerAvailable")
+                        == Some("KafkaAuthenticationFailed")
+            },
+        )
+        .await;
+    assert_eq!(condition(&refused, "Ready"), Some("False"));
     install.remove().await;
+}
+
+/// The reason of condition `type_`.
+fn condition_reason<'a>(
+    mp: &'a messagepipeline_crd::MessagePipeline,
+    type_: &str,
+) -> Option<&'a str> {
+    mp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
