@@ -134,33 +134,59 @@ async fn a_start_mongodb_refuses_holds_a_lease_that_says_so_and_serves_nothing()
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let kubeconfig = rig().kubeconfig().to_owned();
     let setup = Setup::new("lease-mongo").await;
-    let uri = rig().mongodb_secure_uri(Some(("api", "not-the-password")), Some(rig().ca_cert()));
-    let mut server = Server::launch(
-        &setup,
-        &[
-            ("MP_PIPELINE_NAME", "orders"),
-            ("MP_PIPELINE_NAMESPACE", namespace.as_str()),
-            ("POD_NAME", "orders-api-mongo"),
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("MONGODB_URI", uri.as_str()),
-        ],
-    );
-    let (reason, message) = refusal(&leases, "orders-api-orders-api-mongo").await;
-    assert_eq!(reason, "MongoDBAuthenticationFailed", "{message}");
-    let host = uri.rsplit('@').next().unwrap().split('/').next().unwrap();
-    assert!(message.contains(host), "names the server: {message}");
-    assert!(!message.contains("not-the-password"), "{message}");
-    let held = leases.get("orders-api-orders-api-mongo").await.unwrap();
-    assert_eq!(
-        held.metadata.annotations.unwrap()[lease::ANNOTATION_READY],
-        "false"
-    );
-    assert!(
-        reqwest::get(format!("{}/ready", server.base))
-            .await
-            .is_err(),
-        "nothing is served while MongoDB refuses"
-    );
-    assert!(server.terminate(), "a clean exit while refused");
+    let cases = [
+        (
+            "orders-api-login",
+            rig().mongodb_secure_uri(Some(("api", "not-the-password")), Some(rig().ca_cert())),
+            "MongoDBAuthenticationFailed",
+        ),
+        // No CA file: the rig's CA is not among the system roots.
+        (
+            "orders-api-ca",
+            rig().mongodb_secure_uri(Some(("api", rig().mongodb_password("api"))), None),
+            "MongoDBTLSUntrusted",
+        ),
+    ];
+    let mut servers: Vec<Server> = cases
+        .iter()
+        .map(|(pod, uri, _)| {
+            Server::launch(
+                &setup,
+                &[
+                    ("MP_PIPELINE_NAME", "orders"),
+                    ("MP_PIPELINE_NAMESPACE", namespace.as_str()),
+                    ("POD_NAME", pod),
+                    ("KUBECONFIG", kubeconfig.as_str()),
+                    ("MONGODB_URI", uri.as_str()),
+                ],
+            )
+        })
+        .collect();
+    for ((pod, uri, want), server) in cases.iter().zip(&servers) {
+        let name = format!("orders-api-{pod}");
+        let (reason, message) = refusal(&leases, &name).await;
+        assert_eq!(reason, *want, "{message}");
+        let host = uri.rsplit('@').next().unwrap().split('/').next().unwrap();
+        assert!(message.contains(host), "names the server: {message}");
+        assert!(!message.contains("not-the-password"), "{message}");
+        assert!(
+            !message.contains(rig().mongodb_password("api")),
+            "{message}"
+        );
+        let held = leases.get(&name).await.unwrap();
+        assert_eq!(
+            held.metadata.annotations.unwrap()[lease::ANNOTATION_READY],
+            "false"
+        );
+        assert!(
+            reqwest::get(format!("{}/ready", server.base))
+                .await
+                .is_err(),
+            "nothing is served while MongoDB refuses"
+        );
+    }
+    for server in &mut servers {
+        assert!(server.terminate(), "a clean exit while refused");
+    }
     rig().delete_namespace(&client, &namespace).await;
 }

@@ -718,6 +718,30 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
         )
         .await;
     assert_eq!(condition(&refused, "Ready"), Some("False"));
+
+    // No password in any log: the operator's, the workers' (the refused ones included).
+    let passwords: Vec<&str> = ["operator", "api", "indexer"]
+        .into_iter()
+        .flat_map(|p| [rig().kafka_password(p), rig().search_password(p)])
+        .chain([rig().mongodb_password("api"), "not-the-password"])
+        .collect();
+    let mut pods = install.operator_pods().await;
+    pods.extend(pipeline.worker_pods(&install).await);
+    let api = install.api::<Pod>();
+    let mut read = 0;
+    for pod in pods {
+        let name = pod.metadata.name.unwrap();
+        // A pod whose container has not started yet has no log to read.
+        let log = api
+            .logs(&name, &kube::api::LogParams::default())
+            .await
+            .unwrap_or_default();
+        read += usize::from(!log.is_empty());
+        for password in &passwords {
+            assert!(!log.contains(password), "a password in the log of {name}");
+        }
+    }
+    assert!(read >= 3, "only {read} logs read");
     install.remove().await;
 }
 
