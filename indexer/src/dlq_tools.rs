@@ -13,8 +13,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use pipeline_contract::Timestamp;
+use pipeline_contract::access::Refused;
 use pipeline_contract::dlq::{DlqHeaderError, DlqHeaders, ErrorClass, UnknownErrorClass, header};
 use pipeline_contract::kafka_client;
+use pipeline_contract::kafka_client::Refusals;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -375,6 +377,9 @@ pub enum DlqToolError {
     },
     #[error("the DLQ reader stopped unexpectedly: {0}")]
     Reader(String),
+    /// Kafka refused the tool's credentials, CA or principal (run it as the replay principal).
+    #[error("{0}")]
+    Refused(Refused),
 }
 
 /// Reads a topic from the beginning of every partition up to the high watermarks taken when
@@ -418,16 +423,18 @@ fn read_blocking(
     tx: &mpsc::Sender<ConsumedRecord>,
 ) -> Result<(), DlqToolError> {
     // librdkafka's assign needs a group id; this one is never joined (no subscribe) and nothing is
-    // committed under it.
-    let consumer: BaseConsumer = config
+    // committed under it. It is named after the topic (`<topic>.reader-<random>`), so a
+    // least-privilege principal needs Read on groups prefixed with the DLQ's name, nothing wider.
+    let refusals = Refusals::new(config.get("bootstrap.servers").unwrap_or_default());
+    let consumer: BaseConsumer<Refusals> = config
         .set(
             "group.id",
-            format!("indexer-dlq-tools-{}", uuid::Uuid::new_v4().simple()),
+            format!("{topic}.reader-{}", uuid::Uuid::new_v4().simple()),
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .create()
+        .create_with_context(refusals)
         .map_err(DlqToolError::Client)?;
     let result = read_partitions(&consumer, topic, tx);
     // Nothing the client returned outlives this point, so dropping the consumer cannot block.
@@ -438,7 +445,7 @@ fn read_blocking(
 
 /// Sends every record of `topic`'s partitions up to their high watermarks at the start.
 fn read_partitions(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Refusals>,
     topic: &str,
     tx: &mpsc::Sender<ConsumedRecord>,
 ) -> Result<(), DlqToolError> {
@@ -468,10 +475,14 @@ fn read_partitions(
                     remaining.remove(&partition);
                 }
             }
-            Some(Err(error)) => {
+            // A refusal is final (below); anything else may pass.
+            Some(Err(error)) if !consumer.context().observe_error(&error) => {
                 tracing::warn!(topic, %error, "reading the DLQ; retrying");
             }
-            None => {}
+            Some(Err(_)) | None => {}
+        }
+        if let Some(refused) = consumer.context().current() {
+            return Err(DlqToolError::Refused(refused));
         }
         drop_read_to_end(consumer, topic, &mut remaining)?;
         if !remaining.is_empty() && last_progress.elapsed() > STALL_LIMIT {
@@ -492,7 +503,7 @@ fn read_partitions(
 /// Assigns `consumer` the non-empty partitions of `topic` from their beginning; returns each
 /// one's high watermark now, where its read ends.
 fn assign_to_ends(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Refusals>,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, DlqToolError> {
     let topic_error = |problem: String| DlqToolError::Topic {
@@ -535,7 +546,7 @@ fn assign_to_ends(
 /// Drops from `remaining` the partitions whose position reached their end: offsets without a
 /// record (transaction markers, compaction) still move the position.
 fn drop_read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Refusals>,
     topic: &str,
     remaining: &mut BTreeMap<i32, i64>,
 ) -> Result<(), DlqToolError> {

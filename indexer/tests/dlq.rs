@@ -12,7 +12,7 @@ use common::Fixture;
 use e2e::{rig::rig, unique, wait};
 use indexer::config::KafkaArgs;
 use indexer::dlq::DlqWriter;
-use indexer::dlq_tools::{self, EXIT_REFUSED, Selection, TopicReader};
+use indexer::dlq_tools::{self, DlqToolError, EXIT_REFUSED, Selection, TopicReader};
 use indexer::record::ConsumedRecord;
 use pipeline_contract::dlq::{DlqHeaders, ErrorClass, header};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
@@ -472,4 +472,68 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
     );
     token.cancel();
     task.await.unwrap();
+}
+
+/// `indexer dlq` on the secured listener as `mp-<principal>` (devstack/kafka/acls).
+fn secured(topics: &Topics, principal: &str) -> KafkaArgs {
+    KafkaArgs {
+        connection: Connection {
+            bootstrap_servers: rig().kafka_secure().to_owned(),
+            security_protocol: Some("sasl_ssl".into()),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some(format!("mp-{principal}")),
+            sasl_password: Some(rig().kafka_password(principal).to_owned()),
+            ssl_ca_location: Some(rig().ca_cert().to_owned()),
+        },
+        ..topics.kafka()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_runs_as_its_own_principal_and_the_indexers_may_not_replay() {
+    let id = unique("r");
+    let topics = Topics {
+        topic: format!("secure-events-{id}"),
+        dlq: format!("secure-dlq-{id}"),
+    };
+    e2e::kafka::create_topics(&[(&topics.topic, 1), (&topics.dlq, 1)]).await;
+    let mut headers = event_headers("m-1:1", Timestamp::now());
+    headers.extend(
+        dlq_headers(
+            &topics.topic,
+            ErrorClass::RetriesExhausted,
+            Timestamp::now(),
+            0,
+        )
+        .pairs(),
+    );
+    produce_raw(&topics.dlq, "k1", b"{\"v\":1}", &headers).await;
+    let selection = Selection {
+        classes: BTreeSet::new(),
+        from_offset: None,
+        to_offset: None,
+        horizon_days: 21,
+        force: false,
+        now: Timestamp::now(),
+    };
+    // The indexer's principal writes the DLQ but may not read it.
+    let refused = dlq_tools::replay(&secured(&topics, "indexer"), &selection, false)
+        .await
+        .expect_err("mp-indexer may not read the DLQ");
+    let DlqToolError::Refused(refused) = refused else {
+        panic!("not a refusal: {refused}");
+    };
+    assert_eq!(
+        refused.refusal.reason(),
+        "KafkaAuthorizationFailed",
+        "{refused}"
+    );
+    assert!(topics.events().await.is_empty());
+    let done = dlq_tools::replay(&secured(&topics, "replay"), &selection, false)
+        .await
+        .expect("a replay as mp-replay");
+    assert_eq!(done.redriven(), 1);
+    let events = topics.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(header(&events[0], header::REDRIVE_COUNT), Some("1"));
 }
