@@ -153,7 +153,10 @@ mod tests {
                 ("h".to_owned(), Drift::Orphan),
             ]
         );
-        assert!(compare(&stored, &stored).is_empty(), "a side against itself");
+        assert!(
+            compare(&stored, &stored).is_empty(),
+            "a side against itself"
+        );
         assert!(compare(&[], &[]).is_empty());
     }
 }

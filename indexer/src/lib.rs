@@ -6,6 +6,9 @@
 //! consume loop (`pipeline`), the search engine (`sink`), the DLQ producer (`dlq`) and its
 //! `dlq inspect|replay` tools (`dlq_tools`), metrics, the health server and the worker Lease.
 
+/// The drift audit's decision: which class (missing, stale, resurrected, orphan) a document of
+/// MongoDB and the index walked in id order is in.
+pub mod audit;
 /// The batch accumulator (count, bytes, linger) and the halving of a batch refused with 413.
 pub mod batch;
 /// The circuit breaker's state machine: closed, open, half-open, with the reason of every transition.
