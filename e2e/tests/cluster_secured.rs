@@ -118,38 +118,25 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
             |mp| ready_with(mp, 1, 1),
         )
         .await;
-    eprintln!(
-        "secured: Ready, {:?}",
-        mp.status.map(|s| s.conditions.len())
-    );
+    assert_eq!(condition(&mp, "TopicsReady"), Some("True"));
 
     // Create, update, delete and search through the Service.
     let base = pipeline.api_base(&install).await;
     let http = reqwest::Client::new();
     let auth = format!("Bearer {}", cluster::KEY);
     let conversation = uuid::Uuid::new_v4();
-    let created: serde_json::Value = http
-        .post(format!("{base}/v1/messages"))
-        .header("authorization", &auth)
-        .json(&json!({"conversationId": conversation, "senderId": uuid::Uuid::new_v4(), "content": "kept over TLS"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kept = created["id"].as_str().expect("created").to_owned();
-    let gone: serde_json::Value = http
-        .post(format!("{base}/v1/messages"))
-        .header("authorization", &auth)
-        .json(&json!({"conversationId": conversation, "senderId": uuid::Uuid::new_v4(), "content": "deleted soon"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let gone = gone["id"].as_str().expect("created").to_owned();
+    let create = |content: &'static str| {
+        let request = http
+            .post(format!("{base}/v1/messages"))
+            .header("authorization", &auth)
+            .json(&json!({"conversationId": conversation, "senderId": uuid::Uuid::new_v4(), "content": content}));
+        async move {
+            let created: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            created["id"].as_str().expect("created").to_owned()
+        }
+    };
+    let kept = create("kept over TLS").await;
+    let gone = create("deleted soon").await;
     let patched = http
         .patch(format!("{base}/v1/messages/{kept}"))
         .header("authorization", &auth)
