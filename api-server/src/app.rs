@@ -55,7 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     drop(crate::relay::producer(
         &config.kafka,
         &config.relay,
-        &metrics.refusals,
+        &crate::relay::refusals(&config.kafka, &metrics),
     )?);
     let pod = config.relay.pod();
     let relay = Relay {
@@ -205,11 +205,7 @@ async fn open_store(
         let Some(refused) = error.refusal(&endpoint) else {
             break Err(error.into());
         };
-        let reason = refused.refusal.reason();
-        let line = refused.to_string();
-        if metrics.refusals.record(refused) {
-            tracing::error!(refusal = %reason, "{line}");
-        }
+        metrics.refusals.record(refused);
         if lease.is_none() {
             let stop = shutdown.child_token();
             let task = tokio::spawn(refused_lease(Arc::clone(metrics), stop.clone()));

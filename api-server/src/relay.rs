@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use pipeline_contract::access::RefusalLog;
 use pipeline_contract::kafka_client;
 use pipeline_contract::kafka_client::Refusals;
 use pipeline_contract::time::Timestamp;
@@ -46,11 +45,12 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Longest wait on shutdown for the outbox to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
-/// The producer as the relay needs it, recording the refusals its connections meet in `log`.
+/// The producer as the relay needs it, recording the refusals its connections meet with
+/// `refusals`.
 pub fn producer(
     kafka: &KafkaArgs,
     relay: &RelayArgs,
-    log: &RefusalLog,
+    refusals: &Refusals,
 ) -> Result<FutureProducer<Refusals>, KafkaError> {
     let mut config: ClientConfig = kafka_client::idempotent(kafka.connection.client_config());
     config
@@ -63,10 +63,15 @@ pub fn producer(
         )
         // The outbox bounds what is queued; keep librdkafka's own buffer small to match.
         .set("queue.buffering.max.kbytes", "16384");
-    config.create_with_context(Refusals::into_log(
+    config.create_with_context(refusals.clone())
+}
+
+/// The relay's record of refusals: its Kafka endpoint, into the api-server's log.
+pub fn refusals(kafka: &KafkaArgs, metrics: &Metrics) -> Refusals {
+    Refusals::into_log(
         &kafka.connection.bootstrap_servers,
-        log.clone(),
-    ))
+        metrics.refusals.clone(),
+    )
 }
 
 #[derive(Debug)]
@@ -95,6 +100,8 @@ enum Scanned {
 /// The producer and how sending goes.
 struct Link {
     producer: FutureProducer<Refusals>,
+    /// What the producer's context records into; delivery failures are recorded here too.
+    refusals: Refusals,
     /// No sends before this (a pause after a failure).
     resend_after: Instant,
     /// Since when every delivery failed (`None` after a success).
@@ -138,8 +145,10 @@ impl Relay {
     /// stop), then [`Self::hand_over`], [`Self::scan`], and [`Self::wait`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let overlap = i64::try_from(self.args.overlap().as_millis()).unwrap_or(i64::MAX);
+        let refusals = refusals(&self.kafka, &self.metrics);
         let mut link = Link {
-            producer: producer(&self.kafka, &self.args, &self.metrics.refusals)?,
+            producer: producer(&self.kafka, &self.args, &refusals)?,
+            refusals,
             resend_after: Instant::now(),
             failing_since: None,
         };
@@ -329,11 +338,7 @@ impl Relay {
                 self.outbox.failed(key);
                 self.metrics.relay_failures.inc();
                 // A topic ACL refuses each record, not the connection.
-                Refusals::into_log(
-                    &self.kafka.connection.bootstrap_servers,
-                    self.metrics.refusals.clone(),
-                )
-                .observe_error(&error);
+                link.refusals.observe_error(&error);
                 // One line per burst of failures (an outage fails every record in flight).
                 if link.resend_after <= Instant::now() {
                     tracing::warn!(%error, id = %key.id, version = key.version, pending = self.outbox.snapshot().pending, "publishing failed; retrying in 1 s");
@@ -347,7 +352,7 @@ impl Relay {
                 let wedged = failing_since.elapsed() >= self.args.stuck_producer_after();
                 if fatal.is_some() || wedged {
                     tracing::warn!(fatal = ?fatal, failing_for = ?failing_since.elapsed(), "replacing the Kafka producer");
-                    match self::producer(&self.kafka, &self.args, &self.metrics.refusals) {
+                    match self::producer(&self.kafka, &self.args, &link.refusals) {
                         Ok(fresh) => {
                             link.producer = fresh;
                             link.failing_since = Some(Instant::now());

@@ -27,7 +27,7 @@ use mongodb::bson::{self, DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Client, Collection, IndexModel};
-use pipeline_contract::access::{Refusal, Refused, Service, mongodb_cause};
+use pipeline_contract::access::{Refused, Service, mongodb_cause};
 use pipeline_contract::event::{DeletedPayload, MessageEvent, MessagePayload};
 use pipeline_contract::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -111,11 +111,8 @@ impl StoreError {
             _ => None,
         };
         let text = format!("{error} {error:?}");
-        mongodb_cause(code, &text).map(|cause| Refused {
-            refusal: Refusal::new(Service::MongoDb, cause),
-            endpoint: endpoint.to_owned(),
-            detail: error.to_string(),
-        })
+        mongodb_cause(code, &text)
+            .map(|cause| Refused::new(Service::MongoDb, cause, endpoint, error.to_string()))
     }
 }
 

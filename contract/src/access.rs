@@ -111,6 +111,21 @@ pub struct Refused {
     pub detail: String,
 }
 
+impl Refused {
+    pub fn new(
+        service: Service,
+        cause: Cause,
+        endpoint: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            refusal: Refusal::new(service, cause),
+            endpoint: endpoint.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -138,8 +153,9 @@ pub struct RefusalLog {
 }
 
 impl RefusalLog {
-    /// Keeps `refused` as the last refusal; whether it starts one (another refusal than the
-    /// last, or the first after a quiet [`REFUSAL_MEMORY`]): the moment to log it.
+    /// Keeps `refused` as the last refusal, logging it (one error line naming the endpoint and
+    /// the cause) when it starts one: another refusal than the last, or the first after a quiet
+    /// [`REFUSAL_MEMORY`]. Returns whether it started one.
     pub fn record(&self, refused: Refused) -> bool {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         let starts = last.as_ref().is_none_or(|(at, r)| {
@@ -147,6 +163,9 @@ impl RefusalLog {
                 || r.endpoint != refused.endpoint
                 || at.elapsed() > REFUSAL_MEMORY
         });
+        if starts {
+            tracing::error!(refusal = %refused.refusal.reason(), "{refused}");
+        }
         *last = Some((Instant::now(), refused));
         starts
     }

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::access::{Refusal, RefusalLog, Refused, Service, kafka_cause};
+use crate::access::{RefusalLog, Refused, Service, kafka_cause};
 use crate::worker::env;
 
 /// Where Kafka is and how to authenticate: the part of a worker's configuration every one of
@@ -125,9 +125,8 @@ pub fn record<'a>(
 }
 
 /// A Kafka client's context that records the refusals its connections meet in a
-/// [`RefusalLog`] (librdkafka calls it with every error), logging each refusal once when it
-/// starts, with the endpoint and the cause; other errors are logged as librdkafka's default
-/// context does.
+/// [`RefusalLog`] (librdkafka calls it with every error; the log says each refusal once);
+/// other errors are logged as librdkafka's default context does.
 #[derive(Debug, Clone)]
 pub struct Refusals {
     endpoint: Arc<str>,
@@ -158,16 +157,12 @@ impl Refusals {
         let Some(cause) = kafka_cause(code, message) else {
             return false;
         };
-        let refused = Refused {
-            refusal: Refusal::new(Service::Kafka, cause),
-            endpoint: self.endpoint.to_string(),
-            detail: message.to_owned(),
-        };
-        let reason = refused.refusal.reason();
-        let line = refused.to_string();
-        if self.log.record(refused) {
-            tracing::error!(refusal = %reason, "{line}");
-        }
+        self.log.record(Refused::new(
+            Service::Kafka,
+            cause,
+            &*self.endpoint,
+            message,
+        ));
         true
     }
 

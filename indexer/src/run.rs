@@ -91,16 +91,13 @@ async fn consume(
             Err(e) => return Err(e.into()),
         }
     }
-    let refusals = || {
-        Refusals::into_log(
-            &args.kafka.connection.bootstrap_servers,
-            metrics.refusals.clone(),
-        )
-    };
     let dlq = DlqWriter::new(
         args.kafka.connection.client_config(),
         args.kafka.dlq_topic(),
-        refusals(),
+        Refusals::into_log(
+            &args.kafka.connection.bootstrap_servers,
+            metrics.refusals.clone(),
+        ),
     )?;
     let consumer = consumer(args, metrics.clone())?;
     let settings = Settings {

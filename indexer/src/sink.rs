@@ -5,7 +5,7 @@
 //! one request.
 
 use pipeline_contract::access::{
-    Cause, Refusal, RefusalLog, Refused, Service, search_error_cause, search_status_cause,
+    Cause, RefusalLog, Refused, Service, search_error_cause, search_status_cause,
 };
 use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::search::IndexLayout;
@@ -101,16 +101,10 @@ impl SearchSink {
         self
     }
 
-    /// Records a refusal (`cause`, in the words of `detail`); logs it when it starts.
+    /// Records a refusal (`cause`, in the words of `detail`).
     fn refused(&self, cause: Cause, detail: String) -> Refused {
-        let refused = Refused {
-            refusal: Refusal::new(Service::Search, cause),
-            endpoint: self.endpoint.base_url().to_owned(),
-            detail,
-        };
-        if self.refusals.record(refused.clone()) {
-            tracing::error!(refusal = %refused.refusal.reason(), "{refused}");
-        }
+        let refused = Refused::new(Service::Search, cause, self.endpoint.base_url(), detail);
+        self.refusals.record(refused.clone());
         refused
     }
 

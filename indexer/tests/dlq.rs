@@ -428,14 +428,7 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
         None
     );
 
-    let selection = Selection {
-        classes: BTreeSet::new(),
-        from_offset: None,
-        to_offset: None,
-        horizon_days: 21,
-        force: false,
-        now: Timestamp::now(),
-    };
+    let selection = every_class_now();
     let summary = dlq_tools::replay(&kafka, &selection, false)
         .await
         .expect("replay");
@@ -474,6 +467,18 @@ async fn a_dead_letter_redriven_while_the_indexer_runs_gets_indexed() {
     task.await.unwrap();
 }
 
+/// Every class, every offset, within a 21-day horizon, as of now.
+fn every_class_now() -> Selection {
+    Selection {
+        classes: BTreeSet::new(),
+        from_offset: None,
+        to_offset: None,
+        horizon_days: 21,
+        force: false,
+        now: Timestamp::now(),
+    }
+}
+
 /// `indexer dlq` on the secured listener as `mp-<principal>` (devstack/kafka/acls).
 fn secured(topics: &Topics, principal: &str) -> KafkaArgs {
     KafkaArgs {
@@ -508,14 +513,7 @@ async fn a_replay_runs_as_its_own_principal_and_the_indexers_may_not_replay() {
         .pairs(),
     );
     produce_raw(&topics.dlq, "k1", b"{\"v\":1}", &headers).await;
-    let selection = Selection {
-        classes: BTreeSet::new(),
-        from_offset: None,
-        to_offset: None,
-        horizon_days: 21,
-        force: false,
-        now: Timestamp::now(),
-    };
+    let selection = every_class_now();
     // The indexer's principal writes the DLQ but may not read it.
     let refused = dlq_tools::replay(&secured(&topics, "indexer"), &selection, false)
         .await

@@ -29,7 +29,7 @@ use messagepipeline_crd::{
     DeletionPolicy, FIELD_MANAGER, FINALIZER, MessagePipeline, MessagePipelineStatus,
     PAUSED_ANNOTATION, condition,
 };
-use pipeline_contract::access::{self, Refusal, Refused};
+use pipeline_contract::access::{self, Refused};
 use pipeline_contract::install::{InstallError, SearchEndpoint, install};
 use pipeline_contract::retry;
 use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
@@ -532,11 +532,14 @@ async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), Fail
         }
         Err(error) => {
             let failure = match &error {
-                Error::Install(e) if let Some(cause) = e.cause() => Failure::refused(&Refused {
-                    refusal: Refusal::new(access::Service::Search, cause),
-                    endpoint: mp.spec.elasticsearch.url.clone(),
-                    detail: e.to_string(),
-                }),
+                Error::Install(e) if let Some(cause) = e.cause() => {
+                    Failure::refused(&Refused::new(
+                        access::Service::Search,
+                        cause,
+                        &mp.spec.elasticsearch.url,
+                        e.to_string(),
+                    ))
+                }
                 _ => Failure::new("SearchEngineError", error.to_string()),
             };
             ctx.event(

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use messagepipeline_crd::{KafkaSpec, MessagePipelineSpec};
-use pipeline_contract::access::{Refusal, Refused, Service, kafka_cause};
+use pipeline_contract::access::{Refused, Service, kafka_cause};
 use pipeline_contract::kafka_client::Refusals;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
@@ -128,11 +128,12 @@ impl KafkaError {
             Self::Topic { code, .. } => kafka_cause(*code, ""),
             Self::Refused(r) => return Some(r.clone()),
         }?;
-        Some(Refused {
-            refusal: Refusal::new(Service::Kafka, cause),
-            endpoint: endpoint.to_owned(),
-            detail: self.to_string(),
-        })
+        Some(Refused::new(
+            Service::Kafka,
+            cause,
+            endpoint,
+            self.to_string(),
+        ))
     }
 
     /// The refusal, when this is one.
