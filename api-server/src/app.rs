@@ -184,15 +184,9 @@ async fn open_store(
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, RunError> {
     let m = &config.mongodb;
-    let endpoint = crate::store::endpoint(&m.mongodb_uri);
+    let endpoint = m.endpoint();
     let attempt = || async {
-        let store = Store::connect(
-            &m.mongodb_uri,
-            m.mongodb_ca_file.as_deref(),
-            &m.mongodb_database,
-            &m.mongodb_collection,
-        )
-        .await?;
+        let store = Store::connect(m).await?;
         store.ensure_indexes().await?;
         Ok::<_, StoreError>(store)
     };

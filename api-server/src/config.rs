@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use pipeline_contract::kafka::DEFAULT_TOPIC;
 use pipeline_contract::kafka_client::Connection;
+pub use pipeline_contract::mongodb_client::MongoArgs;
 use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
 use pipeline_contract::search_client::SearchAccess;
 use pipeline_contract::worker::env;
@@ -73,22 +74,6 @@ pub struct AuthArgs {
         conflicts_with = "api_keys_file"
     )]
     pub insecure_tenant_header: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct MongoArgs {
-    /// MongoDB connection string.
-    #[arg(long, env = env::MONGODB_URI, hide_env_values = true)]
-    pub mongodb_uri: String,
-    /// A CA file (PEM) the connection trusts (turns TLS on); the URI's `tlsCAFile` does the same.
-    #[arg(long, env = env::MONGODB_CA_FILE)]
-    pub mongodb_ca_file: Option<std::path::PathBuf>,
-    /// Database of the messages collection.
-    #[arg(long, env = env::MONGODB_DATABASE, default_value = "message_pipeline")]
-    pub mongodb_database: String,
-    /// The messages collection; the relay keeps its registrations in `<collection>_relay`.
-    #[arg(long, env = env::MONGODB_COLLECTION, default_value = "messages")]
-    pub mongodb_collection: String,
 }
 
 #[derive(Debug, Clone, Args)]

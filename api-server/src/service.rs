@@ -21,7 +21,9 @@ use crate::etag::IfMatch;
 use crate::idempotency::{IdempotencyKey, request_fingerprint};
 use crate::outbox::{Outbox, Unvouched};
 use crate::problem::{FieldError, Problem};
-use crate::store::{After, Change, Message, Store, StoreError, StoredMessage, to_bson};
+use crate::store::{
+    After, Change, Message, MessageView, Store, StoreError, StoredMessage, to_bson,
+};
 use crate::validate::{MessagePatch, NewMessage};
 
 /// Lock stripes: writes to ids in the same stripe wait for each other, nothing else does.

@@ -1,7 +1,7 @@
 //! The MongoDB repository: message documents, their conditional writes, and the relay's
 //! registrations (one per api-server process: watermark and heartbeat, see `replicas`).
 //!
-//! Owns the document shape (below), every query, and the indexes they need. Every write is one
+//! Owns every query, and the indexes they need. Every write is one
 //! document operation; updates are conditional on `{_id, tenantId, version}` so that a stale
 //! writer matches nothing (MongoDB makes that atomic; FerretDB 1.x does not, which is why the
 //! service also serializes writes per id in-process). Every read filters by `tenantId`: a foreign
@@ -10,57 +10,27 @@
 //! It decides nothing about HTTP, versions or events: the service computes the new state, the
 //! relay turns documents into events.
 //!
-//! Document (`_id` = message id as a lowercase hyphenated UUID):
-//! `tenantId, conversationId, senderId, content, metadataJson, timestamp` (creation),
-//! `updatedAt` (time of the latest change: creation, update or delete; the relay's watermark
-//! field), `version`, `deleted`, `deletedAt`, `fingerprint` (idempotent creates only),
-//! `correlationId` (of the latest change, so a re-publish carries it). A tombstone keeps only
-//! what its delete event needs: content, metadata and sender are removed.
-//!
-//! Metadata is stored as its JSON text, not as a BSON subdocument: client-chosen keys may
-//! contain `.` or start with `$`, which MongoDB-compatible servers restrict, and numbers beyond
-//! `i64` have no BSON type. The API never queries inside metadata (search does), so nothing is
-//! lost and a message reads back exactly as written.
+//! The document's shape, its event and the conversions of its times are the contract's
+//! (`pipeline_contract::document`), which the indexer's audit and rebuild read too; the API's view
+//! of a live message ([`Message`]) is this crate's.
 
 use futures::TryStreamExt;
 use mongodb::bson::{self, DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
+use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
-use pipeline_contract::access::{Refused, Service, mongodb_cause};
-use pipeline_contract::event::{DeletedPayload, MessageEvent, MessagePayload};
+use pipeline_contract::access::Refused;
+pub use pipeline_contract::document::{
+    CorruptDocument, StoredMessage, document_of, endpoint, to_bson, to_timestamp,
+};
+use pipeline_contract::document::{WATERMARK, relay_state_collection};
+use pipeline_contract::mongodb_client::{self, MongoArgs};
 use pipeline_contract::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::replicas::{Pulse, Registration};
-
-/// A message document as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredMessage {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub tenant_id: String,
-    pub conversation_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_json: Option<String>,
-    pub timestamp: DateTime,
-    pub updated_at: DateTime,
-    pub version: i64,
-    pub deleted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deleted_at: Option<DateTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
-    #[serde(default)]
-    pub correlation_id: String,
-}
 
 /// A live message as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -83,14 +53,6 @@ pub struct Message {
     pub version: u64,
 }
 
-/// A document that does not have the shape this module writes.
-#[derive(Debug, thiserror::Error)]
-#[error("message document {id} is corrupt: {reason}")]
-pub struct CorruptDocument {
-    pub id: String,
-    pub reason: String,
-}
-
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -103,116 +65,31 @@ pub enum StoreError {
 impl StoreError {
     /// The refusal this is (credentials, CA, permissions), by the server at `endpoint`.
     pub fn refusal(&self, endpoint: &str) -> Option<Refused> {
-        let Self::Mongo(error) = self else {
-            return None;
-        };
-        let code = match error.kind.as_ref() {
-            ErrorKind::Command(c) => Some(c.code),
-            _ => None,
-        };
-        let text = format!("{error} {error:?}");
-        mongodb_cause(code, &text)
-            .map(|cause| Refused::new(Service::MongoDb, cause, endpoint, error.to_string()))
-    }
-}
-
-/// The hosts of a MongoDB URI, without its scheme, credentials and options: how refusals and
-/// logs name the server (the URI itself may hold a password).
-pub fn endpoint(uri: &str) -> String {
-    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, hosts)| hosts)
-        .to_owned()
-}
-
-pub fn to_timestamp(t: DateTime) -> Timestamp {
-    Timestamp::from_millis(t.timestamp_millis()).unwrap_or_else(|| {
-        // BSON dates beyond chrono's range cannot come from this module.
-        Timestamp::from_millis(0).expect("the epoch is a valid time")
-    })
-}
-
-pub fn to_bson(t: Timestamp) -> DateTime {
-    DateTime::from_millis(t.timestamp_millis())
-}
-
-impl StoredMessage {
-    fn corrupt(&self, reason: impl Into<String>) -> CorruptDocument {
-        CorruptDocument {
-            id: self.id.clone(),
-            reason: reason.into(),
+        match self {
+            Self::Mongo(error) => mongodb_client::refusal(error, endpoint),
+            Self::Corrupt(_) => None,
         }
     }
+}
 
-    fn uuid(&self, field: &str, value: &str) -> Result<Uuid, CorruptDocument> {
-        Uuid::parse_str(value).map_err(|e| self.corrupt(format!("{field}: {e}")))
-    }
-
-    pub fn version(&self) -> u64 {
-        u64::try_from(self.version).unwrap_or(0)
-    }
-
-    pub fn metadata(&self) -> Result<Map<String, Value>, CorruptDocument> {
-        match &self.metadata_json {
-            None => Ok(Map::new()),
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| self.corrupt(format!("metadataJson: {e}")))
-            }
-        }
-    }
-
+/// The API's view of a stored document.
+pub trait MessageView {
     /// The API view of a live message.
-    pub fn to_message(&self) -> Result<Message, CorruptDocument> {
-        let sender = self
-            .sender_id
-            .as_deref()
-            .ok_or_else(|| self.corrupt("live message without senderId"))?;
-        let version = self.version();
+    fn to_message(&self) -> Result<Message, CorruptDocument>;
+}
+
+impl MessageView for StoredMessage {
+    fn to_message(&self) -> Result<Message, CorruptDocument> {
+        let (sender_id, content) = self.live_fields()?;
         Ok(Message {
             id: self.uuid("_id", &self.id)?,
             conversation_id: self.uuid("conversationId", &self.conversation_id)?,
-            sender_id: self.uuid("senderId", sender)?,
-            content: self
-                .content
-                .clone()
-                .ok_or_else(|| self.corrupt("live message without content"))?,
+            sender_id,
+            content,
             timestamp: to_timestamp(self.timestamp),
-            updated_at: (version > 1).then(|| to_timestamp(self.updated_at)),
+            updated_at: self.last_update(),
             metadata: self.metadata()?,
-            version,
-        })
-    }
-
-    /// The event of this document's current state: `deleted` for a tombstone, `created` at
-    /// version 1, `updated` after that.
-    pub fn to_event(&self) -> Result<MessageEvent, CorruptDocument> {
-        if self.deleted {
-            return Ok(MessageEvent::Deleted(DeletedPayload {
-                id: self.uuid("_id", &self.id)?,
-                conversation_id: Some(self.uuid("conversationId", &self.conversation_id)?),
-                tenant_id: self.tenant_id.clone(),
-                version: Some(self.version()),
-                deleted_at: Some(to_timestamp(self.deleted_at.unwrap_or(self.updated_at))),
-            }));
-        }
-        let m = self.to_message()?;
-        let payload = MessagePayload {
-            id: m.id,
-            conversation_id: Some(m.conversation_id),
-            sender_id: Some(m.sender_id),
-            content: m.content,
-            tenant_id: self.tenant_id.clone(),
-            timestamp: Some(m.timestamp),
-            updated_at: m.updated_at,
-            metadata: m.metadata,
-            version: Some(m.version),
-        };
-        Ok(if m.version <= 1 {
-            MessageEvent::Created(payload)
-        } else {
-            MessageEvent::Updated(payload)
+            version: self.version(),
         })
     }
 }
@@ -251,32 +128,21 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 }
 
 impl Store {
-    /// A store on the server of `uri`, over TLS trusting `ca_file` when one is given.
-    pub async fn connect(
-        uri: &str,
-        ca_file: Option<&std::path::Path>,
-        database: &str,
-        collection: &str,
-    ) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(uri).await?;
-        if let Some(ca) = ca_file {
-            // The URI's other TLS settings (a client certificate) stay.
-            let mut tls = match options.tls.take() {
-                Some(Tls::Enabled(tls)) => tls,
-                _ => TlsOptions::default(),
-            };
-            tls.ca_file_path = Some(ca.to_owned());
-            options.tls = Some(Tls::Enabled(tls));
-        }
-        let client = Client::with_options(options)?;
-        Ok(Self::new(&client, database, collection))
+    /// A store on the server `mongodb` names (over TLS trusting its CA file when one is given).
+    pub async fn connect(mongodb: &MongoArgs) -> Result<Self, StoreError> {
+        let client = mongodb.client().await?;
+        Ok(Self::new(
+            &client,
+            &mongodb.mongodb_database,
+            &mongodb.mongodb_collection,
+        ))
     }
 
     pub fn new(client: &Client, database: &str, collection: &str) -> Self {
         let db = client.database(database);
         Self {
             messages: db.collection(collection),
-            relay_state: db.collection(&format!("{collection}_relay")),
+            relay_state: db.collection(&relay_state_collection(collection)),
             db,
         }
     }
@@ -459,7 +325,7 @@ impl Store {
                     "$set": {
                         "pod": me.pod.as_deref(),
                         "topic": me.topic.as_deref(),
-                        "millis": me.millis,
+                        WATERMARK: me.millis,
                         "beat": me.beat,
                         "beatAt": DateTime::now(),
                         "startedAt": to_bson(started_at),
@@ -536,117 +402,5 @@ fn pulse_filter(id: &str, pulse: Pulse) -> Document {
     match pulse {
         Pulse::Beat(beat) => doc! {"_id": id, "beat": beat},
         Pulse::Legacy(millis) => doc! {"_id": id, "beat": {"$exists": false}, "millis": millis},
-    }
-}
-
-/// BSON of a value, for tests and tools that write documents by hand.
-pub fn document_of(message: &StoredMessage) -> Result<Document, bson::ser::Error> {
-    bson::to_document(message)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn live(version: i64) -> StoredMessage {
-        StoredMessage {
-            id: "123e4567-e89b-12d3-a456-426614174000".into(),
-            tenant_id: "t1".into(),
-            conversation_id: "123e4567-e89b-12d3-a456-426614174001".into(),
-            sender_id: Some("123e4567-e89b-12d3-a456-426614174002".into()),
-            content: Some("hello".into()),
-            metadata_json: Some(r#"{"a.b":1,"$x":18446744073709551615}"#.into()),
-            timestamp: DateTime::from_millis(1_000),
-            updated_at: DateTime::from_millis(2_000),
-            version,
-            deleted: false,
-            deleted_at: None,
-            fingerprint: None,
-            correlation_id: "c".into(),
-        }
-    }
-
-    #[test]
-    fn events_follow_the_version_and_the_tombstone() {
-        let created = live(1).to_event().unwrap();
-        let MessageEvent::Created(p) = &created else {
-            panic!("{created:?}")
-        };
-        assert_eq!(p.updated_at, None);
-        assert_eq!(p.version, Some(1));
-        assert_eq!(p.metadata["$x"], json!(18446744073709551615u64));
-        assert_eq!(created.changed_at().unwrap().timestamp_millis(), 1_000);
-
-        let updated = live(3).to_event().unwrap();
-        let MessageEvent::Updated(p) = &updated else {
-            panic!("{updated:?}")
-        };
-        assert_eq!(p.updated_at.unwrap().timestamp_millis(), 2_000);
-        assert_eq!(updated.changed_at().unwrap().timestamp_millis(), 2_000);
-
-        let mut tombstone = live(4);
-        tombstone.deleted = true;
-        tombstone.deleted_at = Some(DateTime::from_millis(2_000));
-        (
-            tombstone.content,
-            tombstone.metadata_json,
-            tombstone.sender_id,
-        ) = (None, None, None);
-        let deleted = tombstone.to_event().unwrap();
-        let MessageEvent::Deleted(p) = &deleted else {
-            panic!("{deleted:?}")
-        };
-        assert_eq!((p.version, p.tenant_id.as_str()), (Some(4), "t1"));
-        assert!(tombstone.to_message().is_err());
-    }
-
-    #[test]
-    fn corrupt_documents_are_named() {
-        let mut bad = live(1);
-        bad.conversation_id = "nope".into();
-        let error = bad.to_event().unwrap_err().to_string();
-        assert!(error.contains("conversationId"), "{error}");
-        let mut bad = live(1);
-        bad.metadata_json = Some("{".into());
-        assert!(
-            bad.to_message()
-                .unwrap_err()
-                .reason
-                .contains("metadataJson")
-        );
-    }
-
-    #[test]
-    fn documents_round_trip_through_bson() {
-        let m = live(2);
-        let doc = document_of(&m).unwrap();
-        assert_eq!(doc.get_str("_id").unwrap(), m.id);
-        assert!(doc.get_datetime("updatedAt").is_ok());
-        assert!(!doc.contains_key("deletedAt"));
-        let back: StoredMessage = bson::from_document(doc).unwrap();
-        assert_eq!(back, m);
-    }
-}
-
-#[cfg(test)]
-mod endpoint_tests {
-    use super::endpoint;
-
-    #[test]
-    fn the_endpoint_of_a_uri_has_no_credentials_or_options() {
-        for (uri, want) in [
-            ("mongodb://10.0.0.1:27017/", "10.0.0.1:27017"),
-            (
-                "mongodb://mp-api:s3cret@10.0.0.1:27018/?tls=true&tlsCAFile=/ca.crt",
-                "10.0.0.1:27018",
-            ),
-            ("mongodb://u:p@a:1,b:2/db?replicaSet=rs", "a:1,b:2"),
-            ("mongodb+srv://u:p%40x@cluster.example", "cluster.example"),
-            ("a:1", "a:1"),
-        ] {
-            assert_eq!(endpoint(uri), want, "{uri}");
-        }
     }
 }

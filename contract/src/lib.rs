@@ -5,13 +5,17 @@
 //! crate holds types, names and pure functions, plus (feature `installer`) the one function that
 //! installs the search index layout, (feature `lease`) the worker Lease holder, and (feature
 //! `kafka-client`) how the workers' Kafka clients connect and produce, (feature `search-client`)
-//! how they reach the search engine, and (feature `process`) how each binary logs and stops. Without
-//! features it links no Kafka, MongoDB or Kubernetes client.
+//! how they reach the search engine, (feature `document`) the message document in MongoDB and
+//! (feature `mongodb-client`) how to reach it, and (feature `process`) how each binary logs and
+//! stops. Without features it links no Kafka, MongoDB or Kubernetes client.
 
 /// Why a service refused a client (credentials, CA, permissions), as reasons and log lines.
 pub mod access;
 /// DLQ record headers and the error classes that explain why a record was dead-lettered.
 pub mod dlq;
+/// The message document in MongoDB: shape, event and timestamps (feature `document`).
+#[cfg(feature = "document")]
+pub mod document;
 /// The change events on the topic: envelope, payloads, decoding with typed errors.
 pub mod event;
 /// Installs the index template, first index and write alias idempotently (feature `installer`).
@@ -26,6 +30,9 @@ pub mod kafka_client;
 /// The Lease a worker holds (feature `lease`).
 #[cfg(feature = "lease")]
 pub mod lease;
+/// How the workers reach MongoDB: connection flags, TLS, refusals (feature `mongodb-client`).
+#[cfg(feature = "mongodb-client")]
+pub mod mongodb_client;
 /// Logging and the shutdown signal, the same in every binary (feature `process`).
 #[cfg(feature = "process")]
 pub mod process;
