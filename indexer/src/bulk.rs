@@ -6,7 +6,9 @@
 //! `SearchDocument::from_event` builds, never a `delete` action (a versioned tombstone survives
 //! `index.gc_deletes`; a delete's version is forgotten after it). It never sends anything,
 //! never uses `update` (which takes no external version) and never writes to a concrete index:
-//! only to the alias.
+//! only to the alias. One exception, not the consume loop's: the audit removes an *orphan* (a
+//! document MongoDB has no record of, so no version to write) with a `delete` on the index where
+//! it saw it, conditional on the sequence number it saw, so a write since then wins.
 
 use pipeline_contract::search::{IndexLayout, SearchDocument};
 use serde::Serialize;
@@ -60,6 +62,42 @@ pub fn encode_item(layout: &IndexLayout, doc: &SearchDocument, out: &mut Vec<u8>
     serde_json::to_writer(&mut *out, doc).expect("a search document always serializes");
     out.push(b'\n');
     out.len() - before
+}
+
+#[derive(Serialize)]
+struct DeleteAction<'a> {
+    delete: DeleteMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct DeleteMeta<'a> {
+    #[serde(rename = "_index")]
+    index: &'a str,
+    #[serde(rename = "_id")]
+    id: &'a str,
+    if_seq_no: i64,
+    if_primary_term: i64,
+}
+
+/// Appends the delete of an orphan `id` in `index`, applied only while the document is still at
+/// `seq_no` / `primary_term` (the audit's repair; see the module's note).
+pub fn encode_orphan_delete(
+    index: &str,
+    id: &str,
+    seq_no: i64,
+    primary_term: i64,
+    out: &mut Vec<u8>,
+) {
+    let action = DeleteAction {
+        delete: DeleteMeta {
+            index,
+            id,
+            if_seq_no: seq_no,
+            if_primary_term: primary_term,
+        },
+    };
+    serde_json::to_writer(&mut *out, &action).expect("a bulk action always serializes");
+    out.push(b'\n');
 }
 
 /// The whole `_bulk` body for `docs`, written to the alias of `layout`.
@@ -179,5 +217,15 @@ mod tests {
     fn empty_input_is_an_empty_body() {
         let encoded = encode(&IndexLayout::default(), &[]);
         assert!(encoded.body.is_empty() && encoded.item_sizes.is_empty());
+    }
+
+    #[test]
+    fn an_orphan_delete_names_the_index_and_the_sequence_number_seen() {
+        let mut out = Vec::new();
+        encode_orphan_delete("m-000001", "a", 7, 2, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"delete\":{\"_index\":\"m-000001\",\"_id\":\"a\",\"if_seq_no\":7,\"if_primary_term\":2}}\n"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pipeline_contract::kafka::{DEFAULT_CONSUMER_GROUP, DEFAULT_TOPIC};
 use pipeline_contract::kafka_client::Connection;
+use pipeline_contract::mongodb_client::MongoArgs;
 use pipeline_contract::search::DEFAULT_ALIAS;
 use pipeline_contract::search_client::SearchAccess;
 use pipeline_contract::worker::env;
@@ -31,6 +32,41 @@ pub enum Command {
     Run(RunArgs),
     /// Look into the dead-letter topic, or re-drive records from it.
     Dlq(DlqArgs),
+    /// Compare the index with MongoDB document by document; with --repair, fix what differs.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Re-index each divergent document from MongoDB (with its version as external version)
+    /// and delete orphans; without it the audit only reports.
+    #[arg(long)]
+    pub repair: bool,
+    #[command(flatten)]
+    pub mongodb: MongoArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The indexer's consumer group, whose progress is the lag the audit waits out.
+    #[arg(long, env = env::KAFKA_CONSUMER_GROUP, default_value = DEFAULT_CONSUMER_GROUP)]
+    pub group: String,
+    /// The search engine's base URL.
+    #[arg(long, env = env::ELASTICSEARCH_URL)]
+    pub search_url: String,
+    #[command(flatten)]
+    pub search: SearchAccess,
+    /// The alias whose indices are audited.
+    #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
+    pub alias: String,
+    /// Documents read from each side per page, and suspects re-checked together.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
+    /// How long a re-check waits for the pipeline's lag to settle before it classifies anyway
+    /// (and says so).
+    #[arg(long, default_value_t = 120)]
+    pub settle_timeout_secs: u64,
+    /// Timeout of each request to the search engine.
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,6 +9,8 @@
 /// The drift audit's decision: which class (missing, stale, resurrected, orphan) a document of
 /// MongoDB and the index walked in id order is in.
 pub mod audit;
+/// `indexer audit [--repair]`: the walk of both sides, the re-check after the lag, the repairs.
+pub mod audit_tool;
 /// The batch accumulator (count, bytes, linger) and the halving of a batch refused with 413.
 pub mod batch;
 /// The circuit breaker's state machine: closed, open, half-open, with the reason of every transition.
@@ -31,6 +33,10 @@ pub mod dlq;
 pub mod dlq_tools;
 /// The breaker shared by the loop, its lanes and the Lease: checks, steps, transitions logged.
 pub mod gate;
+/// The index as the audit reads and repairs it: pages in id order, lookups, repairs.
+pub mod indexed;
+/// Waits out the pipeline's lag: the relay's watermark, then the indexer group's commits.
+pub mod lag;
 /// A lane of consecutive records, the buffer that becomes the next one, and their bookkeeping.
 mod lane;
 /// The worker Lease: readiness and breaker state for the operator.
@@ -53,5 +59,7 @@ pub mod run;
 pub mod server;
 /// Sends one `_bulk` body and reports its outcome as plain data; checks the alias at start.
 pub mod sink;
+/// MongoDB as the audit reads it: messages in id order, whole documents, the relay's watermark.
+pub mod stored;
 /// What one bulk answer means for a lane: items moved, the breaker told, the backoff.
 pub mod verdict;

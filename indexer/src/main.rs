@@ -27,6 +27,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Audit(args) => match indexer::audit_tool::run(&args).await {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("indexer audit: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dlq(args) => match indexer::dlq_tools::run(&args).await {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
