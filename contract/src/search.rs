@@ -199,7 +199,21 @@ impl IndexLayout {
     }
 
     pub fn first_index(&self) -> String {
-        format!("{}-000001", self.alias)
+        self.index_of(1)
+    }
+
+    /// The concrete index of `generation` (`<alias>-00000N`): the installer creates the first,
+    /// each rebuild the next.
+    pub fn index_of(&self, generation: u32) -> String {
+        format!("{}-{generation:06}", self.alias)
+    }
+
+    /// The generation of a concrete index of this layout; `None` for any other name.
+    pub fn generation_of(&self, index: &str) -> Option<u32> {
+        let digits = index.strip_prefix(&self.alias)?.strip_prefix('-')?;
+        (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
     }
 }
 
@@ -430,6 +444,30 @@ fn flatten_settings(settings: &Value) -> Map<String, Value> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::IndexLayout;
+
+    #[test]
+    fn generations_name_concrete_indices_and_back() {
+        let layout = IndexLayout::new("messages").unwrap();
+        assert_eq!(layout.index_of(1), layout.first_index());
+        assert_eq!(layout.index_of(12), "messages-000012");
+        for (index, want) in [
+            ("messages-000001", Some(1)),
+            ("messages-000012", Some(12)),
+            ("messages-1000000", Some(1_000_000)),
+            ("messages-00001", None),
+            ("messages-template", None),
+            ("messages-00000x", None),
+            ("other-000001", None),
+            ("messages000001", None),
+        ] {
+            assert_eq!(layout.generation_of(index), want, "{index}");
+        }
+    }
 }
 
 #[cfg(test)]

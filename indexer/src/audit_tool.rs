@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use pipeline_contract::document::StoredMessage;
-use pipeline_contract::search::{IndexLayout, InvalidAlias, SearchDocument};
+use pipeline_contract::search::{InvalidAlias, SearchDocument};
 use pipeline_contract::search_client::SearchAccessError;
 use pipeline_contract::time::Timestamp;
 
@@ -170,14 +170,12 @@ pub async fn audit(
     mut on_finding: impl FnMut(&Finding),
 ) -> Result<AuditReport, AuditError> {
     let mut report = AuditReport::new(Timestamp::now());
-    let layout = IndexLayout::new(args.alias.clone())?;
-    let http = args
-        .search
-        .http_client(Duration::from_millis(args.request_timeout_ms))?;
+    let layout = args.engine.layout()?;
+    let http = args.engine.http_client(args.request_timeout_ms)?;
     let stored = Stored::connect(&args.mongodb).await?;
     let audit = Audit {
         args,
-        indexed: Indexed::new(http, args.search.endpoint(&args.search_url), layout),
+        indexed: Indexed::new(http, args.engine.endpoint(), layout),
         lag: Lag::new(
             stored.clone(),
             args.kafka.connection.clone(),

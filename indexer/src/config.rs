@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pipeline_contract::install::SearchEndpoint;
 use pipeline_contract::kafka::{DEFAULT_CONSUMER_GROUP, DEFAULT_TOPIC};
 use pipeline_contract::kafka_client::Connection;
 use pipeline_contract::mongodb_client::MongoArgs;
-use pipeline_contract::search::DEFAULT_ALIAS;
-use pipeline_contract::search_client::SearchAccess;
+use pipeline_contract::search::{DEFAULT_ALIAS, IndexLayout, InvalidAlias};
+use pipeline_contract::search_client::{SearchAccess, SearchAccessError};
 use pipeline_contract::worker::env;
 
 use crate::batch::BatchLimits;
@@ -34,6 +35,31 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Compare the index with MongoDB document by document; with --repair, fix what differs.
     Audit(AuditArgs),
+    /// Build the next generation of the index from MongoDB and the topic, then swap the alias.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    /// The generation to build (`<alias>-00000N`); default: one above the alias's current.
+    #[arg(long)]
+    pub generation: Option<u32>,
+    /// Delete the previous generation after the swap (default: keep it).
+    #[arg(long)]
+    pub delete_old: bool,
+    #[command(flatten)]
+    pub mongodb: MongoArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The search engine and the alias.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Documents per MongoDB page and per bulk request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// Timeout of each request to the search engine.
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -49,14 +75,9 @@ pub struct AuditArgs {
     /// The indexer's consumer group, whose progress is the lag the audit waits out.
     #[arg(long, env = env::KAFKA_CONSUMER_GROUP, default_value = DEFAULT_CONSUMER_GROUP)]
     pub group: String,
-    /// The search engine's base URL.
-    #[arg(long, env = env::ELASTICSEARCH_URL)]
-    pub search_url: String,
+    /// The search engine and the alias.
     #[command(flatten)]
-    pub search: SearchAccess,
-    /// The alias whose indices are audited.
-    #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
-    pub alias: String,
+    pub engine: EngineArgs,
     /// Documents read from each side per page, and suspects re-checked together.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
@@ -107,6 +128,34 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
+/// The search engine and the alias every command of the indexer works through.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// The search engine's base URL.
+    #[arg(long, env = env::ELASTICSEARCH_URL)]
+    pub search_url: String,
+    #[command(flatten)]
+    pub search: SearchAccess,
+    /// The alias (installed by the operator): the write alias and every search's target.
+    #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
+    pub alias: String,
+}
+
+impl EngineArgs {
+    pub fn layout(&self) -> Result<IndexLayout, InvalidAlias> {
+        IndexLayout::new(self.alias.clone())
+    }
+
+    pub fn endpoint(&self) -> SearchEndpoint {
+        self.search.endpoint(&self.search_url)
+    }
+
+    /// The HTTP client of every request, each timing out after `timeout_ms`.
+    pub fn http_client(&self, timeout_ms: u64) -> Result<reqwest::Client, SearchAccessError> {
+        self.search.http_client(Duration::from_millis(timeout_ms))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Where Kafka is and how to authenticate.
@@ -135,14 +184,9 @@ pub struct RunArgs {
     /// The consumer group.
     #[arg(long, env = env::KAFKA_CONSUMER_GROUP, default_value = DEFAULT_CONSUMER_GROUP)]
     pub group: String,
-    /// The search engine's base URL.
-    #[arg(long, env = env::ELASTICSEARCH_URL)]
-    pub search_url: String,
+    /// The search engine and the alias.
     #[command(flatten)]
-    pub search: SearchAccess,
-    /// The write alias (installed by the operator).
-    #[arg(long, env = env::ELASTICSEARCH_ALIAS, default_value = DEFAULT_ALIAS)]
-    pub alias: String,
+    pub engine: EngineArgs,
     /// Most records in flight at once: each bulk request carries up to this divided by
     /// --max-in-flight, and the next request is gathered while they run.
     #[arg(long, env = env::BATCH_MAX_COUNT, default_value_t = 6000)]

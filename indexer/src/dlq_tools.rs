@@ -382,13 +382,17 @@ pub enum DlqToolError {
     Refused(Refused),
 }
 
-/// Reads a topic from the beginning of every partition up to the high watermarks taken when
-/// the read starts; records are handed over through a bounded channel as they arrive.
+/// Reads a topic from the beginning of every partition (or from given offsets) up to the high
+/// watermarks taken when the read starts; records are handed over through a bounded channel as
+/// they arrive.
 #[derive(Debug)]
 pub struct TopicReader {
     records: mpsc::Receiver<ConsumedRecord>,
-    task: tokio::task::JoinHandle<Result<(), DlqToolError>>,
+    task: tokio::task::JoinHandle<Result<Offsets, DlqToolError>>,
 }
+
+/// An offset per partition.
+pub type Offsets = BTreeMap<i32, i64>;
 
 /// How long a read may go without progress before it gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
@@ -398,8 +402,13 @@ impl TopicReader {
     /// Starts reading `topic` with the shared client settings in `config` (no group: the
     /// partitions are assigned, nothing is committed).
     pub fn open(config: ClientConfig, topic: String) -> Self {
+        Self::open_from(config, topic, Offsets::new())
+    }
+
+    /// As [`Self::open`], each partition in `from` read from its offset there.
+    pub fn open_from(config: ClientConfig, topic: String, from: Offsets) -> Self {
         let (tx, records) = mpsc::channel(256);
-        let task = tokio::task::spawn_blocking(move || read_blocking(config, &topic, &tx));
+        let task = tokio::task::spawn_blocking(move || read_blocking(config, &topic, &from, &tx));
         Self { records, task }
     }
 
@@ -408,8 +417,8 @@ impl TopicReader {
         self.records.recv().await
     }
 
-    /// Whether the read reached the end, or why not.
-    pub async fn finish(self) -> Result<(), DlqToolError> {
+    /// Whether the read reached the end, or why not; the end of every partition it read to.
+    pub async fn finish(self) -> Result<Offsets, DlqToolError> {
         drop(self.records);
         self.task
             .await
@@ -420,8 +429,9 @@ impl TopicReader {
 fn read_blocking(
     mut config: ClientConfig,
     topic: &str,
+    from: &Offsets,
     tx: &mpsc::Sender<ConsumedRecord>,
-) -> Result<(), DlqToolError> {
+) -> Result<Offsets, DlqToolError> {
     // librdkafka's assign needs a group id; this one is never joined (no subscribe) and nothing is
     // committed under it. It is named after the topic (`<topic>.reader-<random>`), so a
     // least-privilege principal needs Read on groups prefixed with the DLQ's name, nothing wider.
@@ -436,20 +446,22 @@ fn read_blocking(
         .set("enable.partition.eof", "false")
         .create_with_context(refusals)
         .map_err(DlqToolError::Client)?;
-    let result = read_partitions(&consumer, topic, tx);
+    let result = read_partitions(&consumer, topic, from, tx);
     // Nothing the client returned outlives this point, so dropping the consumer cannot block.
     consumer.unassign().ok();
     drop(consumer);
     result
 }
 
-/// Sends every record of `topic`'s partitions up to their high watermarks at the start.
+/// Sends every record of `topic`'s partitions (from `from` where given) up to their high
+/// watermarks at the start; returns those.
 fn read_partitions(
     consumer: &BaseConsumer<Refusals>,
     topic: &str,
+    from: &Offsets,
     tx: &mpsc::Sender<ConsumedRecord>,
-) -> Result<(), DlqToolError> {
-    let mut remaining = assign_to_ends(consumer, topic)?;
+) -> Result<Offsets, DlqToolError> {
+    let (mut remaining, ends) = assign_to_ends(consumer, topic, from)?;
     let mut last_progress = std::time::Instant::now();
     while !remaining.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
@@ -469,7 +481,7 @@ fn read_partitions(
                 let done = record.offset + 1 >= high;
                 if tx.blocking_send(record).is_err() {
                     // The receiver gave up (its caller failed); nothing more to do.
-                    return Ok(());
+                    return Ok(ends);
                 }
                 if done {
                     remaining.remove(&partition);
@@ -477,7 +489,7 @@ fn read_partitions(
             }
             // A refusal is final (below); anything else may pass.
             Some(Err(error)) if !consumer.context().observe_error(&error) => {
-                tracing::warn!(topic, %error, "reading the DLQ; retrying");
+                tracing::warn!(topic, %error, "reading the topic; retrying");
             }
             Some(Err(_)) | None => {}
         }
@@ -497,15 +509,17 @@ fn read_partitions(
             });
         }
     }
-    Ok(())
+    Ok(ends)
 }
 
-/// Assigns `consumer` the non-empty partitions of `topic` from their beginning; returns each
-/// one's high watermark now, where its read ends.
+/// Assigns `consumer` the partitions of `topic` that have records after where their read
+/// starts (`from`, or their beginning); returns those partitions' high watermarks now, where
+/// their read ends, and every partition's.
 fn assign_to_ends(
     consumer: &BaseConsumer<Refusals>,
     topic: &str,
-) -> Result<BTreeMap<i32, i64>, DlqToolError> {
+    from: &Offsets,
+) -> Result<(Offsets, Offsets), DlqToolError> {
     let topic_error = |problem: String| DlqToolError::Topic {
         topic: topic.to_owned(),
         problem,
@@ -524,23 +538,25 @@ fn assign_to_ends(
     if t.partitions().is_empty() {
         return Err(topic_error("has no partitions (does it exist?)".into()));
     }
-    let mut remaining = BTreeMap::new();
+    let (mut remaining, mut ends) = (Offsets::new(), Offsets::new());
     let mut assignment = TopicPartitionList::new();
     for p in t.partitions().iter().map(|p| p.id()) {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, METADATA_TIMEOUT)
             .map_err(DlqToolError::Client)?;
-        if high > low {
+        ends.insert(p, high);
+        let start = from.get(&p).copied().unwrap_or(low).max(low);
+        if high > start {
             remaining.insert(p, high);
             assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
+                .add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(DlqToolError::Client)?;
         }
     }
     if !remaining.is_empty() {
         consumer.assign(&assignment).map_err(DlqToolError::Client)?;
     }
-    Ok(remaining)
+    Ok((remaining, ends))
 }
 
 /// Drops from `remaining` the partitions whose position reached their end: offsets without a

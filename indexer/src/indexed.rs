@@ -1,7 +1,8 @@
 //! The index as the audit and the rebuild read and repair it: every document in id order, a
 //! page at a time (`search_after` on the `id` keyword), the documents of chosen ids with their
 //! sequence numbers, and the repairs: whole documents from MongoDB with external versions, and
-//! deletes of orphans conditional on the sequence number the audit saw.
+//! deletes of orphans conditional on the sequence number the audit saw; and the rebuild's
+//! requests: the alias's indices, the next generation, writes through an alias, the swap.
 
 use std::collections::HashMap;
 
@@ -226,6 +227,153 @@ impl Indexed {
             return Err(self.status(what, status, &answer));
         }
         Ok(items.iter().map(repair_outcome).collect())
+    }
+}
+
+/// What a write of documents did: applied, already newer in the index, or rejected (the
+/// first reasons kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub applied: u64,
+    pub newer: u64,
+    pub rejected: u64,
+    pub reasons: Vec<String>,
+}
+
+/// Most attempts of an item the engine answered 429 or 5xx.
+const WRITE_ATTEMPTS: u32 = 6;
+
+/// The rebuild's requests: the alias's indices, a new generation, documents, the swap.
+impl Indexed {
+    /// The indices the alias points at, sorted; `None` when there is no such alias.
+    pub async fn alias_indices(&self) -> Result<Option<Vec<String>>, IndexedError> {
+        let what = "read the alias";
+        let path = format!("/{}", self.layout.alias_lookup_path());
+        match self.send(what, Method::GET, &path, None).await? {
+            (StatusCode::NOT_FOUND, _) => Ok(None),
+            (status, body) if status.is_success() => {
+                let mut indices: Vec<String> = body
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default();
+                indices.sort();
+                Ok(Some(indices))
+            }
+            (status, body) => Err(self.status(what, status, &body)),
+        }
+    }
+
+    /// Creates `index` from the installed template with `staging` as its only alias; `false`
+    /// when it exists already (an interrupted rebuild's: it is filled again, idempotently).
+    pub async fn create_index(&self, index: &str, staging: &str) -> Result<bool, IndexedError> {
+        let what = "create the next index";
+        let body = json!({"aliases": {staging: {}}});
+        match self
+            .send(
+                what,
+                Method::PUT,
+                &format!("/{index}"),
+                Some(Body::Json(body)),
+            )
+            .await?
+        {
+            (status, _) if status.is_success() => Ok(true),
+            (_, body) if body["error"]["type"] == "resource_already_exists_exception" => {
+                let path = format!("/{index}/_alias/{staging}");
+                let (status, body) = self.send(what, Method::PUT, &path, None).await?;
+                if status.is_success() {
+                    Ok(false)
+                } else {
+                    Err(self.status(what, status, &body))
+                }
+            }
+            (status, body) => Err(self.status(what, status, &body)),
+        }
+    }
+
+    /// Writes `docs` through the alias of `target` with external versions; items the engine
+    /// answers 429 or 5xx are sent again with backoff.
+    pub async fn write(
+        &self,
+        target: &IndexLayout,
+        docs: Vec<SearchDocument>,
+    ) -> Result<Written, IndexedError> {
+        let what = "write documents";
+        let mut written = Written::default();
+        let mut pending = docs;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            let body = crate::bulk::encode(target, &pending).body;
+            let (status, answer) = self
+                .send(what, Method::POST, "/_bulk", Some(Body::Ndjson(body)))
+                .await?;
+            let items = answer["items"].as_array().cloned().unwrap_or_default();
+            if !status.is_success() || items.len() != pending.len() {
+                return Err(self.status(what, status, &answer));
+            }
+            let mut again = Vec::new();
+            for (doc, item) in pending.into_iter().zip(&items) {
+                let result = &item["index"];
+                match result["status"].as_u64().unwrap_or(0) {
+                    200..=299 => written.applied += 1,
+                    409 => written.newer += 1,
+                    429 | 500..=599 if attempt < WRITE_ATTEMPTS => again.push(doc),
+                    status => {
+                        written.rejected += 1;
+                        if written.reasons.len() < 10 {
+                            written.reasons.push(format!(
+                                "{}: HTTP {status} {}",
+                                doc.id, result["error"]["reason"]
+                            ));
+                        }
+                    }
+                }
+            }
+            pending = again;
+            if !pending.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            }
+        }
+        Ok(written)
+    }
+
+    /// In one `_aliases` request: the alias moves to `new` alone (its write index and every
+    /// search's target) off `old`, and the staging alias is removed.
+    pub async fn swap(&self, new: &str, old: &[String], staging: &str) -> Result<(), IndexedError> {
+        let what = "swap the alias";
+        let alias = self.layout.alias();
+        let mut actions = vec![
+            json!({"add": {"index": new, "alias": alias, "is_write_index": true}}),
+            json!({"remove": {"index": new, "alias": staging}}),
+        ];
+        actions.extend(
+            old.iter()
+                .filter(|i| *i != new)
+                .map(|i| json!({"remove": {"index": i, "alias": alias}})),
+        );
+        let body = json!({"actions": actions});
+        let (status, answer) = self
+            .send(what, Method::POST, "/_aliases", Some(Body::Json(body)))
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.status(what, status, &answer))
+        }
+    }
+
+    /// Deletes a concrete index (a previous generation, by the retention policy).
+    pub async fn delete_index(&self, index: &str) -> Result<(), IndexedError> {
+        let what = "delete the previous index";
+        match self
+            .send(what, Method::DELETE, &format!("/{index}"), None)
+            .await?
+        {
+            (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
+            (status, body) => Err(self.status(what, status, &body)),
+        }
     }
 }
 

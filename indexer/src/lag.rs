@@ -23,7 +23,7 @@ pub enum LagError {
     Stored(#[from] StoredError),
     #[error("{0}")]
     Refused(pipeline_contract::access::Refused),
-    #[error("reading the offsets of {topic} and group {group}: {source}")]
+    #[error("reading the offsets of {topic} (group {group:?}): {source}")]
     Kafka {
         topic: String,
         group: String,
@@ -101,27 +101,54 @@ impl Lag {
         config
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false");
-        let topic = self.topic.clone();
-        let endpoint = self.connection.bootstrap_servers.clone();
-        let kafka = |source| LagError::Kafka {
-            topic: self.topic.clone(),
-            group: self.group.clone(),
+        offsets(config, &self.topic, read)
+            .await
+            .map_err(|e| match e {
+                LagError::Kafka { topic, source, .. } => LagError::Kafka {
+                    topic,
+                    group: self.group.clone(),
+                    source,
+                },
+                other => other,
+            })
+    }
+}
+
+/// The end offset of every partition of `topic` now.
+pub async fn end_offsets(
+    config: rdkafka::ClientConfig,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, LagError> {
+    offsets(config, topic, Read::Ends).await
+}
+
+async fn offsets(
+    config: rdkafka::ClientConfig,
+    topic: &str,
+    read: Read,
+) -> Result<BTreeMap<i32, i64>, LagError> {
+    let endpoint = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let owned = topic.to_owned();
+    let result = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer<Refusals> =
+            config.create_with_context(Refusals::new(&endpoint))?;
+        let outcome = read_offsets(&consumer, &owned, read);
+        let refused = consumer.context().current();
+        Ok::<_, rdkafka::error::KafkaError>((outcome, refused))
+    })
+    .await
+    .expect("the offsets read does not panic");
+    match result {
+        Ok((_, Some(refused))) => Err(LagError::Refused(refused)),
+        Ok((Ok(offsets), None)) => Ok(offsets),
+        Ok((Err(source), None)) | Err(source) => Err(LagError::Kafka {
+            topic: topic.to_owned(),
+            group: String::new(),
             source,
-        };
-        let result = tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer<Refusals> =
-                config.create_with_context(Refusals::new(&endpoint))?;
-            let outcome = read_offsets(&consumer, &topic, read);
-            let refused = consumer.context().current();
-            Ok::<_, rdkafka::error::KafkaError>((outcome, refused))
-        })
-        .await
-        .expect("the offsets read does not panic");
-        match result {
-            Ok((_, Some(refused))) => Err(LagError::Refused(refused)),
-            Ok((Ok(offsets), None)) => Ok(offsets),
-            Ok((Err(e), None)) | Err(e) => Err(kafka(e)),
-        }
+        }),
     }
 }
 

@@ -48,6 +48,8 @@ pub mod metrics;
 pub mod pipeline;
 /// Deletes tombstones older than the horizon, periodically.
 pub mod purge;
+/// `indexer rebuild`: the next generation from MongoDB and the topic, then the alias swap.
+pub mod rebuild;
 /// A consumed Kafka record, owned.
 pub mod record;
 /// Exponential backoff with full jitter, the random draw injected (the contract's, shared with the

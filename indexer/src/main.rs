@@ -34,6 +34,13 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Rebuild(args) => match indexer::rebuild::run(&args).await {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("indexer rebuild: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dlq(args) => match indexer::dlq_tools::run(&args).await {
             Ok(code) => ExitCode::from(code),
             Err(error) => {

@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pipeline_contract::kafka_client::Refusals;
-use pipeline_contract::search::IndexLayout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunArgs;
@@ -44,11 +43,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let layout = IndexLayout::new(args.alias.clone())?;
-    let http = args
-        .search
-        .http_client(Duration::from_millis(args.request_timeout_ms))?;
-    let sink = SearchSink::new(args.search.endpoint(&args.search_url), http, layout)
+    let layout = args.engine.layout()?;
+    let http = args.engine.http_client(args.request_timeout_ms)?;
+    let sink = SearchSink::new(args.engine.endpoint(), http, layout)
         .recording_refusals(metrics.refusals.clone());
     let gate = Arc::new(OnceLock::new());
     let lease = tokio::spawn(crate::lease::run(

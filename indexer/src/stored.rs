@@ -66,14 +66,32 @@ impl Stored {
 
     /// Every message's id, version and tombstone flag, in `_id` order, `batch` at a time.
     pub async fn walk(&self, batch: u32) -> Result<StoredWalk, StoredError> {
-        let cursor = self
+        self.scan(
+            batch,
+            Some(doc! {field::ID: 1, field::VERSION: 1, field::DELETED: 1}),
+        )
+        .await
+    }
+
+    /// Every message whole, in `_id` order, `batch` at a time (the rebuild's scan).
+    pub async fn documents(&self, batch: u32) -> Result<StoredWalk, StoredError> {
+        self.scan(batch, None).await
+    }
+
+    async fn scan(
+        &self,
+        batch: u32,
+        projection: Option<Document>,
+    ) -> Result<StoredWalk, StoredError> {
+        let mut find = self
             .messages
             .find(doc! {})
-            .projection(doc! {field::ID: 1, field::VERSION: 1, field::DELETED: 1})
             .sort(doc! {field::ID: 1})
-            .batch_size(batch)
-            .await
-            .map_err(|e| self.error(e))?;
+            .batch_size(batch);
+        if let Some(projection) = projection {
+            find = find.projection(projection);
+        }
+        let cursor = find.await.map_err(|e| self.error(e))?;
         Ok(StoredWalk {
             cursor,
             stored: self.clone(),
@@ -107,6 +125,14 @@ impl Stored {
             .collect()
     }
 
+    /// About how many messages there are (tombstones included), from the collection's metadata.
+    pub async fn estimated_count(&self) -> Result<u64, StoredError> {
+        self.messages
+            .estimated_document_count()
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// The lowest watermark of the relay's registrations (epoch milliseconds): every change
     /// made before it is on Kafka. `None` when no api-server is registered.
     pub async fn watermark(&self) -> Result<Option<i64>, StoredError> {
@@ -137,12 +163,19 @@ impl std::fmt::Debug for StoredWalk {
 }
 
 impl StoredWalk {
-    /// Up to `n` more documents; `true` with the last of them.
+    /// Up to `n` more documents as the audit compares them; `true` with the last of them.
     pub async fn page(&mut self, n: usize) -> Result<(Vec<Held>, bool), StoredError> {
+        let (docs, last) = self.raw_page(n).await?;
+        let held = docs.iter().map(held_of).collect::<Result<_, _>>()?;
+        Ok((held, last))
+    }
+
+    /// Up to `n` more documents as stored; `true` with the last of them.
+    pub async fn raw_page(&mut self, n: usize) -> Result<(Vec<Document>, bool), StoredError> {
         let mut page = Vec::with_capacity(n);
         while page.len() < n {
             match self.cursor.try_next().await {
-                Ok(Some(d)) => page.push(held_of(&d)?),
+                Ok(Some(d)) => page.push(d),
                 Ok(None) => return Ok((page, true)),
                 Err(e) => return Err(self.stored.error(e)),
             }

@@ -8,114 +8,37 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Parser;
-use common::{Fixture, converge, event_record};
-use e2e::state::{self, Versions};
-use e2e::{rig::rig, unique, wait};
+use common::{Stack, converge, search_document, stored_message as message};
+use e2e::state;
+use e2e::{rig::rig, wait};
 use indexer::audit::Drift;
 use indexer::audit_tool::{self, AuditReport, EXIT_DIVERGED, Finding};
-use indexer::config::{AuditArgs, Cli, Command};
+use indexer::config::{AuditArgs, Command};
 use indexer::indexed::Repair;
-use mongodb::bson::DateTime;
-use pipeline_contract::document::{StoredMessage, document_of};
+use pipeline_contract::document::StoredMessage;
 use pipeline_contract::search::SearchDocument;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// A message document as the api-server writes it: live at `version`, or a tombstone.
-fn message(version: i64, deleted: bool) -> StoredMessage {
-    let now = DateTime::now();
-    StoredMessage {
-        id: Uuid::new_v4().to_string(),
-        tenant_id: "tenant-a".into(),
-        conversation_id: Uuid::new_v4().to_string(),
-        sender_id: (!deleted).then(|| Uuid::new_v4().to_string()),
-        content: (!deleted).then(|| format!("content v{version}")),
-        metadata_json: (!deleted).then(|| r#"{"k":"v"}"#.to_owned()),
-        timestamp: now,
-        updated_at: now,
-        version,
-        deleted,
-        deleted_at: deleted.then_some(now),
-        fingerprint: None,
-        correlation_id: "audit-test".into(),
-    }
-}
-
-fn search_document(m: &StoredMessage) -> SearchDocument {
-    SearchDocument::try_from(m.to_event().unwrap()).unwrap()
-}
-
+/// A stack and what the audit tests do to it.
 struct Scenario {
-    fixture: Fixture,
-    database: String,
-    group: String,
-    messages: Vec<StoredMessage>,
+    stack: Stack,
     http: reqwest::Client,
 }
 
 impl Scenario {
-    /// Stores `messages` in a fresh database and puts their events on the fixture's topic.
-    async fn new(messages: Vec<StoredMessage>) -> Self {
-        // Deletes forget their version at once, so the damage below can put an older version
-        // back, as an index restored from an old snapshot would hold.
-        let fixture = Fixture::new(Some("0s")).await;
-        let database = unique("audit").replace('-', "_");
-        let client = mongodb::Client::with_uri_str(rig().mongodb_uri())
-            .await
-            .unwrap();
-        client
-            .database(&database)
-            .collection("messages")
-            .insert_many(messages.iter().map(|m| document_of(m).unwrap()))
-            .await
-            .unwrap();
-        let records: Vec<_> = messages
-            .iter()
-            .map(|m| event_record(&m.to_event().unwrap()))
-            .collect();
-        fixture.produce(&records).await;
+    async fn new(messages: &[StoredMessage]) -> Self {
         Self {
-            fixture,
-            database,
-            group: unique("audit-indexer"),
-            messages,
+            stack: Stack::new(messages).await,
             http: reqwest::Client::new(),
         }
     }
 
-    fn expected(&self) -> Versions {
-        self.messages
-            .iter()
-            .map(|m| (Uuid::parse_str(&m.id).unwrap(), (m.version(), m.deleted)))
-            .collect()
-    }
-
     fn args(&self, extra: &[&str]) -> AuditArgs {
-        let mut argv = vec![
-            "indexer",
-            "audit",
-            "--mongodb-uri",
-            rig().mongodb_uri(),
-            "--mongodb-database",
-            &self.database,
-            "--bootstrap-servers",
-            rig().kafka(),
-            "--topic",
-            &self.fixture.topic,
-            "--group",
-            &self.group,
-            "--search-url",
-            rig().search_url(),
-            "--alias",
-            self.fixture.layout.alias(),
-            // Small pages: the walk crosses many page boundaries on both sides.
-            "--page-size",
-            "4",
-        ];
-        argv.extend_from_slice(extra);
-        let Command::Audit(args) = Cli::try_parse_from(argv).expect("audit arguments").command
-        else {
+        // Small pages: the walk crosses many page boundaries on both sides.
+        let mut all = vec!["--group", &self.stack.group, "--page-size", "4"];
+        all.extend_from_slice(extra);
+        let Command::Audit(args) = self.stack.command("audit", &all) else {
             unreachable!("parsed `audit`")
         };
         args
@@ -145,7 +68,7 @@ impl Scenario {
         let url = format!(
             "{}/{}/{path}",
             rig().search_url(),
-            self.fixture.layout.first_index()
+            self.stack.fixture.layout.first_index()
         );
         let mut request = self.http.request(method, &url);
         if let Some(doc) = body {
@@ -194,11 +117,11 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
     let mut messages: Vec<StoredMessage> = (0..9).map(|_| message(1, false)).collect();
     messages.extend((0..3).map(|_| message(3, false)));
     messages.extend((0..3).map(|_| message(2, true)));
-    let scenario = Scenario::new(messages).await;
-    let (_metrics, stop, task) = scenario.fixture.start(&scenario.group);
+    let scenario = Scenario::new(&messages).await;
+    let (_metrics, stop, task) = scenario.stack.fixture.start(&scenario.stack.group);
     converge(
-        &scenario.fixture,
-        &scenario.expected(),
+        &scenario.stack.fixture,
+        &scenario.stack.stored().await,
         "the indexer applies every event",
     )
     .await;
@@ -209,7 +132,7 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
     assert_eq!((report.exit_code(), report.unsettled), (0, None));
 
     // The damage, one document of each kind.
-    let missing = &scenario.messages[0];
+    let missing = &messages[0];
     scenario
         .damage(
             reqwest::Method::DELETE,
@@ -217,11 +140,11 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
             None,
         )
         .await;
-    let stale = &scenario.messages[9];
+    let stale = &messages[9];
     let mut older = search_document(stale);
     older.version = 2;
     scenario.overwrite(stale, &older).await;
-    let resurrected = &scenario.messages[12];
+    let resurrected = &messages[12];
     let mut alive = search_document(&message(1, false));
     (alive.id, alive.tenant_id) = (Uuid::parse_str(&resurrected.id).unwrap(), "tenant-a".into());
     scenario.overwrite(resurrected, &alive).await;
@@ -231,7 +154,7 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
     scenario
         .damage(reqwest::Method::PUT, &path, Some(&orphan))
         .await;
-    let damaged = state::indexed(scenario.fixture.layout.alias())
+    let damaged = state::indexed(scenario.stack.fixture.layout.alias())
         .await
         .unwrap();
 
@@ -263,7 +186,7 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
     );
     assert_eq!(report.exit_code(), EXIT_DIVERGED);
     assert_eq!(
-        state::indexed(scenario.fixture.layout.alias())
+        state::indexed(scenario.stack.fixture.layout.alias())
             .await
             .unwrap(),
         damaged,
@@ -290,10 +213,10 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
     assert!(findings.is_empty(), "after the repair: {findings:?}");
     assert_eq!(report.exit_code(), 0);
     assert_eq!(
-        state::indexed(scenario.fixture.layout.alias())
+        state::indexed(scenario.stack.fixture.layout.alias())
             .await
             .unwrap(),
-        scenario.expected(),
+        scenario.stack.stored().await,
         "the index equals MongoDB again"
     );
     stop.cancel();
@@ -303,7 +226,7 @@ async fn the_audit_reports_each_kind_of_damage_exactly_and_repair_fixes_it() {
 #[tokio::test]
 async fn a_change_the_indexer_has_not_applied_yet_is_waited_for_and_said_when_it_is_not() {
     // Nothing consumes the topic: the one event stays in flight for the whole audit.
-    let scenario = Scenario::new(vec![message(1, false)]).await;
+    let scenario = Scenario::new(&[message(1, false)]).await;
     let started = std::time::Instant::now();
     let (report, findings) = scenario.audit(&["--settle-timeout-secs", "3"]).await;
     assert!(
@@ -317,10 +240,10 @@ async fn a_change_the_indexer_has_not_applied_yet_is_waited_for_and_said_when_it
     );
 
     // Once an indexer applies it, the same audit finds nothing and waits for nothing.
-    let (_metrics, stop, task) = scenario.fixture.start(&scenario.group);
+    let (_metrics, stop, task) = scenario.stack.fixture.start(&scenario.stack.group);
     converge(
-        &scenario.fixture,
-        &scenario.expected(),
+        &scenario.stack.fixture,
+        &scenario.stack.stored().await,
         "the indexer catches up",
     )
     .await;

@@ -23,7 +23,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost() {
     let proxy = TcpProxy::start(&upstream).await;
     let group = unique("idx-outage");
     let mut args = fixture.args(&group);
-    args.search_url = proxy.url();
+    args.engine.search_url = proxy.url();
     args.request_timeout_ms = 2000;
     args.breaker_failure_threshold = 2;
     args.breaker_cooldown_ms = 1000;

@@ -10,10 +10,11 @@ use e2e::state::{self, Versions};
 use e2e::{rig::rig, unique, wait};
 use indexer::config::{Cli, Command, RunArgs};
 use indexer::metrics::Metrics;
+use pipeline_contract::document::StoredMessage;
 use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
 use pipeline_contract::kafka_client;
-use pipeline_contract::search::{IndexLayout, IndexSettings};
+use pipeline_contract::search::{IndexLayout, IndexSettings, SearchDocument};
 use pipeline_contract::{DeletedPayload, MessageEvent, MessagePayload, Timestamp};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -221,4 +222,126 @@ pub fn members(group: &str) -> usize {
         .fetch_group_list(Some(group), Duration::from_secs(10))
         .expect("group list");
     groups.groups().first().map_or(0, |g| g.members().len())
+}
+
+/// A message document as the api-server writes it: live at `version`, or a tombstone.
+pub fn stored_message(version: i64, deleted: bool) -> StoredMessage {
+    let now = mongodb::bson::DateTime::now();
+    StoredMessage {
+        id: Uuid::new_v4().to_string(),
+        tenant_id: "tenant-a".into(),
+        conversation_id: Uuid::new_v4().to_string(),
+        sender_id: (!deleted).then(|| Uuid::new_v4().to_string()),
+        content: (!deleted).then(|| format!("content v{version}")),
+        metadata_json: (!deleted).then(|| r#"{"k":"v"}"#.to_owned()),
+        timestamp: now,
+        updated_at: now,
+        version,
+        deleted,
+        deleted_at: deleted.then_some(now),
+        fingerprint: None,
+        correlation_id: "indexer-test".into(),
+    }
+}
+
+/// The state `m` leaves in the index.
+pub fn search_document(m: &StoredMessage) -> SearchDocument {
+    SearchDocument::try_from(m.to_event().unwrap()).unwrap()
+}
+
+/// A fixture with MongoDB beside it: messages stored in a database of their own and their events
+/// on the topic, in that order, as the api-server and its relay do.
+pub struct Stack {
+    pub fixture: Fixture,
+    pub database: String,
+    pub group: String,
+    messages: mongodb::Collection<StoredMessage>,
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl Stack {
+    /// `messages` stored and published, with an index whose deletes forget their version at
+    /// once (`gc_deletes` 0s, so a test can put an older version back).
+    pub async fn new(messages: &[StoredMessage]) -> Self {
+        let fixture = Fixture::new(Some("0s")).await;
+        let database = unique("idx-mongo").replace('-', "_");
+        let client = mongodb::Client::with_uri_str(rig().mongodb_uri())
+            .await
+            .unwrap();
+        let stack = Self {
+            messages: client.database(&database).collection("messages"),
+            fixture,
+            database,
+            group: unique("idx-group"),
+            producer: e2e::kafka::producer(),
+        };
+        if !messages.is_empty() {
+            stack.messages.insert_many(messages).await.unwrap();
+            let records: Vec<_> = messages
+                .iter()
+                .map(|m| event_record(&m.to_event().unwrap()))
+                .collect();
+            stack.fixture.produce(&records).await;
+        }
+        stack
+    }
+
+    /// Stores `m` (replacing the document of its id), then publishes its event.
+    pub async fn write(&self, m: &StoredMessage) {
+        self.messages
+            .replace_one(mongodb::bson::doc! {"_id": &m.id}, m)
+            .upsert(true)
+            .await
+            .unwrap();
+        let (key, value, headers) = event_record(&m.to_event().unwrap());
+        let record = kafka_client::record(
+            &self.fixture.topic,
+            key.as_deref().map(str::as_bytes),
+            Some(&value),
+            headers,
+        );
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produce");
+    }
+
+    /// What MongoDB holds: the truth the index is compared with.
+    pub async fn stored(&self) -> Versions {
+        state::stored(&self.database).await
+    }
+
+    /// The `indexer <command>` of this stack, parsed like the binary's: MongoDB, Kafka, topic,
+    /// search engine and alias named, then `extra`.
+    pub fn command(&self, command: &str, extra: &[&str]) -> Command {
+        let mut argv = vec![
+            "indexer",
+            command,
+            "--mongodb-uri",
+            rig().mongodb_uri(),
+            "--mongodb-database",
+            &self.database,
+            "--bootstrap-servers",
+            rig().kafka(),
+            "--topic",
+            &self.fixture.topic,
+            "--search-url",
+            rig().search_url(),
+            "--alias",
+            self.fixture.layout.alias(),
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("indexer {command} arguments: {e}"))
+            .command
+    }
+}
+
+/// Waits until the index holds exactly what MongoDB holds.
+pub async fn converge_to(stack: &Stack, what: &str) {
+    wait::until(what, Duration::from_secs(90), || async {
+        let (stored, indexed) = (stack.stored().await, stack.fixture.documents().await);
+        (stored == indexed).then_some(())
+    })
+    .await;
 }
