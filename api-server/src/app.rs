@@ -257,6 +257,7 @@ async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
                     breaker: None,
                     relay_backlog: Some(RelayBacklog::of_age_millis(lag_ms)),
                     refused: state.metrics.refusals.current(),
+                    rebuild: None,
                 }
             }
         },

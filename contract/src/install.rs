@@ -306,6 +306,95 @@ async fn ensure_alias(
     Ok((first_index, alias, indices))
 }
 
+/// The indices `layout`'s alias points at, sorted; `None` when there is no such alias.
+pub async fn read_alias(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+) -> Result<Option<Vec<String>>, InstallError> {
+    alias_indices(&Engine { client, endpoint }, layout).await
+}
+
+/// Creates generation `generation` of `layout` (`<alias>-00000N`) from the installed template,
+/// its only alias the staging alias (the rebuild writes through it); `Ok(false)` when it
+/// exists already (an interrupted rebuild's), the staging alias put on it again.
+pub async fn create_generation(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+    generation: u32,
+) -> Result<bool, InstallError> {
+    let engine = Engine { client, endpoint };
+    let step = "create the next index";
+    let index = layout.index_of(generation);
+    let staging = layout.staging_alias();
+    let body = json!({"aliases": {&staging: {}}});
+    match engine.send(step, Method::PUT, &index, Some(&body)).await? {
+        (status, _) if status.is_success() => Ok(true),
+        (_, body) if body["error"]["type"] == "resource_already_exists_exception" => {
+            let path = format!("{index}/_alias/{staging}");
+            engine.expect_ok(step, Method::PUT, &path, None).await?;
+            Ok(false)
+        }
+        (status, body) => Err(InstallError::Status {
+            step,
+            status,
+            body: body.to_string(),
+        }),
+    }
+}
+
+/// In one `_aliases` request: the alias moves to generation `generation` alone (its write
+/// index and every search's target) off `old`, and the staging alias leaves it.
+pub async fn swap_alias(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+    generation: u32,
+    old: &[String],
+) -> Result<(), InstallError> {
+    let index = layout.index_of(generation);
+    let alias = layout.alias();
+    let mut actions = vec![
+        json!({"add": {"index": &index, "alias": alias, "is_write_index": true}}),
+        json!({"remove": {"index": &index, "alias": layout.staging_alias()}}),
+    ];
+    actions.extend(
+        old.iter()
+            .filter(|i| **i != index)
+            .map(|i| json!({"remove": {"index": i, "alias": alias}})),
+    );
+    Engine { client, endpoint }
+        .expect_ok(
+            "swap the alias",
+            Method::POST,
+            "_aliases",
+            Some(&json!({"actions": actions})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes a concrete index (a previous generation); one already gone is not an error.
+pub async fn delete_index(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    index: &str,
+) -> Result<(), InstallError> {
+    let step = "delete a previous index";
+    match (Engine { client, endpoint })
+        .send(step, Method::DELETE, index, None)
+        .await?
+    {
+        (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
+        (status, body) => Err(InstallError::Status {
+            step,
+            status,
+            body: body.to_string(),
+        }),
+    }
+}
+
 /// The indices the alias points at, sorted; `None` when there is no such alias.
 async fn alias_indices(
     engine: &Engine<'_>,

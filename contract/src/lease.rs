@@ -34,6 +34,31 @@ pub struct WorkerState {
     pub relay_backlog: Option<RelayBacklog>,
     /// A refusal the worker's clients met recently (a credential, a CA, a permission).
     pub refused: Option<Refused>,
+    /// The rebuild Job's progress; `None` for the workers.
+    pub rebuild: Option<RebuildProgress>,
+}
+
+/// Where a rebuild Job is, as its Lease says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RebuildProgress {
+    pub generation: u32,
+    /// `Scanning`, `CatchingUp`, `AwaitingSwap`, `Swapped` or `Done`.
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl RebuildProgress {
+    /// The progress a Lease's annotations carry; `None` when they carry none.
+    pub fn from_annotations(a: &BTreeMap<String, String>) -> Option<Self> {
+        let number = |key: &str| a.get(key).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            generation: u32::try_from(number(lease::ANNOTATION_REBUILD_GENERATION)?).ok()?,
+            phase: a.get(lease::ANNOTATION_REBUILD_PHASE)?.clone(),
+            done: number(lease::ANNOTATION_REBUILD_DONE).unwrap_or(0),
+            total: number(lease::ANNOTATION_REBUILD_TOTAL).unwrap_or(0),
+        })
+    }
 }
 
 /// Which Lease: from `MP_PIPELINE_NAME`, `MP_PIPELINE_NAMESPACE` and `POD_NAME`.
@@ -97,6 +122,23 @@ pub fn lease_object(id: &Identity, state: &WorkerState, now: Timestamp) -> Lease
             message.truncate(end);
         }
         annotations.insert(lease::ANNOTATION_REFUSAL_MESSAGE.to_owned(), message);
+    }
+    if let Some(r) = &state.rebuild {
+        annotations.extend([
+            (
+                lease::ANNOTATION_REBUILD_GENERATION.to_owned(),
+                r.generation.to_string(),
+            ),
+            (lease::ANNOTATION_REBUILD_PHASE.to_owned(), r.phase.clone()),
+            (
+                lease::ANNOTATION_REBUILD_DONE.to_owned(),
+                r.done.to_string(),
+            ),
+            (
+                lease::ANNOTATION_REBUILD_TOTAL.to_owned(),
+                r.total.to_string(),
+            ),
+        ]);
     }
     let mut labels = BTreeMap::from([
         (lease::LABEL_PIPELINE.to_owned(), id.pipeline.clone()),
@@ -273,6 +315,7 @@ mod tests {
                 breaker: Some(BreakerState::Open),
                 relay_backlog: None,
                 refused: None,
+                rebuild: None,
             },
             now,
         );
@@ -311,6 +354,7 @@ mod tests {
                     endpoint: "kafka:9093".into(),
                     detail: "é".repeat(lease::REFUSAL_MESSAGE_MAX),
                 }),
+                rebuild: None,
             },
             now,
         );
@@ -326,6 +370,39 @@ mod tests {
             message.starts_with("Kafka at kafka:9093 refused") && message.len() <= 1024,
             "{} bytes: {message}",
             message.len()
+        );
+        assert_eq!(RebuildProgress::from_annotations(&annotations), None);
+    }
+
+    #[test]
+    fn a_rebuild_lease_carries_its_progress_and_reads_back() {
+        let id = Identity {
+            pipeline: "orders".into(),
+            namespace: "shop".into(),
+            pipeline_uid: None,
+            pod: "orders-rebuild-2-x".into(),
+            role: Role::Rebuild,
+        };
+        let progress = RebuildProgress {
+            generation: 2,
+            phase: "Scanning".into(),
+            done: 1_000,
+            total: 200_000,
+        };
+        let l = lease_object(
+            &id,
+            &WorkerState {
+                rebuild: Some(progress.clone()),
+                ..WorkerState::default()
+            },
+            Timestamp::from_second(1).unwrap(),
+        );
+        assert_eq!(l.metadata.labels.unwrap()[lease::LABEL_ROLE], "rebuild");
+        let annotations = l.metadata.annotations.unwrap();
+        assert_eq!(annotations[lease::ANNOTATION_REBUILD_PHASE], "Scanning");
+        assert_eq!(
+            RebuildProgress::from_annotations(&annotations),
+            Some(progress)
         );
     }
 }

@@ -208,6 +208,11 @@ impl IndexLayout {
         format!("{}-{generation:06}", self.alias)
     }
 
+    /// The alias a rebuild writes the next generation through until the swap.
+    pub fn staging_alias(&self) -> String {
+        format!("{}-rebuild", self.alias)
+    }
+
     /// The generation of a concrete index of this layout; `None` for any other name.
     pub fn generation_of(&self, index: &str) -> Option<u32> {
         let digits = index.strip_prefix(&self.alias)?.strip_prefix('-')?;

@@ -62,9 +62,13 @@ pub mod env {
 pub enum Role {
     Api,
     Indexer,
+    /// `indexer rebuild` as the operator's Job runs it: one pod, no Deployment, its Lease
+    /// carries the rebuild's progress (never counted as a worker).
+    Rebuild,
 }
 
 impl Role {
+    /// The roles that run as Deployments.
     pub const ALL: [Self; 2] = [Self::Api, Self::Indexer];
 
     /// The value of [`lease::LABEL_ROLE`].
@@ -72,11 +76,14 @@ impl Role {
         match self {
             Self::Api => "api",
             Self::Indexer => "indexer",
+            Self::Rebuild => "rebuild",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
+        [Self::Api, Self::Indexer, Self::Rebuild]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -184,6 +191,12 @@ pub mod lease {
             Self::ALL.into_iter().find(|b| b.as_str() == s)
         }
     }
+    /// The rebuild Job's progress: its generation, phase (`Scanning`, `CatchingUp`,
+    /// `AwaitingSwap`, `Swapped`, `Done`) and documents done / about how many there are.
+    pub const ANNOTATION_REBUILD_GENERATION: &str = "messagepipeline.io/rebuild-generation";
+    pub const ANNOTATION_REBUILD_PHASE: &str = "messagepipeline.io/rebuild-phase";
+    pub const ANNOTATION_REBUILD_DONE: &str = "messagepipeline.io/rebuild-done";
+    pub const ANNOTATION_REBUILD_TOTAL: &str = "messagepipeline.io/rebuild-total";
     /// How often a worker renews its Lease.
     pub const RENEW_SECONDS: u32 = 10;
     /// The Lease's `leaseDurationSeconds`: a Lease not renewed for this long is expired.
@@ -222,6 +235,7 @@ mod tests {
         assert!(BreakerState::HalfOpen < BreakerState::Open);
         assert_eq!(BreakerState::parse("ajar"), None);
         assert_eq!(Role::parse("relay"), None);
+        assert_eq!(Role::parse("rebuild"), Some(Role::Rebuild));
     }
 
     #[test]

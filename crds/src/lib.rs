@@ -313,6 +313,10 @@ pub struct MongoSpec {
     /// mounted as a file the connection trusts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The Secret key holding the connection string the rebuild Job reads MongoDB with (a
+    /// read-only principal is enough); `uriSecretRef` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_uri_secret_ref: Option<SecretKeyRef>,
     #[serde(default = "database")]
     #[schemars(length(min = 1, max = 63))]
     pub database: String,
@@ -373,11 +377,12 @@ pub struct KafkaSasl {
 }
 
 impl KafkaSasl {
-    /// The credentials the worker of `role` uses: its own, else the operator's.
+    /// The credentials the worker of `role` uses: its own, else the operator's (the rebuild
+    /// Job reads the topic as the indexer does).
     pub fn credentials_of(&self, role: Role) -> &CredentialsSecretRef {
         match role {
             Role::Api => self.api_credentials_secret_ref.as_ref(),
-            Role::Indexer => self.indexer_credentials_secret_ref.as_ref(),
+            Role::Indexer | Role::Rebuild => self.indexer_credentials_secret_ref.as_ref(),
         }
         .unwrap_or(&self.credentials_secret_ref)
     }
@@ -488,11 +493,12 @@ impl Default for DlqSpec {
 }
 
 impl SearchSpec {
-    /// The credentials the worker of `role` uses: its own, else the operator's, else none.
+    /// The credentials the worker of `role` uses: its own, else the operator's, else none (the
+    /// rebuild Job writes documents as the indexer does).
     pub fn credentials_of(&self, role: Role) -> Option<&CredentialsSecretRef> {
         match role {
             Role::Api => self.api_credentials_secret_ref.as_ref(),
-            Role::Indexer => self.indexer_credentials_secret_ref.as_ref(),
+            Role::Indexer | Role::Rebuild => self.indexer_credentials_secret_ref.as_ref(),
         }
         .or(self.credentials_secret_ref.as_ref())
     }
@@ -530,6 +536,23 @@ pub struct SearchSpec {
     #[serde(default = "refresh")]
     #[schemars(regex(pattern = "^(-1|[0-9]+(ms|s|m))$"))]
     pub refresh_interval: String,
+    /// The generation of the concrete index behind the alias (`<alias>-00000N`; 1 when unset).
+    /// Raising it rebuilds the index from MongoDB beside the live one and swaps the alias to it
+    /// (a Job, `status.index`); a value below the alias's current generation is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 999_999))]
+    pub index_generation: Option<u32>,
+    /// What happens to the previous generation after a rebuild: `Keep` (the default) or
+    /// `Delete`.
+    #[serde(default)]
+    pub previous_index_policy: PreviousIndexPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PreviousIndexPolicy {
+    #[default]
+    Keep,
+    Delete,
 }
 
 fn alias() -> String {
@@ -574,6 +597,47 @@ pub struct MessagePipelineStatus {
     /// `over-10m`), a dead replica's adopted changes included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_backlog: Option<String>,
+    /// The index behind the alias and the latest rebuild.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexStatus>,
+}
+
+/// The index behind the alias.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexStatus {
+    /// The generation the alias points at (the highest, while a swap is in flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// The concrete indices the alias points at.
+    #[serde(default)]
+    pub indices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// The latest rebuild, as its Job and its Lease report it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildStatus {
+    pub generation: u32,
+    /// `Pending`, `Scanning`, `CatchingUp`, `AwaitingSwap`, `Swapped`, `Done` or `Failed`.
+    pub phase: String,
+    /// MongoDB documents written to the new index, and about how many there are.
+    #[serde(default)]
+    pub documents_done: u64,
+    #[serde(default)]
+    pub documents_total: u64,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// The indices the alias pointed at before the swap.
+    #[serde(default)]
+    pub previous: Vec<String>,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// A condition, as Kubernetes conventions define it.
@@ -628,6 +692,8 @@ pub mod condition {
     pub const INDEXER_AVAILABLE: &str = "IndexerAvailable";
     pub const INDEXER_HEALTHY: &str = "IndexerHealthy";
     pub const DEGRADED: &str = "Degraded";
+    /// True while a rebuild runs; False with why not otherwise (complete, failed, refused).
+    pub const REBUILDING: &str = "Rebuilding";
 }
 
 /// The CustomResourceDefinition as YAML, with a header saying where it comes from.

@@ -47,6 +47,10 @@ pub struct RebuildArgs {
     /// Delete the previous generation after the swap (default: keep it).
     #[arg(long)]
     pub delete_old: bool,
+    /// The operator made the generation and swaps the alias (its Job): wait for the swap
+    /// instead of making it, and leave old indices to the operator.
+    #[arg(long, requires = "generation", conflicts_with = "delete_old")]
+    pub operator_swaps: bool,
     #[command(flatten)]
     pub mongodb: MongoArgs,
     #[command(flatten)]

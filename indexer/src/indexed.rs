@@ -2,7 +2,7 @@
 //! page at a time (`search_after` on the `id` keyword), the documents of chosen ids with their
 //! sequence numbers, and the repairs: whole documents from MongoDB with external versions, and
 //! deletes of orphans conditional on the sequence number the audit saw; and the rebuild's
-//! requests: the alias's indices, the next generation, writes through an alias, the swap.
+//! writes through an alias (the alias itself is the installer's, `pipeline_contract::install`).
 
 use std::collections::HashMap;
 
@@ -243,52 +243,11 @@ pub struct Written {
 /// Most attempts of an item the engine answered 429 or 5xx.
 const WRITE_ATTEMPTS: u32 = 6;
 
-/// The rebuild's requests: the alias's indices, a new generation, documents, the swap.
+/// The rebuild's writes.
 impl Indexed {
-    /// The indices the alias points at, sorted; `None` when there is no such alias.
-    pub async fn alias_indices(&self) -> Result<Option<Vec<String>>, IndexedError> {
-        let what = "read the alias";
-        let path = format!("/{}", self.layout.alias_lookup_path());
-        match self.send(what, Method::GET, &path, None).await? {
-            (StatusCode::NOT_FOUND, _) => Ok(None),
-            (status, body) if status.is_success() => {
-                let mut indices: Vec<String> = body
-                    .as_object()
-                    .map(|o| o.keys().cloned().collect())
-                    .unwrap_or_default();
-                indices.sort();
-                Ok(Some(indices))
-            }
-            (status, body) => Err(self.status(what, status, &body)),
-        }
-    }
-
-    /// Creates `index` from the installed template with `staging` as its only alias; `false`
-    /// when it exists already (an interrupted rebuild's: it is filled again, idempotently).
-    pub async fn create_index(&self, index: &str, staging: &str) -> Result<bool, IndexedError> {
-        let what = "create the next index";
-        let body = json!({"aliases": {staging: {}}});
-        match self
-            .send(
-                what,
-                Method::PUT,
-                &format!("/{index}"),
-                Some(Body::Json(body)),
-            )
-            .await?
-        {
-            (status, _) if status.is_success() => Ok(true),
-            (_, body) if body["error"]["type"] == "resource_already_exists_exception" => {
-                let path = format!("/{index}/_alias/{staging}");
-                let (status, body) = self.send(what, Method::PUT, &path, None).await?;
-                if status.is_success() {
-                    Ok(false)
-                } else {
-                    Err(self.status(what, status, &body))
-                }
-            }
-            (status, body) => Err(self.status(what, status, &body)),
-        }
+    /// The HTTP client and endpoint, for the installer's requests (the alias, the swap).
+    pub fn engine(&self) -> (&reqwest::Client, &SearchEndpoint) {
+        (&self.http, &self.endpoint)
     }
 
     /// Writes `docs` through the alias of `target` with external versions; items the engine
@@ -337,43 +296,6 @@ impl Indexed {
             }
         }
         Ok(written)
-    }
-
-    /// In one `_aliases` request: the alias moves to `new` alone (its write index and every
-    /// search's target) off `old`, and the staging alias is removed.
-    pub async fn swap(&self, new: &str, old: &[String], staging: &str) -> Result<(), IndexedError> {
-        let what = "swap the alias";
-        let alias = self.layout.alias();
-        let mut actions = vec![
-            json!({"add": {"index": new, "alias": alias, "is_write_index": true}}),
-            json!({"remove": {"index": new, "alias": staging}}),
-        ];
-        actions.extend(
-            old.iter()
-                .filter(|i| *i != new)
-                .map(|i| json!({"remove": {"index": i, "alias": alias}})),
-        );
-        let body = json!({"actions": actions});
-        let (status, answer) = self
-            .send(what, Method::POST, "/_aliases", Some(Body::Json(body)))
-            .await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(self.status(what, status, &answer))
-        }
-    }
-
-    /// Deletes a concrete index (a previous generation, by the retention policy).
-    pub async fn delete_index(&self, index: &str) -> Result<(), IndexedError> {
-        let what = "delete the previous index";
-        match self
-            .send(what, Method::DELETE, &format!("/{index}"), None)
-            .await?
-        {
-            (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
-            (status, body) => Err(self.status(what, status, &body)),
-        }
     }
 }
 

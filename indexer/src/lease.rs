@@ -29,6 +29,7 @@ pub async fn run(
                 breaker: gate.get().map(|g| g.state()),
                 relay_backlog: None,
                 refused: metrics.refusals.current(),
+                rebuild: None,
             };
             async move { state }
         },

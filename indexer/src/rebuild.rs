@@ -13,15 +13,28 @@
 //!    the old index.
 //! 5. The old index is kept unless `--delete-old`.
 //!
+//! With `--operator-swaps` (the operator's Job) steps 1, 4's swap and 5 are the operator's, which
+//! owns the index layout: the Job expects the generation created with its staging alias, says
+//! `AwaitingSwap` on its Lease after the catch-up, waits until the alias points at the new index,
+//! and then applies the last events. The Job's principal then needs no right on aliases or
+//! indices beyond the indexer's. Its Lease (`<pipeline>-rebuild-<pod>`) carries the phase and the
+//! documents done / total, which the operator puts on the resource's status.
+//!
 //! Until the swap nothing the live pipeline reads changes, so a rebuild that fails or is
 //! interrupted leaves the old index serving; running it again fills the same generation again
 //! (external versions make that idempotent). A generation not above the current one is refused.
 
 use pipeline_contract::MessageEvent;
 use pipeline_contract::document::StoredMessage;
+use pipeline_contract::install::{
+    InstallError, create_generation, delete_index, read_alias, swap_alias,
+};
 use pipeline_contract::search::{IndexLayout, InvalidAlias, SearchDocument};
 use pipeline_contract::search_client::SearchAccessError;
 use pipeline_contract::time::Timestamp;
+
+use pipeline_contract::lease::{RebuildProgress, WorkerState};
+use pipeline_contract::worker::Role;
 
 use crate::config::RebuildArgs;
 use crate::dlq_tools::{DlqToolError, Offsets, TopicReader};
@@ -43,6 +56,8 @@ pub enum RebuildError {
     Topic(#[from] DlqToolError),
     #[error(transparent)]
     Offsets(#[from] crate::lag::LagError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
     #[error(
         "generation {asked} is not newer than the alias's current generation {current}: \
          ask for {next} or more"
@@ -55,20 +70,27 @@ pub enum RebuildError {
 pub enum Phase {
     Scanning,
     CatchingUp,
+    /// Caught up; the operator is to swap the alias (`--operator-swaps` only).
+    AwaitingSwap,
     Swapped,
     Done,
 }
 
 impl Phase {
+    /// The word on the Lease and in the resource's status.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Scanning => "Scanning",
             Self::CatchingUp => "CatchingUp",
+            Self::AwaitingSwap => "AwaitingSwap",
             Self::Swapped => "Swapped",
             Self::Done => "Done",
         }
     }
 }
+
+/// How often the Job looks whether the operator has swapped the alias.
+const SWAP_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Progress as the rebuild reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,10 +139,13 @@ impl<'a> Rebuild<'a> {
     /// staging alias on it.
     async fn prepare(args: &'a RebuildArgs) -> Result<Self, RebuildError> {
         let layout = args.engine.layout()?;
-        let staging = IndexLayout::new(format!("{}-rebuild", args.engine.alias))?;
+        let staging = IndexLayout::new(layout.staging_alias())?;
         let http = args.engine.http_client(args.request_timeout_ms)?;
         let engine = Indexed::new(http, args.engine.endpoint(), layout.clone());
-        let previous = engine.alias_indices().await?.unwrap_or_default();
+        let (http, endpoint) = engine.engine();
+        let previous = read_alias(http, endpoint, &layout)
+            .await?
+            .unwrap_or_default();
         let current = previous
             .iter()
             .filter_map(|i| layout.generation_of(i))
@@ -135,13 +160,21 @@ impl<'a> Rebuild<'a> {
             });
         }
         let index = layout.index_of(generation);
-        let resumed = !engine.create_index(&index, staging.alias()).await?;
-        tracing::info!(
-            index,
-            resumed,
-            ?previous,
-            "rebuild: next generation in place"
-        );
+        if args.operator_swaps {
+            tracing::info!(
+                index,
+                ?previous,
+                "rebuild: filling the generation the operator made"
+            );
+        } else {
+            let resumed = !create_generation(http, endpoint, &layout, generation).await?;
+            tracing::info!(
+                index,
+                resumed,
+                ?previous,
+                "rebuild: next generation in place"
+            );
+        }
         Ok(Self {
             args,
             engine,
@@ -268,18 +301,25 @@ pub async fn rebuild(
     let (written, undecodable, caught_up_to) = run.apply_events(&run.staging, from).await?;
     (report.caught_up, report.undecodable) = (written, undecodable);
 
-    run.engine
-        .swap(&run.index, &run.previous, run.staging.alias())
-        .await?;
+    let (http, endpoint) = run.engine.engine();
+    if args.operator_swaps {
+        progress(&at(Phase::AwaitingSwap));
+        let alone = std::slice::from_ref(&run.index);
+        while read_alias(http, endpoint, &run.layout).await?.as_deref() != Some(alone) {
+            tokio::time::sleep(SWAP_POLL).await;
+        }
+    } else {
+        swap_alias(http, endpoint, &run.layout, run.generation, &run.previous).await?;
+    }
     progress(&at(Phase::Swapped));
     tracing::info!(index = run.index, previous = ?run.previous, "rebuild: the alias points at the new index");
     let (written, undecodable, _) = run.apply_events(&run.layout, caught_up_to).await?;
     report.after_swap = written;
     report.undecodable += undecodable;
 
-    if args.delete_old {
+    if args.delete_old && !args.operator_swaps {
         for old in run.previous.iter().filter(|i| **i != run.index) {
-            run.engine.delete_index(old).await?;
+            delete_index(http, endpoint, old).await?;
         }
         report.previous_deleted = !run.previous.is_empty();
     }
@@ -308,12 +348,39 @@ fn search_document(d: mongodb::bson::Document) -> Result<SearchDocument, String>
     SearchDocument::try_from(event).map_err(|e| format!("message {id}: {e}"))
 }
 
-/// Runs `indexer rebuild`: prints progress lines and the summary.
+/// Runs `indexer rebuild`: prints progress lines and the summary; in a pipeline (its identity in
+/// the environment) holds a Lease carrying the progress while it runs.
 pub async fn run(args: &RebuildArgs) -> Result<u8, RebuildError> {
-    let report = rebuild(args, |p| {
-        println!("{:<10} {}/{}", p.phase.as_str(), p.done, p.total);
+    let generation = args.generation.unwrap_or(0);
+    let (tx, rx) = tokio::sync::watch::channel(None::<RebuildProgress>);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let lease = tokio::spawn(pipeline_contract::lease::maintain(
+        Role::Rebuild,
+        std::time::Duration::from_millis(500),
+        move || {
+            let state = WorkerState {
+                ready: true,
+                rebuild: rx.borrow().clone(),
+                ..WorkerState::default()
+            };
+            async move { state }
+        },
+        stop.clone(),
+    ));
+    let result = rebuild(args, |p| {
+        println!("{:<12} {}/{}", p.phase.as_str(), p.done, p.total);
+        let _ = tx.send(Some(RebuildProgress {
+            generation,
+            phase: p.phase.as_str().to_owned(),
+            done: p.done,
+            total: p.total,
+        }));
     })
-    .await?;
+    .await;
+    // The Lease goes with the process; the Job's own status says how it ended.
+    stop.cancel();
+    let _ = lease.await;
+    let report = result?;
     println!(
         "rebuilt {} (generation {}) from {} MongoDB documents ({} unreadable); {} events caught up \
          before the swap, {} after; the alias left {:?}{}",

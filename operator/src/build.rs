@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
@@ -249,6 +250,8 @@ fn resources(spec: Option<&Resources>, role: WorkerRole) -> ResourceRequirements
             let memory = match role {
                 WorkerRole::Api => "128Mi",
                 WorkerRole::Indexer => "192Mi",
+                // A page of whole documents per request on top of the indexer's clients.
+                WorkerRole::Rebuild => "256Mi",
             };
             ResourceRequirements {
                 requests: Some(BTreeMap::from([
@@ -285,11 +288,17 @@ fn common(
     mounts: &mut Vec<VolumeMount>,
 ) -> Vec<EnvVar> {
     let spec = &mp.spec;
-    let mut e = vec![
-        plain(env::PIPELINE_NAME, mp.name_any()),
-        plain(env::PIPELINE_NAMESPACE, mp.namespace().unwrap_or_default()),
-        plain(env::PIPELINE_UID, mp.uid().unwrap_or_default()),
-        EnvVar {
+    // The workers serve HTTP and purge tombstones; the rebuild Job does neither. (The order of
+    // the workers' variables stays as it was: a reordered env is a new pod template, a rollout.)
+    let worker = role != WorkerRole::Rebuild;
+    let mut e: Vec<EnvVar> = [
+        Some(plain(env::PIPELINE_NAME, mp.name_any())),
+        Some(plain(
+            env::PIPELINE_NAMESPACE,
+            mp.namespace().unwrap_or_default(),
+        )),
+        Some(plain(env::PIPELINE_UID, mp.uid().unwrap_or_default())),
+        Some(EnvVar {
             name: env::POD_NAME.into(),
             value: None,
             value_from: Some(EnvVarSource {
@@ -299,21 +308,32 @@ fn common(
                 }),
                 ..EnvVarSource::default()
             }),
-        },
-        plain(env::HTTP_ADDR, format!("0.0.0.0:{HTTP_PORT}")),
-        plain(pipeline_contract::process::LOG_FILTER_ENV, "info"),
-        plain(
+        }),
+        worker.then(|| plain(env::HTTP_ADDR, format!("0.0.0.0:{HTTP_PORT}"))),
+        Some(plain(pipeline_contract::process::LOG_FILTER_ENV, "info")),
+        Some(plain(
             env::KAFKA_BOOTSTRAP_SERVERS,
             spec.kafka.bootstrap_servers.clone(),
-        ),
-        plain(env::KAFKA_TOPIC, spec.kafka.topic.name.clone()),
-        plain(env::ELASTICSEARCH_URL, spec.elasticsearch.url.clone()),
-        plain(env::ELASTICSEARCH_ALIAS, spec.elasticsearch.alias.clone()),
-        plain(
-            env::TOMBSTONE_HORIZON_DAYS,
-            spec.indexer.tombstone_horizon_days.to_string(),
-        ),
-    ];
+        )),
+        Some(plain(env::KAFKA_TOPIC, spec.kafka.topic.name.clone())),
+        Some(plain(
+            env::ELASTICSEARCH_URL,
+            spec.elasticsearch.url.clone(),
+        )),
+        Some(plain(
+            env::ELASTICSEARCH_ALIAS,
+            spec.elasticsearch.alias.clone(),
+        )),
+        worker.then(|| {
+            plain(
+                env::TOMBSTONE_HORIZON_DAYS,
+                spec.indexer.tombstone_horizon_days.to_string(),
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     e.extend(kafka_security(mp, role, volumes, mounts));
     if let Some(c) = spec.elasticsearch.credentials_of(role) {
         e.push(from_secret(
@@ -373,6 +393,27 @@ fn kafka_security(
     e
 }
 
+/// How a worker reads MongoDB: the URI from `uri` by reference, the CA file, database and
+/// collection.
+fn mongodb_env(
+    mp: &MessagePipeline,
+    uri: &SecretKeyRef,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) -> Vec<EnvVar> {
+    let mongo = &mp.spec.mongodb;
+    let mut e = vec![from_secret(env::MONGODB_URI, &uri.name, &uri.key)];
+    if let Some(ca) = &mongo.ca_secret_ref {
+        let (v, m, path) = secret_file("mongodb-ca", ca);
+        volumes.push(v);
+        mounts.push(m);
+        e.push(plain(env::MONGODB_CA_FILE, path));
+    }
+    e.push(plain(env::MONGODB_DATABASE, mongo.database.clone()));
+    e.push(plain(env::MONGODB_COLLECTION, mongo.collection.clone()));
+    e
+}
+
 /// What differs between the roles' pods: their own env vars and files, command, replicas,
 /// resources and termination grace.
 struct RolePod<'a> {
@@ -396,20 +437,8 @@ fn role_pod<'a>(
             volumes.push(v);
             mounts.push(m);
             env_vars.push(plain(env::API_KEYS_FILE, path));
-            let mongo = &spec.mongodb;
-            env_vars.push(from_secret(
-                env::MONGODB_URI,
-                &mongo.uri_secret_ref.name,
-                &mongo.uri_secret_ref.key,
-            ));
-            if let Some(ca) = &mongo.ca_secret_ref {
-                let (v, m, path) = secret_file("mongodb-ca", ca);
-                volumes.push(v);
-                mounts.push(m);
-                env_vars.push(plain(env::MONGODB_CA_FILE, path));
-            }
-            env_vars.push(plain(env::MONGODB_DATABASE, mongo.database.clone()));
-            env_vars.push(plain(env::MONGODB_COLLECTION, mongo.collection.clone()));
+            let uri = &spec.mongodb.uri_secret_ref;
+            env_vars.extend(mongodb_env(mp, uri, volumes, mounts));
             // Requests finish, then the relay drains for up to 10 s.
             (
                 vec!["api-server".to_owned()],
@@ -441,6 +470,22 @@ fn role_pod<'a>(
                 i.replicas,
                 i.resources.as_ref(),
                 grace,
+            )
+        }
+        WorkerRole::Rebuild => {
+            let mongo = &spec.mongodb;
+            let uri = mongo
+                .reader_uri_secret_ref
+                .as_ref()
+                .unwrap_or(&mongo.uri_secret_ref);
+            env_vars.extend(mongodb_env(mp, uri, volumes, mounts));
+            // The Job runs `indexer rebuild --operator-swaps --generation N` (the arguments are
+            // the Job's); nothing is lost by stopping it, a new pod fills the generation again.
+            (
+                vec!["indexer".to_owned(), "rebuild".to_owned()],
+                1,
+                spec.indexer.resources.as_ref(),
+                10,
             )
         }
     };
@@ -481,16 +526,56 @@ fn container_security() -> SecurityContext {
     }
 }
 
-fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
+/// The pod of `role`, hardened, its settings by reference; and its replicas.
+fn pod_template(mp: &MessagePipeline, role: WorkerRole) -> (PodTemplateSpec, i32) {
     let spec = &mp.spec;
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     let mut env_vars = common(mp, role, &mut volumes, &mut mounts);
     let pod = role_pod(mp, role, &mut env_vars, &mut volumes, &mut mounts);
-    let labels_all = labels(mp, Some(role));
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(mp, Some(role))),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(worker_account(mp)),
+            termination_grace_period_seconds: Some(pod.grace),
+            security_context: Some(pod_security()),
+            containers: vec![Container {
+                name: role.as_str().into(),
+                image: Some(spec.image.clone()),
+                image_pull_policy: spec.image_pull_policy.clone(),
+                command: Some(pod.command),
+                env: Some(env_vars),
+                resources: Some(resources(pod.resources, role)),
+                security_context: Some(container_security()),
+                volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                ..Container::default()
+            }],
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            ..PodSpec::default()
+        }),
+    };
+    (template, pod.replicas)
+}
+
+fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
+    let (mut template, replicas) = pod_template(mp, role);
+    if let Some(pod) = template.spec.as_mut() {
+        let container = &mut pod.containers[0];
+        container.ports = Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]);
+        container.liveness_probe = Some(probe("/live", 10));
+        container.readiness_probe = Some(probe("/ready", 5));
+    }
     Deployment {
         metadata: meta(mp, child_name(mp, role), Some(role)),
         spec: Some(DeploymentSpec {
-            replicas: Some(pod.replicas),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(selector(mp, role)),
                 ..LabelSelector::default()
@@ -502,39 +587,38 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels_all),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(worker_account(mp)),
-                    termination_grace_period_seconds: Some(pod.grace),
-                    security_context: Some(pod_security()),
-                    containers: vec![Container {
-                        name: role.as_str().into(),
-                        image: Some(spec.image.clone()),
-                        image_pull_policy: spec.image_pull_policy.clone(),
-                        command: Some(pod.command),
-                        env: Some(env_vars),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("http".into()),
-                            container_port: HTTP_PORT,
-                            protocol: Some("TCP".into()),
-                            ..ContainerPort::default()
-                        }]),
-                        liveness_probe: Some(probe("/live", 10)),
-                        readiness_probe: Some(probe("/ready", 5)),
-                        resources: Some(resources(pod.resources, role)),
-                        security_context: Some(container_security()),
-                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                        ..Container::default()
-                    }],
-                    volumes: (!volumes.is_empty()).then_some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The name of the Job that builds `generation`.
+pub fn rebuild_job_name(mp: &MessagePipeline, generation: u32) -> String {
+    format!("{}-rebuild-{generation}", mp.name_any())
+}
+
+/// The Job that builds `generation` of the index: `indexer rebuild` from the workers' image,
+/// as the indexer's principal with MongoDB's reader, hardened like the workers. It waits for
+/// the operator to swap the alias (the operator created the index and owns the alias).
+pub fn rebuild_job(mp: &MessagePipeline, generation: u32) -> Job {
+    let role = WorkerRole::Rebuild;
+    let (mut template, _) = pod_template(mp, role);
+    if let Some(pod) = template.spec.as_mut() {
+        pod.restart_policy = Some("Never".into());
+        pod.containers[0].args = Some(vec![
+            "--operator-swaps".into(),
+            "--generation".into(),
+            generation.to_string(),
+        ]);
+    }
+    Job {
+        metadata: meta(mp, rebuild_job_name(mp, generation), Some(role)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(3),
+            template,
+            ..JobSpec::default()
         }),
         status: None,
     }
@@ -543,7 +627,7 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
 fn service(mp: &MessagePipeline, role: WorkerRole) -> Service {
     let port = match role {
         WorkerRole::Api => 80,
-        WorkerRole::Indexer => HTTP_PORT,
+        WorkerRole::Indexer | WorkerRole::Rebuild => HTTP_PORT,
     };
     Service {
         metadata: meta(mp, child_name(mp, role), Some(role)),
@@ -822,5 +906,42 @@ mod tests {
                 Some(IntOrString::Int(1))
             );
         }
+    }
+
+    #[test]
+    fn the_rebuild_job_runs_once_hardened_as_the_pipeline_s_worker_account() {
+        let mp = pipeline(minimal());
+        let job = rebuild_job(&mp, 3);
+        assert_eq!(job.metadata.name.as_deref(), Some("orders-rebuild-3"));
+        assert_eq!(
+            job.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+        let spec = job.spec.unwrap();
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.service_account_name, Some(worker_account(&mp)));
+        assert_eq!(pod.security_context, Some(pod_security()));
+        let c = &pod.containers[0];
+        assert_eq!(c.security_context, Some(container_security()));
+        assert_eq!(
+            (c.command.clone().unwrap(), c.args.clone().unwrap()),
+            (
+                vec!["indexer".to_owned(), "rebuild".to_owned()],
+                vec![
+                    "--operator-swaps".to_owned(),
+                    "--generation".to_owned(),
+                    "3".to_owned()
+                ]
+            )
+        );
+        assert!(
+            c.ports.is_none() && c.readiness_probe.is_none(),
+            "serves nothing"
+        );
+        assert_eq!(
+            spec.template.metadata.unwrap().labels.unwrap()[lease::LABEL_ROLE],
+            "rebuild"
+        );
     }
 }

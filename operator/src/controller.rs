@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -26,11 +27,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use messagepipeline_crd::{
-    DeletionPolicy, FIELD_MANAGER, FINALIZER, MessagePipeline, MessagePipelineStatus,
-    PAUSED_ANNOTATION, condition,
+    DeletionPolicy, FIELD_MANAGER, FINALIZER, IndexStatus, MessagePipeline, MessagePipelineStatus,
+    PAUSED_ANNOTATION, PreviousIndexPolicy, condition,
 };
 use pipeline_contract::access::{self, Refused};
-use pipeline_contract::install::{InstallError, SearchEndpoint, install};
+use pipeline_contract::install::{self, InstallError, SearchEndpoint, install};
 use pipeline_contract::retry;
 use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
 use pipeline_contract::worker::lease;
@@ -38,9 +39,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{Children, PerRole, children};
+use crate::build::{self, Children, PerRole, children};
 use crate::kafka::{self, Credentials};
 use crate::metrics::Metrics;
+use crate::rebuild;
 use crate::status::{self, Failure, Observed};
 use crate::validate;
 
@@ -200,13 +202,15 @@ impl Context {
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
-    let (pipelines, deployments, leases) = match &namespace {
+    let (pipelines, deployments, jobs, leases) = match &namespace {
         Some(ns) => (
             Api::<DeserializeGuard<MessagePipeline>>::namespaced(client.clone(), ns),
             Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Job>::namespaced(client.clone(), ns),
             Api::<Lease>::namespaced(client.clone(), ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
@@ -242,7 +246,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         // Each reconcile opens Kafka and HTTP clients: a bounded number at once keeps memory
         // flat when many pipelines change together (e.g. at start).
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .owns(deployments, managed)
+        .owns(deployments, managed.clone())
+        // A rebuild Job's end (the Lease says its progress).
+        .owns(jobs, managed)
         .watches_stream(lease_changes, |l: Lease| {
             let name = l.labels().get(lease::LABEL_PIPELINE)?.clone();
             Some(ObjectRef::new(&name).within(&l.namespace()?))
@@ -417,15 +423,21 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let topics = reconcile_topics(ctx, mp, &config).await;
     let template = reconcile_index(ctx, mp).await;
     let (consumer_lag, dlq_depth) = lag_and_depth(mp, config).await;
+    let workers = live_workers(ctx, mp, now).await?;
+    let index = match &template {
+        Ok(()) => reconcile_rebuild(ctx, mp, &previous, &workers, now).await,
+        Err(_) => None,
+    };
     let observed = Observed {
         generation: mp.metadata.generation,
         topics,
         template,
         api_available: availability(&applied.api),
         indexer_available: availability(&applied.indexer),
-        workers: live_workers(ctx, mp, now).await?,
+        workers,
         consumer_lag,
         dlq_depth,
+        index,
     };
     report(ctx, mp, &previous, &observed, now).await?;
     Ok(Action::requeue(REQUEUE))
@@ -551,6 +563,135 @@ async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), Fail
             )
             .await;
             Err(failure)
+        }
+    }
+}
+
+/// What `spec.elasticsearch.indexGeneration` asks of the index, done (module `rebuild`): the
+/// next generation and its Job started, the alias swapped when the Job awaits it, previous
+/// indices deleted by the policy; each an Event. `None` when the engine could not be read.
+async fn reconcile_rebuild(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    previous: &MessagePipelineStatus,
+    workers: &[status::LiveWorker],
+    now: Timestamp,
+) -> Option<(IndexStatus, rebuild::Verdict)> {
+    let es = &mp.spec.elasticsearch;
+    let layout = IndexLayout::new(es.alias.clone()).ok()?;
+    let (http, endpoint) = search_endpoint(ctx, mp).await.ok()?;
+    let alias = match install::read_alias(&http, &endpoint, &layout).await {
+        Ok(alias) => alias.unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the alias for the rebuild status");
+            return None;
+        }
+    };
+    let wanted = es.index_generation.unwrap_or(1);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &mp.namespace().unwrap_or_default());
+    let job = jobs
+        .get_opt(&build::rebuild_job_name(mp, wanted))
+        .await
+        .ok()?;
+    let now_text = now.to_string();
+    let decision = rebuild::decide(&rebuild::Observed {
+        layout: &layout,
+        wanted,
+        alias: &alias,
+        job: job.as_ref().map(rebuild::JobState::of),
+        progress: workers
+            .iter()
+            .filter_map(|w| w.rebuild.as_ref())
+            .find(|p| p.generation == wanted),
+        stored: previous.index.as_ref().and_then(|i| i.rebuild.as_ref()),
+        delete_previous: es.previous_index_policy == PreviousIndexPolicy::Delete,
+        now: &now_text,
+    });
+    let (index, mut verdict) = (decision.index, decision.verdict);
+    let engine = (&http, &endpoint, &layout);
+    for step in decision.steps {
+        let (reason, done) = rebuild_step(mp, engine, &jobs, wanted, &step).await;
+        match done {
+            Ok(note) => {
+                ctx.event(mp, EventType::Normal, reason, note, "Rebuild")
+                    .await
+            }
+            Err(error) => {
+                verdict = rebuild::Verdict {
+                    running: Some(false),
+                    reason: "RebuildStepFailed".into(),
+                    message: format!("{reason}: {error}"),
+                };
+                let note = verdict.message.clone();
+                ctx.event(mp, EventType::Warning, "RebuildStepFailed", note, "Rebuild")
+                    .await;
+            }
+        }
+    }
+    let was = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::REBUILDING)
+        .map(|c| c.reason.as_str());
+    let ends = ["RebuildComplete", "RebuildFailed", "GenerationNotNewer"];
+    if ends.contains(&verdict.reason.as_str()) && was != Some(verdict.reason.as_str()) {
+        let type_ = if verdict.reason == "RebuildComplete" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let note = verdict.message.clone();
+        ctx.event(mp, type_, &verdict.reason, note, "Rebuild").await;
+    }
+    Some((index, verdict))
+}
+
+/// Does one step of a rebuild; its Event's reason, and its note or the error.
+async fn rebuild_step(
+    mp: &MessagePipeline,
+    (http, endpoint, layout): (&reqwest::Client, &SearchEndpoint, &IndexLayout),
+    jobs: &Api<Job>,
+    generation: u32,
+    step: &rebuild::Step,
+) -> (&'static str, Result<String, Error>) {
+    match step {
+        rebuild::Step::Start => {
+            let started = async {
+                install::create_generation(http, endpoint, layout, generation).await?;
+                let job = build::rebuild_job(mp, generation);
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {}
+                    // Created meanwhile (a second reconcile): the same Job.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(Error::from(e)),
+                }
+                Ok(format!(
+                    "Job {} builds generation {generation}",
+                    job.name_any()
+                ))
+            };
+            ("RebuildStarted", started.await)
+        }
+        rebuild::Step::Swap { old } => (
+            "IndexSwapped",
+            install::swap_alias(http, endpoint, layout, generation, old)
+                .await
+                .map(|()| {
+                    format!(
+                        "the alias points at {} (was {})",
+                        layout.index_of(generation),
+                        old.join(", ")
+                    )
+                })
+                .map_err(Error::from),
+        ),
+        rebuild::Step::DeletePrevious(old) => {
+            for i in old {
+                if let Err(e) = install::delete_index(http, endpoint, i).await {
+                    return ("PreviousIndexDeleted", Err(Error::from(e)));
+                }
+            }
+            ("PreviousIndexDeleted", Ok(old.join(", ")))
         }
     }
 }

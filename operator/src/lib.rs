@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod leader;
 /// Prometheus metrics.
 pub mod metrics;
+pub mod rebuild;
 /// `/live`, `/ready`, `/metrics`.
 pub mod server;
 /// Conditions and worker summaries, computed purely.

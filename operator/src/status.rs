@@ -13,10 +13,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
-use messagepipeline_crd::{Condition, MessagePipelineStatus, RoleStatus, Workers, condition};
+use messagepipeline_crd::{
+    Condition, IndexStatus, MessagePipelineStatus, RoleStatus, Workers, condition,
+};
 use pipeline_contract::access::Refused;
-use pipeline_contract::lease::expired;
+use pipeline_contract::lease::{RebuildProgress, expired};
 use pipeline_contract::worker::lease::RelayBacklog;
+
+use crate::rebuild::Verdict;
 use pipeline_contract::worker::{BreakerState, Role, lease};
 
 /// One worker as its Lease describes it.
@@ -30,6 +34,8 @@ pub struct LiveWorker {
     pub relay_backlog: Option<RelayBacklog>,
     /// A refusal the worker's clients met recently: (reason, message).
     pub refused: Option<(String, String)>,
+    /// A rebuild Job's progress.
+    pub rebuild: Option<RebuildProgress>,
 }
 
 /// Whether a Lease labelled with `mp`'s name belongs to the object with `uid`: a pipeline deleted
@@ -70,6 +76,7 @@ pub fn live_worker(l: &Lease, now: Timestamp) -> Option<LiveWorker> {
                 .unwrap_or_default();
             (reason.clone(), message)
         }),
+        rebuild: RebuildProgress::from_annotations(&annotations),
     })
 }
 
@@ -107,6 +114,9 @@ pub struct Observed {
     pub workers: Vec<LiveWorker>,
     pub consumer_lag: Option<i64>,
     pub dlq_depth: Option<i64>,
+    /// The index behind the alias and the latest rebuild; `None` when the engine could not be
+    /// read (the stored status then stays).
+    pub index: Option<(IndexStatus, Verdict)>,
 }
 
 fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Condition {
@@ -244,10 +254,30 @@ pub fn status(
         .max();
     let degraded = degraded(observed, &workers, &healthy);
     let ready = ready([&topics, &template, &api, &indexer, &healthy]);
-    let conditions = [ready, topics, template, api, indexer, healthy, degraded]
+    let mut conditions: Vec<Condition> = [ready, topics, template, api, indexer, healthy, degraded]
         .into_iter()
         .map(|c| settle(c, previous, observed.generation, now))
         .collect();
+    // Whether a rebuild runs is not whether the pipeline works: it stays out of `Ready`.
+    match &observed.index {
+        Some((_, v)) => conditions.push(settle(
+            cond(
+                condition::REBUILDING,
+                v.running,
+                &v.reason,
+                v.message.clone(),
+            ),
+            previous,
+            observed.generation,
+            now,
+        )),
+        None => conditions.extend(
+            previous
+                .iter()
+                .filter(|c| c.type_ == condition::REBUILDING)
+                .cloned(),
+        ),
+    }
     MessagePipelineStatus {
         observed_generation: observed.generation,
         conditions,
@@ -256,6 +286,7 @@ pub fn status(
         dlq_depth: observed.dlq_depth,
         breaker: worst.map(|b| b.as_str().to_owned()),
         relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
+        index: observed.index.as_ref().map(|(i, _)| i.clone()),
     }
 }
 
@@ -461,6 +492,7 @@ mod tests {
             breaker,
             relay_backlog: (role == Role::Api).then_some(RelayBacklog::Clear),
             refused: None,
+            rebuild: None,
         }
     }
 
@@ -478,6 +510,7 @@ mod tests {
                 worker(Role::Indexer, true, Some(BreakerState::Closed)),
             ],
             consumer_lag: Some(5),
+            index: None,
             dlq_depth: Some(0),
         }
     }
@@ -736,6 +769,7 @@ mod tests {
             breaker: Some(BreakerState::Closed),
             relay_backlog: None,
             refused: Some(refused.clone()),
+            rebuild: None,
         };
         let live = live_worker(&lease_object(&id, &state, now), now).unwrap();
         assert_eq!(

@@ -22,6 +22,7 @@ fn everything() -> MessagePipeline {
         "api": {"auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
         "mongodb": {
             "uriSecretRef": {"name": "mongodb", "key": "uri"},
+            "readerUriSecretRef": {"name": "mongodb-reader", "key": "uri"},
             "caSecretRef": {"name": "mongodb-ca", "key": "ca.crt"},
         },
         "kafka": {
@@ -53,7 +54,12 @@ fn everything() -> MessagePipeline {
 
 /// The container's command and the names of its env vars.
 fn command_and_env(d: &Deployment) -> (Vec<String>, BTreeSet<String>) {
-    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    pod_command_and_env(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
+}
+
+fn pod_command_and_env(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+) -> (Vec<String>, BTreeSet<String>) {
     let container = &pod.containers[0];
     let env = container
         .env
@@ -83,7 +89,14 @@ fn read_by(mut parser: clap::Command, command: &[String]) -> BTreeSet<String> {
 }
 
 fn unread(d: &Deployment, binary: &str, parser: clap::Command) -> Vec<String> {
-    let (command, env) = command_and_env(d);
+    unread_of(command_and_env(d), binary, parser)
+}
+
+fn unread_of(
+    (command, env): (Vec<String>, BTreeSet<String>),
+    binary: &str,
+    parser: clap::Command,
+) -> Vec<String> {
     assert_eq!(command.first().map(String::as_str), Some(binary));
     let read = read_by(parser, &command);
     env.difference(&read).cloned().collect()
@@ -100,6 +113,34 @@ fn every_env_var_of_the_api_server_deployment_is_read_by_the_api_server() {
     assert!(
         unread.is_empty(),
         "set on the api-server, read by nobody: {unread:?}"
+    );
+}
+
+#[test]
+fn every_env_var_of_the_rebuild_job_is_read_by_indexer_rebuild() {
+    let job = operator::build::rebuild_job(&everything(), 2);
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let unread = unread_of(
+        pod_command_and_env(&pod),
+        "indexer",
+        indexer::config::Cli::command(),
+    );
+    assert!(
+        unread.is_empty(),
+        "set on the rebuild Job, read by nobody: {unread:?}"
+    );
+    let container = &pod.containers[0];
+    let uri = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == env::MONGODB_URI)
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|s| s.name.clone());
+    assert_eq!(
+        uri.as_deref(),
+        Some("mongodb-reader"),
+        "MongoDB's reader, by reference"
     );
 }
 

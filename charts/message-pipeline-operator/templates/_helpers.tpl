@@ -76,6 +76,10 @@ MessagePipelines, only `update` on finalizers.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# The rebuild Job of a raised spec.elasticsearch.indexGeneration.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # The workers' Role and RoleBinding (rights on their own Leases only).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
