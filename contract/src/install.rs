@@ -10,7 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::search::{
-    EngineInfo, IndexLayout, IndexSettings, UnsupportedEngine, index_template, template_matches,
+    EngineInfo, IndexLayout, IndexSettings, UnsupportedEngine, index_template, mapping_matches,
+    template_matches,
 };
 
 /// Where the engine is and how to authenticate: every request any component sends to the search
@@ -373,6 +374,31 @@ pub async fn swap_alias(
         )
         .await?;
     Ok(())
+}
+
+/// The indices of `indices` whose mappings differ from the installed template's (created from
+/// an older template).
+pub async fn outdated_indices(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+    indices: &[String],
+) -> Result<Vec<String>, InstallError> {
+    let engine = Engine { client, endpoint };
+    let step = "compare the index mappings with the template";
+    let path = format!("_index_template/{}", layout.template_name());
+    let template = engine.expect_ok(step, Method::GET, &path, None).await?;
+    let wanted = &template["index_templates"][0]["index_template"]["template"]["mappings"];
+    let mut outdated = Vec::new();
+    for index in indices {
+        let mapping = engine
+            .expect_ok(step, Method::GET, &format!("{index}/_mapping"), None)
+            .await?;
+        if !mapping_matches(wanted, &mapping[index.as_str()]["mappings"]) {
+            outdated.push(index.clone());
+        }
+    }
+    Ok(outdated)
 }
 
 /// Deletes a concrete index (a previous generation); one already gone is not an error.

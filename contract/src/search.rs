@@ -385,6 +385,13 @@ pub fn index_template(
 /// is the wanted one. Settings are compared after flattening (`{"index": {"a": 1}}` and
 /// `{"index.a": "1"}` are the same setting); everything else must be equal, so any drift, even
 /// an added field, shows.
+/// Whether an index's mappings are what the template's say (key order aside): an index created
+/// from an older template (a release that changed it) has other mappings, and only a rebuild
+/// gives it the new ones.
+pub fn mapping_matches(template_mappings: &Value, index_mappings: &Value) -> bool {
+    normalized(template_mappings) == normalized(index_mappings)
+}
+
 pub fn template_matches(installed: &Value, wanted: &Value) -> bool {
     let part = |v: &Value, key: &str| v.get(key).cloned().unwrap_or(Value::Null);
     let settings = |v: &Value| flatten_settings(&v["template"]["settings"]);
@@ -453,7 +460,21 @@ fn flatten_settings(settings: &Value) -> Map<String, Value> {
 
 #[cfg(test)]
 mod generation_tests {
-    use super::IndexLayout;
+    use super::{IndexLayout, mapping_matches};
+    use serde_json::json;
+
+    #[test]
+    fn an_index_matches_its_template_whatever_the_key_order_and_not_with_another_field() {
+        let template = json!({"dynamic": "strict", "properties": {"id": {"type": "keyword"}, "version": {"type": "long"}}});
+        let same = json!({"properties": {"version": {"type": "long"}, "id": {"type": "keyword"}}, "dynamic": "strict"});
+        assert!(mapping_matches(&template, &same));
+        let mut grown = same.clone();
+        grown["properties"]["legacy"] = json!({"type": "keyword"});
+        assert!(!mapping_matches(&template, &grown));
+        let mut retyped = same;
+        retyped["properties"]["version"] = json!({"type": "integer"});
+        assert!(!mapping_matches(&template, &retyped));
+    }
 
     #[test]
     fn generations_name_concrete_indices_and_back() {

@@ -594,6 +594,17 @@ async fn reconcile_rebuild(
         .await
         .ok()?;
     let now_text = now.to_string();
+    // Only a settled index can be outdated: a rebuild in flight makes the new mapping.
+    let outdated = if job.is_none() && !alias.is_empty() {
+        install::outdated_indices(&http, &endpoint, &layout, &alias)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "comparing the index mappings with the template");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     let decision = rebuild::decide(&rebuild::Observed {
         layout: &layout,
         wanted,
@@ -605,6 +616,7 @@ async fn reconcile_rebuild(
             .find(|p| p.generation == wanted),
         stored: previous.index.as_ref().and_then(|i| i.rebuild.as_ref()),
         delete_previous: es.previous_index_policy == PreviousIndexPolicy::Delete,
+        outdated: &outdated,
         now: &now_text,
     });
     let (index, mut verdict) = (decision.index, decision.verdict);

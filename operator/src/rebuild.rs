@@ -82,6 +82,8 @@ pub struct Observed<'a> {
     /// The rebuild the stored status describes.
     pub stored: Option<&'a RebuildStatus>,
     pub delete_previous: bool,
+    /// Indices behind the alias whose mappings differ from the installed template's.
+    pub outdated: &'a [String],
     /// RFC 3339.
     pub now: &'a str,
 }
@@ -143,6 +145,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             steps.push(Step::Start);
             start(o, &facts)
         }
+        None if !o.outdated.is_empty() => (o.stored.cloned(), outdated(o, &facts)),
         None => (o.stored.cloned(), idle(&facts)),
         Some(JobState::Active) => active(o, &facts, &mut steps),
         Some(JobState::Succeeded) => succeeded(o, &facts, &mut steps),
@@ -184,6 +187,20 @@ fn start(o: &Observed<'_>, f: &Facts) -> (Option<RebuildStatus>, Verdict) {
         f.others.join(", ")
     );
     (Some(r), verdict(Some(true), "RebuildStarted", message))
+}
+
+/// The reason of a `Rebuilding` condition that says the index needs a rebuild.
+pub const MAPPING_OUTDATED: &str = "IndexMappingOutdated";
+
+fn outdated(o: &Observed<'_>, f: &Facts) -> Verdict {
+    let message = format!(
+        "{} was created from an older index template (its mappings differ from the installed \
+         one's): raise spec.elasticsearch.indexGeneration to {} to rebuild it with the current \
+         mappings",
+        o.outdated.join(", "),
+        f.current + 1
+    );
+    verdict(Some(false), MAPPING_OUTDATED, message)
 }
 
 fn idle(f: &Facts) -> Verdict {
@@ -303,6 +320,7 @@ mod tests {
             progress,
             stored,
             delete_previous: false,
+            outdated: &[],
             now: "2026-12-03T10:00:00Z",
         }
     }
@@ -571,6 +589,17 @@ mod tests {
         ));
         assert_eq!(gone.verdict.reason, "RebuildComplete");
         assert_eq!(gone.index.generation, Some(2));
+
+        let mut o = observed(&l, 2, &gen2, None, None, None);
+        o.outdated = &gen2;
+        let old = decide(&o);
+        assert_eq!(old.verdict.reason, MAPPING_OUTDATED);
+        assert!(
+            old.verdict.message.contains("indexGeneration to 3"),
+            "{}",
+            old.verdict.message
+        );
+        assert!(old.steps.is_empty(), "the fix is the user's to ask for");
 
         let refused = decide(&observed(&l, 1, &gen2, None, None, None));
         assert!(

@@ -386,6 +386,13 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
             ),
         );
     }
+    let outdated = observed
+        .index
+        .as_ref()
+        .filter(|(_, v)| v.reason == crate::rebuild::MAPPING_OUTDATED);
+    if let Some((_, v)) = outdated {
+        needs_human.insert(0, v.message.clone());
+    }
     if healthy.status == "False" {
         needs_human.insert(0, healthy.message.clone());
     }
@@ -401,6 +408,8 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
             healthy.reason.as_str()
         } else if stuck > 0 {
             "RelayBehind"
+        } else if outdated.is_some() {
+            crate::rebuild::MAPPING_OUTDATED
         } else {
             "PartitionsAboveSpec"
         };

@@ -404,6 +404,44 @@ async fn drift_in_children_topic_settings_and_template_is_reverted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_whose_mapping_is_not_the_template_s_names_the_rebuild_that_fixes_it() {
+    let env = Env::new("op-mapping").await;
+    env.create("mapping", env.spec(json!({}))).await;
+    let mp = template_ready(&env, "mapping").await;
+    let alias = mp.spec.elasticsearch.alias.clone();
+    env.until("mapping", "no rebuild asked", |mp| {
+        condition(mp, "Rebuilding").is_some_and(|c| c.reason == "NoRebuild")
+    })
+    .await;
+    // As an index created by an older release's template: its mappings are not today's.
+    let (status, _) = search(
+        reqwest::Method::PUT,
+        &format!("/{alias}-000001/_mapping"),
+        Some(json!({"properties": {"legacyField": {"type": "keyword"}}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    nudge(&env, "mapping").await;
+    let mp = env
+        .until("mapping", "the outdated mapping reported", |mp| {
+            condition(mp, "Rebuilding").is_some_and(|c| c.reason == "IndexMappingOutdated")
+        })
+        .await;
+    let rebuilding = condition(&mp, "Rebuilding").unwrap();
+    assert!(
+        rebuilding.message.contains(&format!("{alias}-000001"))
+            && rebuilding.message.contains("indexGeneration to 2"),
+        "{}",
+        rebuilding.message
+    );
+    let degraded = condition(&mp, "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "IndexMappingOutdated")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_refuses_a_partition_decrease_and_a_shard_change_with_the_reason() {
     let env = Env::new("op-cel").await;
     env.create("cel", env.spec(json!({}))).await;
