@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::watch;
@@ -58,6 +58,126 @@ impl RebuildProgress {
             done: number(lease::ANNOTATION_REBUILD_DONE).unwrap_or(0),
             total: number(lease::ANNOTATION_REBUILD_TOTAL).unwrap_or(0),
         })
+    }
+}
+
+/// How an audit ended, as its summary says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AuditOutcome {
+    /// No divergent document.
+    InSync,
+    /// Divergent documents found, and every one repaired.
+    Repaired,
+    /// Divergent documents remain (found without `--repair`, or a repair refused).
+    Diverged,
+    /// Nothing remains divergent, but some re-check ran before the pipeline had caught up.
+    Unsettled,
+    /// The audit could not finish (`message` says why).
+    Failed,
+}
+
+/// Documents per class of divergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftCounts {
+    pub missing: u64,
+    pub stale: u64,
+    pub resurrected: u64,
+    pub orphan: u64,
+}
+
+impl DriftCounts {
+    pub fn total(&self) -> u64 {
+        self.missing + self.stale + self.resurrected + self.orphan
+    }
+
+    /// Each class's name and count, in the order of the audit's report.
+    pub fn classes(&self) -> [(&'static str, u64); 4] {
+        [
+            ("missing", self.missing),
+            ("stale", self.stale),
+            ("resurrected", self.resurrected),
+            ("orphan", self.orphan),
+        ]
+    }
+}
+
+/// What an audit found and did: the JSON of [`lease::ANNOTATION_AUDIT_SUMMARY`] on the Lease
+/// [`audit_lease_name`], written by the audit Job when it ends, read by the operator into the
+/// pipeline's status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSummary {
+    /// RFC 3339.
+    pub start_time: String,
+    pub completion_time: String,
+    pub outcome: AuditOutcome,
+    /// Documents read from MongoDB and from the index, tombstones included.
+    pub mongodb_documents: u64,
+    pub index_documents: u64,
+    /// Divergent after the re-check, per class; and of those, repaired.
+    pub found: DriftCounts,
+    pub repaired: DriftCounts,
+    /// Why it failed, or which part of the pipeline had not caught up.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The Lease that carries the last audit's summary: `<pipeline>-audit`.
+pub fn audit_lease_name(pipeline: &str) -> String {
+    format!("{pipeline}-{}", Role::Audit.as_str())
+}
+
+impl AuditSummary {
+    /// The summary a Lease carries; `None` when it carries none (or one this version cannot read).
+    pub fn from_lease(l: &Lease) -> Option<Self> {
+        let json = l
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(lease::ANNOTATION_AUDIT_SUMMARY)?;
+        serde_json::from_str(json).ok()
+    }
+
+    /// The Lease `<pipeline>-audit` carrying this summary, owned by the pipeline when its uid
+    /// is known (so it goes with the pipeline), held by the pod that audited.
+    pub fn lease(&self, id: &Identity) -> Lease {
+        let json = serde_json::to_string(self).expect("a summary always serializes");
+        let mut l = lease_object(id, &WorkerState::default(), Timestamp::now());
+        l.metadata.name = Some(audit_lease_name(&id.pipeline));
+        l.metadata.annotations = Some(BTreeMap::from([(
+            lease::ANNOTATION_AUDIT_SUMMARY.to_owned(),
+            json,
+        )]));
+        l.metadata.owner_references = id.pipeline_uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: "messagepipeline.io/v1alpha1".into(),
+                kind: "MessagePipeline".into(),
+                name: id.pipeline.clone(),
+                uid: uid.clone(),
+                ..OwnerReference::default()
+            }]
+        });
+        l
+    }
+
+    /// Writes the summary's Lease (from the identity in the environment); `Ok(false)` when there
+    /// is none (an audit run by hand).
+    pub async fn publish(&self) -> Result<bool, kube::Error> {
+        let Some(id) = Identity::from_env(Role::Audit) else {
+            return Ok(false);
+        };
+        let client = kube::Client::try_default().await?;
+        let api: Api<Lease> = Api::namespaced(client, &id.namespace);
+        let lease = self.lease(&id);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(
+            &audit_lease_name(&id.pipeline),
+            &params,
+            &Patch::Apply(&lease),
+        )
+        .await?;
+        Ok(true)
     }
 }
 
@@ -403,6 +523,53 @@ mod tests {
         assert_eq!(
             RebuildProgress::from_annotations(&annotations),
             Some(progress)
+        );
+    }
+
+    #[test]
+    fn an_audit_summary_lease_is_named_after_the_pipeline_owned_by_it_and_reads_back() {
+        let id = Identity {
+            pipeline: "orders".into(),
+            namespace: "shop".into(),
+            pipeline_uid: Some("u-1".into()),
+            pod: "orders-audit-29000000-x".into(),
+            role: Role::Audit,
+        };
+        let summary = AuditSummary {
+            start_time: "2026-12-03T10:00:00Z".into(),
+            completion_time: "2026-12-03T10:00:09Z".into(),
+            outcome: AuditOutcome::Diverged,
+            mongodb_documents: 10,
+            index_documents: 10,
+            found: DriftCounts {
+                missing: 1,
+                orphan: 1,
+                ..DriftCounts::default()
+            },
+            repaired: DriftCounts::default(),
+            message: String::new(),
+        };
+        let l = summary.lease(&id);
+        assert_eq!(l.metadata.name.as_deref(), Some("orders-audit"));
+        assert_eq!(
+            l.metadata.labels.as_ref().unwrap()[lease::LABEL_ROLE],
+            "audit"
+        );
+        let owner = &l.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("MessagePipeline", "orders", "u-1")
+        );
+        assert_eq!(AuditSummary::from_lease(&l), Some(summary.clone()));
+        assert_eq!(summary.found.total(), 2);
+        assert_eq!(
+            AuditSummary::from_lease(&lease_object(
+                &id,
+                &WorkerState::default(),
+                Timestamp::from_second(1).unwrap()
+            )),
+            None,
+            "a worker's Lease carries no summary"
         );
     }
 }

@@ -57,6 +57,10 @@ pub mod env {
     pub const PURGE_INTERVAL_SECONDS: &str = "INDEXER_PURGE_INTERVAL_SECONDS";
 }
 
+/// The exit code of `indexer audit` (and `indexer rebuild`) that leaves divergent documents:
+/// the command did its work and found what it reports, so the operator's Jobs do not retry it.
+pub const EXIT_DIVERGED: u8 = 3;
+
 /// A worker's role in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -65,6 +69,9 @@ pub enum Role {
     /// `indexer rebuild` as the operator's Job runs it: one pod, no Deployment, its Lease
     /// carries the rebuild's progress (never counted as a worker).
     Rebuild,
+    /// `indexer audit` as the operator's CronJob runs it: its Lease is the last audit's summary
+    /// (never counted as a worker, kept until the next audit replaces it).
+    Audit,
 }
 
 impl Role {
@@ -77,11 +84,12 @@ impl Role {
             Self::Api => "api",
             Self::Indexer => "indexer",
             Self::Rebuild => "rebuild",
+            Self::Audit => "audit",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Api, Self::Indexer, Self::Rebuild]
+        [Self::Api, Self::Indexer, Self::Rebuild, Self::Audit]
             .into_iter()
             .find(|r| r.as_str() == s)
     }
@@ -197,6 +205,9 @@ pub mod lease {
     pub const ANNOTATION_REBUILD_PHASE: &str = "messagepipeline.io/rebuild-phase";
     pub const ANNOTATION_REBUILD_DONE: &str = "messagepipeline.io/rebuild-done";
     pub const ANNOTATION_REBUILD_TOTAL: &str = "messagepipeline.io/rebuild-total";
+    /// The audit's summary (JSON), on the Lease `<pipeline>-audit` the audit Job writes when it
+    /// ends.
+    pub const ANNOTATION_AUDIT_SUMMARY: &str = "messagepipeline.io/audit-summary";
     /// How often a worker renews its Lease.
     pub const RENEW_SECONDS: u32 = 10;
     /// The Lease's `leaseDurationSeconds`: a Lease not renewed for this long is expired.

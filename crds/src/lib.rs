@@ -86,6 +86,13 @@ pub const FIELD_MANAGER: &str = "messagepipeline-operator";
         priority = 1
     ),
     printcolumn(
+        name = "InSync",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"IndexInSync\")].status",
+        description = "whether the last audit found the index equal to MongoDB",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -108,6 +115,30 @@ pub struct MessagePipelineSpec {
     /// default) leaves them, `Delete` removes them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// A periodic audit of the index against MongoDB (`indexer audit`, a CronJob); none when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSpec>,
+}
+
+/// When and how the index is audited against MongoDB.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// A cron schedule (`minute hour day-of-month month day-of-week`, e.g. `17 3 * * *`), in
+    /// `timeZone` or else the controller manager's.
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("schedule must not be empty"))]
+    pub schedule: String,
+    /// A time zone name of the IANA database (e.g. `Europe/Berlin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Re-index each divergent document from MongoDB with its version as external version, and
+    /// delete orphans; without it the audit only reports.
+    #[serde(default)]
+    pub repair: bool,
+    /// No audit starts while true (one running goes on).
+    #[serde(default)]
+    pub suspend: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -382,7 +413,9 @@ impl KafkaSasl {
     pub fn credentials_of(&self, role: Role) -> &CredentialsSecretRef {
         match role {
             Role::Api => self.api_credentials_secret_ref.as_ref(),
-            Role::Indexer | Role::Rebuild => self.indexer_credentials_secret_ref.as_ref(),
+            Role::Indexer | Role::Rebuild | Role::Audit => {
+                self.indexer_credentials_secret_ref.as_ref()
+            }
         }
         .unwrap_or(&self.credentials_secret_ref)
     }
@@ -498,7 +531,9 @@ impl SearchSpec {
     pub fn credentials_of(&self, role: Role) -> Option<&CredentialsSecretRef> {
         match role {
             Role::Api => self.api_credentials_secret_ref.as_ref(),
-            Role::Indexer | Role::Rebuild => self.indexer_credentials_secret_ref.as_ref(),
+            Role::Indexer | Role::Rebuild | Role::Audit => {
+                self.indexer_credentials_secret_ref.as_ref()
+            }
         }
         .or(self.credentials_secret_ref.as_ref())
     }
@@ -600,6 +635,41 @@ pub struct MessagePipelineStatus {
     /// The index behind the alias and the latest rebuild.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexStatus>,
+    /// The last audit of the index against MongoDB, as its Job reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditStatus>,
+}
+
+/// The last audit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStatus {
+    /// RFC 3339.
+    pub start_time: String,
+    pub completion_time: String,
+    /// `InSync`, `Repaired`, `Diverged`, `Unsettled` or `Failed`.
+    pub outcome: String,
+    /// Documents read from MongoDB and from the index, tombstones included.
+    pub mongodb_documents: u64,
+    pub index_documents: u64,
+    /// Divergent documents per class, after the re-check.
+    pub found: DriftCounts,
+    /// Of those, repaired.
+    pub repaired: DriftCounts,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Documents per class of divergence: in MongoDB but not in the index (`missing`), older in
+/// the index (`stale`), deleted in MongoDB but visible in the index (`resurrected`), in the
+/// index but not in MongoDB (`orphan`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftCounts {
+    pub missing: u64,
+    pub stale: u64,
+    pub resurrected: u64,
+    pub orphan: u64,
 }
 
 /// The index behind the alias.
@@ -694,6 +764,9 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// True while a rebuild runs; False with why not otherwise (complete, failed, refused).
     pub const REBUILDING: &str = "Rebuilding";
+    /// True when the last audit left no divergent document; False, with the counts, when it
+    /// found some and did not repair them; Unknown without an audit that finished.
+    pub const INDEX_IN_SYNC: &str = "IndexInSync";
 }
 
 /// The CustomResourceDefinition as YAML, with a header saying where it comes from.

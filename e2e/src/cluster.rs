@@ -200,6 +200,26 @@ impl Install {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Asserts that the install's namespace has an Event of each of `reasons`.
+    pub async fn assert_events(&self, reasons: &[&str]) {
+        let events = self
+            .api::<k8s_openapi::api::core::v1::Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        let seen: Vec<String> = events
+            .items
+            .iter()
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        for reason in reasons {
+            assert!(
+                seen.iter().any(|r| r == reason),
+                "no {reason} Event in {seen:?}"
+            );
+        }
+    }
+
     /// The operator's pods (of this release).
     pub async fn operator_pods(&self) -> Vec<Pod> {
         self.api::<Pod>()

@@ -12,8 +12,6 @@ use std::time::Duration;
 use e2e::cluster::{self, Install, Traffic};
 use e2e::rig::rig;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::ListParams;
 use messagepipeline_crd::MessagePipeline;
 use serde_json::json;
 
@@ -134,22 +132,9 @@ async fn raising_the_index_generation_rebuilds_under_traffic_and_loses_nothing()
         .await
         .unwrap();
     assert_eq!(job.status.and_then(|s| s.succeeded), Some(1));
-    let events = install
-        .api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let reasons: Vec<String> = events
-        .items
-        .iter()
-        .filter_map(|e| e.reason.clone())
-        .collect();
-    for reason in ["RebuildStarted", "IndexSwapped", "RebuildComplete"] {
-        assert!(
-            reasons.iter().any(|r| r == reason),
-            "no {reason} Event in {reasons:?}"
-        );
-    }
+    install
+        .assert_events(&["RebuildStarted", "IndexSwapped", "RebuildComplete"])
+        .await;
 
     install
         .change_spec("chat", |spec| {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use pipeline_contract::document::StoredMessage;
+use pipeline_contract::lease::{AuditOutcome, AuditSummary, DriftCounts};
 use pipeline_contract::search::{InvalidAlias, SearchDocument};
 use pipeline_contract::search_client::SearchAccessError;
 use pipeline_contract::time::Timestamp;
@@ -24,7 +25,7 @@ use crate::lag::{Lag, LagError, Settled};
 use crate::stored::{Stored, StoredError};
 
 /// The exit code of an audit that leaves divergent documents (found, not repaired).
-pub const EXIT_DIVERGED: u8 = 3;
+pub use pipeline_contract::worker::EXIT_DIVERGED;
 
 /// Why the audit could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -328,9 +329,69 @@ fn search_document(m: &StoredMessage) -> Result<SearchDocument, String> {
     SearchDocument::try_from(event).map_err(|e| format!("message {}: {e}", m.id))
 }
 
-/// Runs `indexer audit`: prints each finding and the summary, returns the exit code.
+impl AuditReport {
+    /// The summary the operator reads (from the audit Job's Lease).
+    pub fn summary(&self) -> AuditSummary {
+        let counts = |m: &BTreeMap<Drift, u64>| {
+            let n = |d| m.get(&d).copied().unwrap_or(0);
+            DriftCounts {
+                missing: n(Drift::Missing),
+                stale: n(Drift::Stale),
+                resurrected: n(Drift::Resurrected),
+                orphan: n(Drift::Orphan),
+            }
+        };
+        let outcome = if self.remaining() > 0 {
+            AuditOutcome::Diverged
+        } else if self.unsettled.is_some() {
+            AuditOutcome::Unsettled
+        } else if self.found_total() > 0 {
+            AuditOutcome::Repaired
+        } else {
+            AuditOutcome::InSync
+        };
+        AuditSummary {
+            start_time: self.started.to_string(),
+            completion_time: self.finished.to_string(),
+            outcome,
+            mongodb_documents: self.stored,
+            index_documents: self.indexed,
+            found: counts(&self.found),
+            repaired: counts(&self.repaired),
+            message: self
+                .unsettled
+                .map(|part| format!("{part} had not caught up when a re-check ran"))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs `indexer audit`: prints each finding and the summary, returns the exit code. In a
+/// pipeline (its identity in the environment: the operator's CronJob) the summary, or why the
+/// audit failed, also goes on the Lease `<pipeline>-audit` for the operator's status.
 pub async fn run(args: &AuditArgs) -> Result<u8, AuditError> {
-    let report = audit(args, |f| println!("{}", f.render())).await?;
+    let started = Timestamp::now();
+    let result = audit(args, |f| println!("{}", f.render())).await;
+    let summary = match &result {
+        Ok(report) => report.summary(),
+        Err(error) => AuditSummary {
+            start_time: started.to_string(),
+            completion_time: Timestamp::now().to_string(),
+            outcome: AuditOutcome::Failed,
+            mongodb_documents: 0,
+            index_documents: 0,
+            found: DriftCounts::default(),
+            repaired: DriftCounts::default(),
+            message: error.to_string(),
+        },
+    };
+    match summary.publish().await {
+        Ok(true) => tracing::info!(outcome = ?summary.outcome, "audit summary on its Lease"),
+        Ok(false) => {}
+        // The audit's work is done either way; the operator then shows the previous audit.
+        Err(error) => tracing::warn!(%error, "writing the audit summary's Lease failed"),
+    }
+    let report = result?;
     print!("{}", report.render());
     Ok(report.exit_code())
 }
@@ -377,5 +438,31 @@ mod tests {
         assert!(report.render().contains("1 divergent documents remain"));
         report.repaired.insert(Drift::Orphan, 1);
         assert_eq!(report.exit_code(), 0);
+    }
+
+    #[test]
+    fn the_summary_s_outcome_says_what_remains_first_then_whether_the_lag_settled() {
+        let mut report = AuditReport::new(Timestamp::now());
+        assert_eq!(report.summary().outcome, AuditOutcome::InSync);
+        report.found.insert(Drift::Stale, 2);
+        report.repaired.insert(Drift::Stale, 1);
+        let s = report.summary();
+        assert_eq!(s.outcome, AuditOutcome::Diverged);
+        assert_eq!(
+            (s.found.stale, s.repaired.stale, s.found.total()),
+            (2, 1, 2)
+        );
+        report.unsettled = Some("the indexer group");
+        assert_eq!(report.summary().outcome, AuditOutcome::Diverged);
+        report.repaired.insert(Drift::Stale, 2);
+        let s = report.summary();
+        assert_eq!(s.outcome, AuditOutcome::Unsettled);
+        assert!(
+            s.message.starts_with("the indexer group had not caught up"),
+            "{}",
+            s.message
+        );
+        report.unsettled = None;
+        assert_eq!(report.summary().outcome, AuditOutcome::Repaired);
     }
 }

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec, PodFailurePolicy,
+    PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
@@ -45,6 +48,10 @@ pub struct Children {
     pub deployments: PerRole<Deployment>,
     pub services: PerRole<Service>,
     pub pdbs: PerRole<PodDisruptionBudget>,
+    /// `spec.audit`'s CronJob; `None`: there is none (and one left from before is deleted).
+    pub audit: Option<CronJob>,
+    /// Its name, in both cases.
+    pub audit_name: String,
 }
 
 /// One of a kind for each worker role, picked by role rather than by position.
@@ -179,6 +186,8 @@ pub fn children(mp: &MessagePipeline) -> Children {
         deployments: PerRole::new(|role| deployment(mp, role)),
         services: PerRole::new(|role| service(mp, role)),
         pdbs: PerRole::new(|role| pdb(mp, role)),
+        audit: audit_cron_job(mp),
+        audit_name: audit_cron_job_name(mp),
     }
 }
 
@@ -251,7 +260,7 @@ fn resources(spec: Option<&Resources>, role: WorkerRole) -> ResourceRequirements
                 WorkerRole::Api => "128Mi",
                 WorkerRole::Indexer => "192Mi",
                 // A page of whole documents per request on top of the indexer's clients.
-                WorkerRole::Rebuild => "256Mi",
+                WorkerRole::Rebuild | WorkerRole::Audit => "256Mi",
             };
             ResourceRequirements {
                 requests: Some(BTreeMap::from([
@@ -288,9 +297,10 @@ fn common(
     mounts: &mut Vec<VolumeMount>,
 ) -> Vec<EnvVar> {
     let spec = &mp.spec;
-    // The workers serve HTTP and purge tombstones; the rebuild Job does neither. (The order of
-    // the workers' variables stays as it was: a reordered env is a new pod template, a rollout.)
-    let worker = role != WorkerRole::Rebuild;
+    // The workers serve HTTP and purge tombstones; the rebuild and audit Jobs do neither. (The
+    // order of the workers' variables stays as it was: a reordered env is a new pod template, a
+    // rollout.)
+    let worker = matches!(role, WorkerRole::Api | WorkerRole::Indexer);
     let mut e: Vec<EnvVar> = [
         Some(plain(env::PIPELINE_NAME, mp.name_any())),
         Some(plain(
@@ -472,17 +482,27 @@ fn role_pod<'a>(
                 grace,
             )
         }
-        WorkerRole::Rebuild => {
+        WorkerRole::Rebuild | WorkerRole::Audit => {
             let mongo = &spec.mongodb;
             let uri = mongo
                 .reader_uri_secret_ref
                 .as_ref()
                 .unwrap_or(&mongo.uri_secret_ref);
             env_vars.extend(mongodb_env(mp, uri, volumes, mounts));
-            // The Job runs `indexer rebuild --operator-swaps --generation N` (the arguments are
-            // the Job's); nothing is lost by stopping it, a new pod fills the generation again.
+            let command = if role == WorkerRole::Rebuild {
+                // `indexer rebuild --operator-swaps --generation N` (the arguments are the
+                // Job's); nothing is lost by stopping it, a new pod fills the generation again.
+                "rebuild"
+            } else {
+                // `indexer audit [--repair]`, waiting out the indexer group's lag.
+                env_vars.push(plain(
+                    env::KAFKA_CONSUMER_GROUP,
+                    spec.kafka.consumer_group.clone(),
+                ));
+                "audit"
+            };
             (
-                vec!["indexer".to_owned(), "rebuild".to_owned()],
+                vec!["indexer".to_owned(), command.to_owned()],
                 1,
                 spec.indexer.resources.as_ref(),
                 10,
@@ -624,10 +644,66 @@ pub fn rebuild_job(mp: &MessagePipeline, generation: u32) -> Job {
     }
 }
 
+/// The audit CronJob's name: `<pipeline>-audit`.
+pub fn audit_cron_job_name(mp: &MessagePipeline) -> String {
+    child_name(mp, WorkerRole::Audit)
+}
+
+/// The CronJob of `spec.audit`: `indexer audit [--repair]` on its schedule, one at a time, as
+/// the indexer's principal with MongoDB's reader, hardened like the workers; `None` without one.
+pub fn audit_cron_job(mp: &MessagePipeline) -> Option<CronJob> {
+    let audit = mp.spec.audit.as_ref()?;
+    let role = WorkerRole::Audit;
+    let (mut template, _) = pod_template(mp, role);
+    if let Some(pod) = template.spec.as_mut() {
+        pod.restart_policy = Some("Never".into());
+        pod.containers[0].args = audit.repair.then(|| vec!["--repair".to_owned()]);
+    }
+    let job = JobSpec {
+        // A failure to reach a server is tried again; a divergence found is a result.
+        backoff_limit: Some(2),
+        pod_failure_policy: Some(PodFailurePolicy {
+            rules: vec![PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(role.as_str().into()),
+                    operator: "In".into(),
+                    // The audit did its work (its summary is on its Lease).
+                    values: vec![i32::from(pipeline_contract::worker::EXIT_DIVERGED)],
+                }),
+                on_pod_conditions: None,
+            }],
+        }),
+        template,
+        ..JobSpec::default()
+    };
+    Some(CronJob {
+        metadata: meta(mp, audit_cron_job_name(mp), Some(role)),
+        spec: Some(CronJobSpec {
+            schedule: audit.schedule.clone(),
+            time_zone: audit.time_zone.clone(),
+            suspend: Some(audit.suspend),
+            concurrency_policy: Some("Forbid".into()),
+            // A run missed by more than this (the controller down) is skipped, not made up.
+            starting_deadline_seconds: Some(300),
+            successful_jobs_history_limit: Some(1),
+            failed_jobs_history_limit: Some(1),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(mp, Some(role))),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(job),
+            },
+        }),
+        status: None,
+    })
+}
+
 fn service(mp: &MessagePipeline, role: WorkerRole) -> Service {
     let port = match role {
         WorkerRole::Api => 80,
-        WorkerRole::Indexer | WorkerRole::Rebuild => HTTP_PORT,
+        WorkerRole::Indexer | WorkerRole::Rebuild | WorkerRole::Audit => HTTP_PORT,
     };
     Service {
         metadata: meta(mp, child_name(mp, role), Some(role)),
@@ -942,6 +1018,47 @@ mod tests {
         assert_eq!(
             spec.template.metadata.unwrap().labels.unwrap()[lease::LABEL_ROLE],
             "rebuild"
+        );
+    }
+
+    #[test]
+    fn the_audit_runs_on_the_spec_s_schedule_one_at_a_time_and_a_divergence_is_not_retried() {
+        assert_eq!(audit_cron_job(&pipeline(minimal())), None, "no spec.audit");
+        let mut spec = minimal();
+        spec["audit"] = serde_json::json!({"schedule": "17 3 * * *", "repair": true});
+        let mp = pipeline(spec);
+        let cron = audit_cron_job(&mp).unwrap();
+        assert_eq!(cron.metadata.name.as_deref(), Some("orders-audit"));
+        assert_eq!(
+            cron.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+        let spec = cron.spec.unwrap();
+        assert_eq!(
+            (
+                spec.schedule.as_str(),
+                spec.concurrency_policy.as_deref(),
+                spec.suspend
+            ),
+            ("17 3 * * *", Some("Forbid"), Some(false))
+        );
+        let job = spec.job_template.spec.unwrap();
+        let rule = &job.pod_failure_policy.unwrap().rules[0];
+        assert_eq!(rule.action, "FailJob");
+        assert_eq!(
+            rule.on_exit_codes.as_ref().unwrap().values,
+            [i32::from(pipeline_contract::worker::EXIT_DIVERGED)]
+        );
+        let pod = job.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.service_account_name, Some(worker_account(&mp)));
+        assert_eq!(pod.security_context, Some(pod_security()));
+        let c = &pod.containers[0];
+        assert_eq!(c.security_context, Some(container_security()));
+        assert_eq!(c.args.as_deref(), Some(&["--repair".to_owned()][..]));
+        assert_eq!(
+            spec.job_template.metadata.unwrap().labels.unwrap()[lease::LABEL_ROLE],
+            "audit"
         );
     }
 }

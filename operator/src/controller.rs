@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -27,18 +27,20 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use messagepipeline_crd::{
-    DeletionPolicy, FIELD_MANAGER, FINALIZER, IndexStatus, MessagePipeline, MessagePipelineStatus,
-    PAUSED_ANNOTATION, PreviousIndexPolicy, condition,
+    AuditStatus, DeletionPolicy, FIELD_MANAGER, FINALIZER, IndexStatus, MessagePipeline,
+    MessagePipelineStatus, PAUSED_ANNOTATION, PreviousIndexPolicy, condition,
 };
 use pipeline_contract::access::{self, Refused};
 use pipeline_contract::install::{self, InstallError, SearchEndpoint, install};
+use pipeline_contract::lease::AuditSummary;
 use pipeline_contract::retry;
 use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
-use pipeline_contract::worker::lease;
+use pipeline_contract::worker::{Role as WorkerRole, lease};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
 use crate::build::{self, Children, PerRole, children};
 use crate::kafka::{self, Credentials};
 use crate::metrics::Metrics;
@@ -428,6 +430,7 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         Ok(()) => reconcile_rebuild(ctx, mp, &previous, &workers, now).await,
         Err(_) => None,
     };
+    let audit = reconcile_audit(ctx, mp, &previous).await;
     let observed = Observed {
         generation: mp.metadata.generation,
         topics,
@@ -438,6 +441,7 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
         consumer_lag,
         dlq_depth,
         index,
+        audit,
     };
     report(ctx, mp, &previous, &observed, now).await?;
     Ok(Action::requeue(REQUEUE))
@@ -658,6 +662,46 @@ async fn reconcile_rebuild(
     Some((index, verdict))
 }
 
+/// The last audit (module `audit`): the summary on the Lease `<pipeline>-audit` of this object,
+/// or the stored one when there is none or it cannot be read; an Event and the metrics when an
+/// audit finished since the stored status.
+async fn reconcile_audit(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    previous: &MessagePipelineStatus,
+) -> (Option<AuditStatus>, audit::InSync) {
+    let namespace = mp.namespace().unwrap_or_default();
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = pipeline_contract::lease::audit_lease_name(&mp.name_any());
+    let uid = mp.uid();
+    let last = match leases.get_opt(&name).await {
+        Ok(l) => l
+            .filter(|l| status::of_pipeline(l, uid.as_deref()))
+            .and_then(|l| AuditSummary::from_lease(&l))
+            .map(|s| audit::status_of(&s))
+            .or_else(|| previous.audit.clone()),
+        Err(error) => {
+            tracing::warn!(%error, "reading the audit's Lease");
+            previous.audit.clone()
+        }
+    };
+    let verdict = audit::in_sync(mp.spec.audit.as_ref(), last.as_ref());
+    if let Some(a) = &last {
+        ctx.metrics.audited(&namespace, &mp.name_any(), a);
+        let before = previous.audit.as_ref().map(|p| p.completion_time.as_str());
+        if before != Some(a.completion_time.as_str()) {
+            let type_ = if verdict.status == Some(true) {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let note = verdict.message.clone();
+            ctx.event(mp, type_, verdict.reason, note, "Audit").await;
+        }
+    }
+    (last, verdict)
+}
+
 /// Does one step of a rebuild; its Event's reason, and its note or the error.
 async fn rebuild_step(
     mp: &MessagePipeline,
@@ -804,6 +848,20 @@ pub async fn apply_children(
     for p in &c.pdbs {
         ssa::<PodDisruptionBudget>(client, namespace, p).await?;
     }
+    match &c.audit {
+        Some(cron) => {
+            ssa::<CronJob>(client, namespace, cron).await?;
+        }
+        // No audit in the spec: one scheduled before goes (a run in flight finishes).
+        None => {
+            let api: Api<CronJob> = Api::namespaced(client.clone(), namespace);
+            match api.delete(&c.audit_name, &DeleteParams::background()).await {
+                Ok(_) => tracing::info!(cronjob = %c.audit_name, "no audit in the spec: deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(deployments)
 }
 
@@ -911,6 +969,11 @@ async fn live_workers(
     let mut live = Vec::new();
     let uid = mp.uid();
     for l in &leases.items {
+        // The audit's summary is a record, not a worker: it stays until the next audit.
+        if l.labels().get(lease::LABEL_ROLE).map(String::as_str) == Some(WorkerRole::Audit.as_str())
+        {
+            continue;
+        }
         if !status::of_pipeline(l, uid.as_deref()) {
             // An earlier object of the same name: its workers are stopping; the Lease is
             // deleted once it expires.
@@ -935,6 +998,8 @@ async fn live_workers(
 /// The finalizer's work: with `Delete`, remove the topics and the template; with `Retain`,
 /// nothing. Children go with the resource through their owner references.
 async fn cleanup(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
+    ctx.metrics
+        .forget(&mp.namespace().unwrap_or_default(), &mp.name_any());
     match mp.spec.deletion_policy {
         DeletionPolicy::Retain => {
             ctx.event(

@@ -6,6 +6,8 @@
 //! `/metrics`. The operator never links axum, MongoDB or a Kafka consumer group member: it reads
 //! lag with an OffsetFetch request.
 
+/// `spec.audit`: the last audit into the status, `IndexInSync` decided purely.
+pub mod audit;
 /// Every child of a MessagePipeline, built as pure functions.
 pub mod build;
 /// The reconcile pipeline, the finalizer, Events and watches.

@@ -5,7 +5,8 @@
 //! `IndexerAvailable` each say whether their part is in place; `IndexerHealthy` is False while
 //! any live indexer reports an open (or half-open) circuit breaker; `Degraded` is True when the
 //! pipeline works but something needs a human (a breaker, a topic with more partitions than the
-//! spec); `Ready` is True only when every part is in place and the indexers are healthy, and its
+//! spec, an audit's divergence not repaired); `IndexInSync` says what the last audit found (module
+//! `audit`); `Ready` is True only when every part is in place and the indexers are healthy, and its
 //! reason names the first thing that is not. `lastTransitionTime` changes only when a condition's
 //! status does.
 
@@ -14,12 +15,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{
-    Condition, IndexStatus, MessagePipelineStatus, RoleStatus, Workers, condition,
+    AuditStatus, Condition, IndexStatus, MessagePipelineStatus, RoleStatus, Workers, condition,
 };
 use pipeline_contract::access::Refused;
 use pipeline_contract::lease::{RebuildProgress, expired};
 use pipeline_contract::worker::lease::RelayBacklog;
 
+use crate::audit::InSync;
 use crate::rebuild::Verdict;
 use pipeline_contract::worker::{BreakerState, Role, lease};
 
@@ -117,6 +119,8 @@ pub struct Observed {
     /// The index behind the alias and the latest rebuild; `None` when the engine could not be
     /// read (the stored status then stays).
     pub index: Option<(IndexStatus, Verdict)>,
+    /// The last audit that finished, and what it says of the index.
+    pub audit: (Option<AuditStatus>, InSync),
 }
 
 fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Condition {
@@ -258,6 +262,24 @@ pub fn status(
         .into_iter()
         .map(|c| settle(c, previous, observed.generation, now))
         .collect();
+    conditions.extend(index_conditions(observed, previous, now));
+    MessagePipelineStatus {
+        observed_generation: observed.generation,
+        conditions,
+        workers,
+        consumer_lag: observed.consumer_lag,
+        dlq_depth: observed.dlq_depth,
+        breaker: worst.map(|b| b.as_str().to_owned()),
+        relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
+        index: observed.index.as_ref().map(|(i, _)| i.clone()),
+        audit: observed.audit.0.clone(),
+    }
+}
+
+/// `Rebuilding` and `IndexInSync`: what is done about the index and what the last audit found.
+/// Neither is part of `Ready`: the pipeline serves while a rebuild runs or a divergence is found.
+fn index_conditions(observed: &Observed, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+    let mut conditions = Vec::new();
     // Whether a rebuild runs is not whether the pipeline works: it stays out of `Ready`.
     match &observed.index {
         Some((_, v)) => conditions.push(settle(
@@ -278,16 +300,19 @@ pub fn status(
                 .cloned(),
         ),
     }
-    MessagePipelineStatus {
-        observed_generation: observed.generation,
-        conditions,
-        workers,
-        consumer_lag: observed.consumer_lag,
-        dlq_depth: observed.dlq_depth,
-        breaker: worst.map(|b| b.as_str().to_owned()),
-        relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
-        index: observed.index.as_ref().map(|(i, _)| i.clone()),
-    }
+    let in_sync = &observed.audit.1;
+    conditions.push(settle(
+        cond(
+            condition::INDEX_IN_SYNC,
+            in_sync.status,
+            in_sync.reason,
+            in_sync.message.clone(),
+        ),
+        previous,
+        observed.generation,
+        now,
+    ));
+    conditions
 }
 
 fn topics_ready(observed: &Observed) -> Condition {
@@ -393,6 +418,10 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
     if let Some((_, v)) = outdated {
         needs_human.insert(0, v.message.clone());
     }
+    let diverged = observed.audit.1.reason == crate::audit::DIVERGENCE_FOUND;
+    if diverged {
+        needs_human.push(observed.audit.1.message.clone());
+    }
     if healthy.status == "False" {
         needs_human.insert(0, healthy.message.clone());
     }
@@ -410,6 +439,8 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
             "RelayBehind"
         } else if outdated.is_some() {
             crate::rebuild::MAPPING_OUTDATED
+        } else if diverged {
+            crate::audit::DIVERGENCE_FOUND
         } else {
             "PartitionsAboveSpec"
         };
@@ -521,6 +552,7 @@ mod tests {
             consumer_lag: Some(5),
             index: None,
             dlq_depth: Some(0),
+            audit: (None, crate::audit::in_sync(None, None)),
         }
     }
 
@@ -655,6 +687,20 @@ mod tests {
                 None,
             ),
             (
+                "index diverged from MongoDB",
+                Box::new(|o| {
+                    o.audit.1 = crate::audit::InSync {
+                        status: Some(false),
+                        reason: crate::audit::DIVERGENCE_FOUND,
+                        message: "found 2 of 100 documents divergent".into(),
+                    };
+                }),
+                "True",
+                "PipelineReady",
+                "True",
+                Some("closed"),
+            ),
+            (
                 "unknown deployment",
                 Box::new(|o| o.api_available = None),
                 "False",
@@ -675,7 +721,7 @@ mod tests {
             );
             assert_eq!(get(&s, "Degraded").status, degraded, "{name}");
             assert_eq!(s.breaker.as_deref(), breaker, "{name}");
-            assert_eq!(s.conditions.len(), 7);
+            assert_eq!(s.conditions.len(), 8, "seven and IndexInSync");
             assert!(
                 s.conditions
                     .iter()

@@ -42,6 +42,7 @@ fn everything() -> MessagePipeline {
             "indexerCredentialsSecretRef": {"name": "search-indexer"},
             "caSecretRef": {"name": "search-ca", "key": "ca.crt"},
         },
+        "audit": {"schedule": "17 3 * * *", "repair": true},
     });
     let mut mp = MessagePipeline::new(
         "orders",
@@ -116,18 +117,16 @@ fn every_env_var_of_the_api_server_deployment_is_read_by_the_api_server() {
     );
 }
 
-#[test]
-fn every_env_var_of_the_rebuild_job_is_read_by_indexer_rebuild() {
-    let job = operator::build::rebuild_job(&everything(), 2);
-    let pod = job.spec.unwrap().template.spec.unwrap();
+/// A Job's pod: every env var read by its `indexer` subcommand, MongoDB as the reader.
+fn job_pod_reads_all_it_is_given(pod: &k8s_openapi::api::core::v1::PodSpec, what: &str) {
     let unread = unread_of(
-        pod_command_and_env(&pod),
+        pod_command_and_env(pod),
         "indexer",
         indexer::config::Cli::command(),
     );
     assert!(
         unread.is_empty(),
-        "set on the rebuild Job, read by nobody: {unread:?}"
+        "set on the {what}, read by nobody: {unread:?}"
     );
     let container = &pod.containers[0];
     let uri = container
@@ -142,6 +141,24 @@ fn every_env_var_of_the_rebuild_job_is_read_by_indexer_rebuild() {
         Some("mongodb-reader"),
         "MongoDB's reader, by reference"
     );
+}
+
+#[test]
+fn every_env_var_of_the_rebuild_job_is_read_by_indexer_rebuild() {
+    let job = operator::build::rebuild_job(&everything(), 2);
+    job_pod_reads_all_it_is_given(&job.spec.unwrap().template.spec.unwrap(), "rebuild Job");
+}
+
+#[test]
+fn every_env_var_of_the_audit_cron_job_is_read_by_indexer_audit() {
+    let cron = operator::build::audit_cron_job(&everything()).expect("spec.audit is set");
+    let job = cron.spec.unwrap().job_template.spec.unwrap();
+    let pod = job.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].command.as_deref(),
+        Some(&["indexer".to_owned(), "audit".to_owned()][..])
+    );
+    job_pod_reads_all_it_is_given(&pod, "audit CronJob");
 }
 
 #[test]

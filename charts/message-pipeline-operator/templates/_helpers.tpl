@@ -76,9 +76,9 @@ MessagePipelines, only `update` on finalizers.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# The rebuild Job of a raised spec.elasticsearch.indexGeneration.
+# The rebuild Job of a raised spec.elasticsearch.indexGeneration, and spec.audit's CronJob.
 - apiGroups: ["batch"]
-  resources: ["jobs"]
+  resources: ["jobs", "cronjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # The workers' Role and RoleBinding (rights on their own Leases only).
 - apiGroups: ["rbac.authorization.k8s.io"]
