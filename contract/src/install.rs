@@ -177,17 +177,7 @@ pub async fn install(
     settings: &IndexSettings,
 ) -> Result<InstallReport, InstallError> {
     let engine = Engine { client, endpoint };
-    let info = EngineInfo::from_root(
-        &engine
-            .expect_ok("detect engine", Method::GET, "/", None)
-            .await?,
-    )?;
-    let template = put_template(
-        &engine,
-        layout,
-        &index_template(layout, info.distribution, settings),
-    )
-    .await?;
+    let (info, template) = template_step(&engine, layout, settings).await?;
     let (first_index, alias, alias_indices) = ensure_alias(&engine, layout).await?;
     Ok(InstallReport {
         engine: info,
@@ -196,6 +186,46 @@ pub async fn install(
         alias,
         alias_indices,
     })
+}
+
+/// [`install`] for a layout that had its index: the template only. A missing alias is not
+/// made again (an empty first index would hide that the documents are gone); the report's
+/// `alias_indices` is then empty, and a rebuild fills the next generation.
+pub async fn install_template(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+    settings: &IndexSettings,
+) -> Result<InstallReport, InstallError> {
+    let engine = Engine { client, endpoint };
+    let (info, template) = template_step(&engine, layout, settings).await?;
+    Ok(InstallReport {
+        engine: info,
+        template,
+        first_index: Change::Unchanged,
+        alias: Change::Unchanged,
+        alias_indices: alias_indices(&engine, layout).await?.unwrap_or_default(),
+    })
+}
+
+/// The engine's kind, and the template put for it.
+async fn template_step(
+    engine: &Engine<'_>,
+    layout: &IndexLayout,
+    settings: &IndexSettings,
+) -> Result<(EngineInfo, Change), InstallError> {
+    let info = EngineInfo::from_root(
+        &engine
+            .expect_ok("detect engine", Method::GET, "/", None)
+            .await?,
+    )?;
+    let template = put_template(
+        engine,
+        layout,
+        &index_template(layout, info.distribution, settings),
+    )
+    .await?;
+    Ok((info, template))
 }
 
 /// The template as `wanted`, put only when it is missing or differs.

@@ -565,6 +565,16 @@ pub fn condition<'a>(mp: &'a MessagePipeline, type_: &str) -> Option<&'a str> {
         .map(|c| c.status.as_str())
 }
 
+/// The reason of the condition `type_`.
+pub fn reason<'a>(mp: &'a MessagePipeline, type_: &str) -> Option<&'a str> {
+    mp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
+}
+
 /// Ready=True for the current generation, with `api` and `indexer` workers ready and live by
 /// their Leases.
 pub fn ready_with(mp: &MessagePipeline, api: i32, indexer: i32) -> bool {

@@ -423,7 +423,9 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let creds = kafka_credentials(ctx, mp).await?;
     let config = kafka::client_config(&mp.spec.kafka, &creds);
     let topics = reconcile_topics(ctx, mp, &config).await;
-    let template = reconcile_index(ctx, mp).await;
+    // A pipeline that had an index does not get an empty one when it is lost: a rebuild fills it.
+    let had_index = previous.index.as_ref().and_then(|i| i.generation).is_some();
+    let template = reconcile_index(ctx, mp, had_index).await;
     let (consumer_lag, dlq_depth) = lag_and_depth(mp, config).await;
     let workers = live_workers(ctx, mp, now).await?;
     let index = match &template {
@@ -530,8 +532,12 @@ async fn reconcile_topics(
 
 /// The index template, first index and alias in place, a change an Event; `Err` is the
 /// condition's reason and message (the refusal, when the engine refused the operator).
-async fn reconcile_index(ctx: &Context, mp: &MessagePipeline) -> Result<(), Failure> {
-    match install_index(ctx, mp).await {
+async fn reconcile_index(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    had_index: bool,
+) -> Result<(), Failure> {
+    match install_index(ctx, mp, had_index).await {
         Ok(changed) => {
             if changed {
                 let note = "index template, first index or alias installed or reverted";
@@ -621,6 +627,7 @@ async fn reconcile_rebuild(
         stored: previous.index.as_ref().and_then(|i| i.rebuild.as_ref()),
         delete_previous: es.previous_index_policy == PreviousIndexPolicy::Delete,
         outdated: &outdated,
+        known: previous.index.as_ref().and_then(|i| i.generation),
         now: &now_text,
     });
     let (index, mut verdict) = (decision.index, decision.verdict);
@@ -644,12 +651,29 @@ async fn reconcile_rebuild(
             }
         }
     }
+    rebuild_event(ctx, mp, previous, &verdict).await;
+    Some((index, verdict))
+}
+
+/// An Event when the rebuild's verdict came to an end it was not at before (complete, failed,
+/// refused, the index lost).
+async fn rebuild_event(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    previous: &MessagePipelineStatus,
+    verdict: &rebuild::Verdict,
+) {
     let was = previous
         .conditions
         .iter()
         .find(|c| c.type_ == condition::REBUILDING)
         .map(|c| c.reason.as_str());
-    let ends = ["RebuildComplete", "RebuildFailed", "GenerationNotNewer"];
+    let ends = [
+        "RebuildComplete",
+        "RebuildFailed",
+        "GenerationNotNewer",
+        rebuild::INDEX_LOST,
+    ];
     if ends.contains(&verdict.reason.as_str()) && was != Some(verdict.reason.as_str()) {
         let type_ = if verdict.reason == "RebuildComplete" {
             EventType::Normal
@@ -659,7 +683,6 @@ async fn reconcile_rebuild(
         let note = verdict.message.clone();
         ctx.event(mp, type_, &verdict.reason, note, "Rebuild").await;
     }
-    Some((index, verdict))
 }
 
 /// The last audit (module `audit`): the summary on the Lease `<pipeline>-audit` of this object,
@@ -937,7 +960,11 @@ async fn search_endpoint(
 }
 
 /// Installs template, first index and alias; `Ok(true)` when anything changed.
-async fn install_index(ctx: &Context, mp: &MessagePipeline) -> Result<bool, Error> {
+async fn install_index(
+    ctx: &Context,
+    mp: &MessagePipeline,
+    had_index: bool,
+) -> Result<bool, Error> {
     let es = &mp.spec.elasticsearch;
     let layout = IndexLayout::new(es.alias.clone())?;
     let settings = IndexSettings {
@@ -947,7 +974,11 @@ async fn install_index(ctx: &Context, mp: &MessagePipeline) -> Result<bool, Erro
         gc_deletes: None,
     };
     let (http, endpoint) = search_endpoint(ctx, mp).await?;
-    let report = install(&http, &endpoint, &layout, &settings).await?;
+    let report = if had_index {
+        install::install_template(&http, &endpoint, &layout, &settings).await?
+    } else {
+        install(&http, &endpoint, &layout, &settings).await?
+    };
     Ok(report.changed())
 }
 

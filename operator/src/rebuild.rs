@@ -84,6 +84,9 @@ pub struct Observed<'a> {
     pub delete_previous: bool,
     /// Indices behind the alias whose mappings differ from the installed template's.
     pub outdated: &'a [String],
+    /// The generation the stored status says the alias had: with no alias now, the index was
+    /// lost (and is not made again empty).
+    pub known: Option<u32>,
     /// RFC 3339.
     pub now: &'a str,
 }
@@ -119,12 +122,14 @@ struct Facts {
 }
 
 pub fn decide(o: &Observed<'_>) -> Decision {
-    let current = o
+    let on_alias = o
         .alias
         .iter()
         .filter_map(|i| o.layout.generation_of(i))
         .max()
         .unwrap_or(0);
+    let lost = o.alias.is_empty() && o.known.is_some_and(|g| g > 0);
+    let current = if lost { o.known.unwrap_or(0) } else { on_alias };
     let new_index = o.layout.index_of(o.wanted);
     let facts = Facts {
         current,
@@ -145,6 +150,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             steps.push(Step::Start);
             start(o, &facts)
         }
+        None if lost => (o.stored.cloned(), index_lost(o, &facts)),
         None if !o.outdated.is_empty() => (o.stored.cloned(), outdated(o, &facts)),
         None => (o.stored.cloned(), idle(&facts)),
         Some(JobState::Active) => active(o, &facts, &mut steps),
@@ -181,11 +187,18 @@ fn start(o: &Observed<'_>, f: &Facts) -> (Option<RebuildStatus>, Verdict) {
         previous: f.others.clone(),
         ..RebuildStatus::default()
     };
-    let message = format!(
-        "building {} from MongoDB; searches answer from {} until the swap",
-        f.name,
-        f.others.join(", ")
-    );
+    let message = if f.others.is_empty() {
+        format!(
+            "building {} from MongoDB; the alias points at no index until the swap",
+            f.name
+        )
+    } else {
+        format!(
+            "building {} from MongoDB; searches answer from {} until the swap",
+            f.name,
+            f.others.join(", ")
+        )
+    };
     (Some(r), verdict(Some(true), "RebuildStarted", message))
 }
 
@@ -201,6 +214,19 @@ fn outdated(o: &Observed<'_>, f: &Facts) -> Verdict {
         f.current + 1
     );
     verdict(Some(false), MAPPING_OUTDATED, message)
+}
+
+/// The reason of a `Rebuilding` condition that says the index behind the alias is gone.
+pub const INDEX_LOST: &str = "IndexLost";
+
+fn index_lost(o: &Observed<'_>, f: &Facts) -> Verdict {
+    let message = format!(
+        "the alias {} points at no index (it pointed at generation {}): searches fail and the          indexers wait; raise spec.elasticsearch.indexGeneration to {} to rebuild the index from          MongoDB",
+        o.layout.alias(),
+        f.current,
+        f.current + 1
+    );
+    verdict(Some(false), INDEX_LOST, message)
 }
 
 fn idle(f: &Facts) -> Verdict {
@@ -321,8 +347,32 @@ mod tests {
             stored,
             delete_previous: false,
             outdated: &[],
+            known: alias.iter().filter_map(|i| layout.generation_of(i)).max(),
             now: "2026-12-03T10:00:00Z",
         }
+    }
+
+    #[test]
+    fn a_lost_index_is_said_with_its_fix_and_the_next_generation_rebuilds_it() {
+        let l = layout();
+        let mut o = observed(&l, 1, &[], None, None, None);
+        o.known = Some(1);
+        let d = decide(&o);
+        assert_eq!(d.steps, []);
+        assert_eq!(
+            (d.verdict.running, d.verdict.reason.as_str()),
+            (Some(false), INDEX_LOST)
+        );
+        assert!(d.verdict.message.contains("to 2"), "{}", d.verdict.message);
+        assert_eq!(d.index.generation, Some(1), "the generation it had is kept");
+        o.wanted = 2;
+        let d = decide(&o);
+        assert_eq!(d.steps, [Step::Start]);
+        assert_eq!(d.index.rebuild.unwrap().previous, Vec::<String>::new());
+        // A pipeline that never had an index: nothing lost, the installer makes the first.
+        o.known = None;
+        o.wanted = 1;
+        assert_eq!(decide(&o).verdict.reason, "NoRebuild");
     }
 
     #[test]

@@ -411,10 +411,10 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
             ),
         );
     }
-    let outdated = observed
-        .index
-        .as_ref()
-        .filter(|(_, v)| v.reason == crate::rebuild::MAPPING_OUTDATED);
+    // The index needs a rebuild: its mapping is outdated, or it is gone.
+    let outdated = observed.index.as_ref().filter(|(_, v)| {
+        [crate::rebuild::MAPPING_OUTDATED, crate::rebuild::INDEX_LOST].contains(&v.reason.as_str())
+    });
     if let Some((_, v)) = outdated {
         needs_human.insert(0, v.message.clone());
     }
@@ -437,8 +437,8 @@ fn degraded(observed: &Observed, workers: &Workers, healthy: &Condition) -> Cond
             healthy.reason.as_str()
         } else if stuck > 0 {
             "RelayBehind"
-        } else if outdated.is_some() {
-            crate::rebuild::MAPPING_OUTDATED
+        } else if let Some((_, v)) = outdated {
+            v.reason.as_str()
         } else if diverged {
             crate::audit::DIVERGENCE_FOUND
         } else {
