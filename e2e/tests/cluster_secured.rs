@@ -17,6 +17,8 @@ use serde_json::json;
 
 /// From applying the pipeline to Ready=True: 2 worker pods of debug builds on a shared node.
 const READY_WITHIN: Duration = Duration::from_secs(240);
+/// The next minute's audit: the CronJob's tick, the pod starting, the audit.
+const AUDITED_WITHIN: Duration = Duration::from_secs(180);
 /// For the index (and the DLQ depth) to catch up.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
 
@@ -26,18 +28,25 @@ async fn secured_secrets(install: &Install) {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Patch, PatchParams};
     let ca = std::fs::read_to_string(rig().ca_cert()).unwrap();
-    let mongodb = format!(
-        "mongodb://mp-api:{}@{}/?tls=true&authMechanism=PLAIN",
-        rig().mongodb_password("api"),
-        rig()
-            .secure_pod_endpoints()
-            .mongodb_uri
-            .trim_start_matches("mongodb://")
-            .trim_end_matches('/'),
-    );
+    let mongodb = |principal: &str| {
+        format!(
+            "mongodb://mp-{principal}:{}@{}/?tls=true&authMechanism=PLAIN",
+            rig().mongodb_password(principal),
+            rig()
+                .secure_pod_endpoints()
+                .mongodb_uri
+                .trim_start_matches("mongodb://")
+                .trim_end_matches('/'),
+        )
+    };
     let mut secrets = vec![
         ("rig-ca".to_owned(), json!({"ca.crt": ca})),
-        ("mongodb-secure".to_owned(), json!({"uri": mongodb})),
+        ("mongodb-secure".to_owned(), json!({"uri": mongodb("api")})),
+        // The rebuild and audit Jobs read MongoDB as the read-only principal.
+        (
+            "mongodb-reader".to_owned(),
+            json!({"uri": mongodb("audit")}),
+        ),
     ];
     for principal in ["operator", "api", "indexer"] {
         let user = format!("mp-{principal}");
@@ -84,7 +93,12 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
             json!({
                 "api": {"replicas": 1},
                 "indexer": {"replicas": 1},
-                "mongodb": {"uriSecretRef": {"name": "mongodb-secure", "key": "uri"}, "caSecretRef": ca},
+                "mongodb": {
+                    "uriSecretRef": {"name": "mongodb-secure", "key": "uri"},
+                    "readerUriSecretRef": {"name": "mongodb-reader", "key": "uri"},
+                    "caSecretRef": ca,
+                },
+                "audit": {"schedule": "* * * * *"},
                 "kafka": {
                     "bootstrapServers": endpoints.kafka,
                     "topic": {"name": topic},
@@ -215,6 +229,31 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
     })
     .await;
 
+    // The audit CronJob's pod, as the indexer's Kafka and search principals and MongoDB's
+    // reader, over TLS, finds the same.
+    let equal_at = k8s_openapi::jiff::Timestamp::now();
+    let audited = pipeline
+        .until(
+            &install,
+            "an audit that started after the index equalled MongoDB",
+            AUDITED_WITHIN,
+            |mp| {
+                mp.status
+                    .as_ref()
+                    .and_then(|s| s.audit.as_ref())
+                    .and_then(|a| a.start_time.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .is_some_and(|t| t > equal_at)
+            },
+        )
+        .await;
+    let audit = audited.status.as_ref().unwrap().audit.as_ref().unwrap();
+    assert_eq!(
+        (audit.outcome.as_str(), audit.mongodb_documents),
+        ("InSync", 2),
+        "{audit:?}"
+    );
+    assert_eq!(cluster::reason(&audited, "IndexInSync"), Some("InSync"));
+
     // A bad credential given to the workers only (the operator's stay good) reaches the
     // resource through their Leases: the rolled-out pods are refused, the old ones keep serving.
     let bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"},
@@ -244,8 +283,8 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
             "ApiServerAvailable MongoDBAuthenticationFailed and IndexerAvailable KafkaAuthenticationFailed",
             READY_WITHIN,
             |mp| {
-                condition_reason(mp, "ApiServerAvailable") == Some("MongoDBAuthenticationFailed")
-                    && condition_reason(mp, "IndexerAvailable")
+                cluster::reason(mp, "ApiServerAvailable") == Some("MongoDBAuthenticationFailed")
+                    && cluster::reason(mp, "IndexerAvailable")
                         == Some("KafkaAuthenticationFailed")
             },
         )
@@ -256,7 +295,11 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
     let passwords: Vec<&str> = ["operator", "api", "indexer"]
         .into_iter()
         .flat_map(|p| [rig().kafka_password(p), rig().search_password(p)])
-        .chain([rig().mongodb_password("api"), "not-the-password"])
+        .chain([
+            rig().mongodb_password("api"),
+            rig().mongodb_password("audit"),
+            "not-the-password",
+        ])
         .collect();
     let mut pods = install.operator_pods().await;
     pods.extend(pipeline.worker_pods(&install).await);
@@ -276,17 +319,4 @@ async fn on_the_secured_endpoints_only_each_worker_as_its_own_principal_the_pipe
     }
     assert!(read >= 3, "only {read} logs read");
     install.remove().await;
-}
-
-/// The reason of condition `type_`.
-fn condition_reason<'a>(
-    mp: &'a messagepipeline_crd::MessagePipeline,
-    type_: &str,
-) -> Option<&'a str> {
-    mp.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.reason.as_str())
 }
