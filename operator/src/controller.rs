@@ -427,12 +427,12 @@ async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let had_index = previous.index.as_ref().and_then(|i| i.generation).is_some();
     let template = reconcile_index(ctx, mp, had_index).await;
     let (consumer_lag, dlq_depth) = lag_and_depth(mp, config).await;
-    let workers = live_workers(ctx, mp, now).await?;
+    let (workers, audit_summary) = live_workers(ctx, mp, now).await?;
     let index = match &template {
         Ok(()) => reconcile_rebuild(ctx, mp, &previous, &workers, now).await,
         Err(_) => None,
     };
-    let audit = reconcile_audit(ctx, mp, &previous).await;
+    let audit = reconcile_audit(ctx, mp, &previous, audit_summary).await;
     let observed = Observed {
         generation: mp.metadata.generation,
         topics,
@@ -685,29 +685,19 @@ async fn rebuild_event(
     }
 }
 
-/// The last audit (module `audit`): the summary on the Lease `<pipeline>-audit` of this object,
-/// or the stored one when there is none or it cannot be read; an Event and the metrics when an
-/// audit finished since the stored status.
+/// The last audit (module `audit`): the summary on the Lease `<pipeline>-audit` of this object
+/// (read with the worker Leases), or the stored one when there is none; an Event and the metrics
+/// when an audit finished since the stored status.
 async fn reconcile_audit(
     ctx: &Context,
     mp: &MessagePipeline,
     previous: &MessagePipelineStatus,
+    summary: Option<AuditSummary>,
 ) -> (Option<AuditStatus>, audit::InSync) {
     let namespace = mp.namespace().unwrap_or_default();
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
-    let name = pipeline_contract::lease::audit_lease_name(&mp.name_any());
-    let uid = mp.uid();
-    let last = match leases.get_opt(&name).await {
-        Ok(l) => l
-            .filter(|l| status::of_pipeline(l, uid.as_deref()))
-            .and_then(|l| AuditSummary::from_lease(&l))
-            .map(|s| audit::status_of(&s))
-            .or_else(|| previous.audit.clone()),
-        Err(error) => {
-            tracing::warn!(%error, "reading the audit's Lease");
-            previous.audit.clone()
-        }
-    };
+    let last = summary
+        .map(|s| audit::status_of(&s))
+        .or_else(|| previous.audit.clone());
     let verdict = audit::in_sync(mp.spec.audit.as_ref(), last.as_ref());
     if let Some(a) = &last {
         ctx.metrics.audited(&namespace, &mp.name_any(), a);
@@ -982,13 +972,13 @@ async fn install_index(
     Ok(report.changed())
 }
 
-/// Live workers of `mp` (this object, not an earlier one of the same name) from their Leases;
-/// expired Leases are deleted.
+/// Live workers of `mp` (this object, not an earlier one of the same name) from their Leases,
+/// and the last audit's summary from the same list; expired worker Leases are deleted.
 async fn live_workers(
     ctx: &Context,
     mp: &MessagePipeline,
     now: Timestamp,
-) -> Result<Vec<status::LiveWorker>, Error> {
+) -> Result<(Vec<status::LiveWorker>, Option<AuditSummary>), Error> {
     let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &mp.namespace().unwrap_or_default());
     let leases = api
         .list(&ListParams::default().labels(&format!(
@@ -997,12 +987,15 @@ async fn live_workers(
             mp.name_any()
         )))
         .await?;
-    let mut live = Vec::new();
+    let (mut live, mut audit) = (Vec::new(), None);
     let uid = mp.uid();
     for l in &leases.items {
         // The audit's summary is a record, not a worker: it stays until the next audit.
         if l.labels().get(lease::LABEL_ROLE).map(String::as_str) == Some(WorkerRole::Audit.as_str())
         {
+            if status::of_pipeline(l, uid.as_deref()) {
+                audit = audit.or_else(|| AuditSummary::from_lease(l));
+            }
             continue;
         }
         if !status::of_pipeline(l, uid.as_deref()) {
@@ -1023,7 +1016,7 @@ async fn live_workers(
             }
         }
     }
-    Ok(live)
+    Ok((live, audit))
 }
 
 /// The finalizer's work: with `Delete`, remove the topics and the template; with `Retain`,
