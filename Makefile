@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-api bench-operator demo
+.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-rebuild bench-api bench-operator demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -61,6 +61,11 @@ e2e-full: up
 ## freshness, peak RSS. BENCH_EVENTS (default 200000), BENCH_RATE, BENCH_STEADY_SECS tune it.
 bench: up
 	cargo bench -p indexer --bench throughput
+
+## indexer rebuild and audit on 200,000 messages vs a raw MongoDB scan and a raw _bulk of the same
+## documents, peak RSS. BENCH_DOCS (200000), BENCH_ROUNDS (3) tune it.
+bench-rebuild: up
+	cargo bench -p indexer --bench rebuild_audit
 
 ## api-server create rate vs raw MongoDB insert_one of the same documents, p50/p99, peak RSS.
 ## BENCH_SECS (default 5), BENCH_ROUNDS (3), BENCH_MAX_CONCURRENCY (32) tune it.

@@ -202,25 +202,25 @@ impl<'a> Rebuild<'a> {
         };
         progress(&at);
         let mut scan = stored.documents(self.args.batch_size).await?;
+        // The next page is read while this one is written: two pages in memory at most, and
+        // the rebuild goes at the pace of the slower side rather than of both in turn.
+        let mut next = scan.raw_page(self.page).await?;
         loop {
-            let (docs, last) = scan.raw_page(self.page).await?;
-            let mut batch = Vec::with_capacity(docs.len());
-            for d in docs {
-                match search_document(d) {
-                    Ok(doc) => batch.push(doc),
-                    Err(reason) => {
-                        tracing::warn!(
-                            reason,
-                            "rebuild: a MongoDB document that cannot be indexed"
-                        );
-                        report.unreadable += 1;
-                    }
-                }
-            }
-            add(
-                &mut report.scanned,
-                self.engine.write(&self.staging, batch).await?,
-            );
+            let (docs, last) = next;
+            let batch = searchable(docs, report);
+            let written = if last {
+                let written = self.engine.write(&self.staging, batch).await?;
+                next = (Vec::new(), true);
+                written
+            } else {
+                let (written, page) = tokio::join!(
+                    self.engine.write(&self.staging, batch),
+                    scan.raw_page(self.page)
+                );
+                next = page?;
+                written?
+            };
+            add(&mut report.scanned, written);
             at.done = report.scanned.applied + report.scanned.newer + report.scanned.rejected;
             at.total = at.total.max(at.done);
             progress(&at);
@@ -337,6 +337,24 @@ fn add(total: &mut Written, more: Written) {
             total.reasons.push(r);
         }
     }
+}
+
+/// The search documents of a page; what cannot be indexed is counted and logged.
+fn searchable(
+    docs: Vec<mongodb::bson::Document>,
+    report: &mut RebuildReport,
+) -> Vec<SearchDocument> {
+    let mut batch = Vec::with_capacity(docs.len());
+    for d in docs {
+        match search_document(d) {
+            Ok(doc) => batch.push(doc),
+            Err(reason) => {
+                tracing::warn!(reason, "rebuild: a MongoDB document that cannot be indexed");
+                report.unreadable += 1;
+            }
+        }
+    }
+    batch
 }
 
 /// The search document of a stored document, or why it has none.
