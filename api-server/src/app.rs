@@ -41,11 +41,25 @@ pub enum RunError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    TenantLimits(String),
+}
+
+/// Every minute, the rate state of tenants back at their full allowance is dropped.
+async fn forget_idle_tenants(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => state.fairness.forget_idle(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Runs until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let auth = authenticator(&config)?;
+    let fairness = config.tenants.fairness().map_err(RunError::TenantLimits)?;
     let metrics = Arc::new(Metrics::new());
     let Some(store) = open_store(&config, &metrics, &shutdown).await? else {
         return Ok(());
@@ -74,7 +88,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         limits: config.limits.limits(),
         max_body_bytes: config.limits.max_body_bytes,
         metrics,
+        fairness,
     });
+    tokio::spawn(forget_idle_tenants(Arc::clone(&state), shutdown.clone()));
 
     let relay_stop = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(relay_stop.clone()));

@@ -13,7 +13,11 @@ use pipeline_contract::search::{DEFAULT_ALIAS, DEFAULT_TOMBSTONE_HORIZON_DAYS};
 use pipeline_contract::search_client::SearchAccess;
 use pipeline_contract::worker::env;
 
+use crate::fairness::{self, Fairness};
 use crate::validate::Limits;
+pub use pipeline_contract::worker::tenant_limits::{
+    DEFAULT_TENANT_BURST, DEFAULT_TENANT_CONCURRENCY, DEFAULT_TENANT_RATE,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -48,6 +52,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub tenants: TenantLimitArgs,
 
     /// Deleted messages stay as hidden tombstones this many days, then are purged. Keep it equal
     /// to the indexer's horizon.
@@ -188,5 +195,35 @@ impl LimitArgs {
             max_metadata_depth: self.max_metadata_depth,
             max_metadata_bytes: self.max_metadata_bytes,
         }
+    }
+}
+
+/// Per-tenant limits of this process (each replica counts only what it serves). Over either,
+/// a request is answered 429 with `Retry-After`.
+#[derive(Debug, Clone, Args)]
+pub struct TenantLimitArgs {
+    /// Requests per second each tenant may make, sustained; 0: no rate limit.
+    #[arg(long, env = env::TENANT_RATE, default_value_t = DEFAULT_TENANT_RATE)]
+    pub tenant_rate: u32,
+    /// Requests a tenant may make at once above its rate; 0: as many as the rate.
+    #[arg(long, env = env::TENANT_BURST, default_value_t = DEFAULT_TENANT_BURST)]
+    pub tenant_burst: u32,
+    /// Requests of one tenant in flight at once; 0: no limit.
+    #[arg(long, env = env::TENANT_CONCURRENCY, default_value_t = DEFAULT_TENANT_CONCURRENCY)]
+    pub tenant_concurrency: u32,
+    /// Tenants with limits of their own: a JSON array of `{"tenant", "requestsPerSecond",
+    /// "burst", "concurrency"}`, each field left out taken from the flags above.
+    #[arg(long, env = env::TENANT_OVERRIDES, default_value = "")]
+    pub tenant_overrides: String,
+}
+
+impl TenantLimitArgs {
+    /// The limits, or what is wrong with `--tenant-overrides`.
+    pub fn fairness(&self) -> Result<Fairness, String> {
+        let numbers = (self.tenant_rate, self.tenant_burst, self.tenant_concurrency);
+        Ok(Fairness::new(
+            fairness::limit(numbers.0, numbers.1, numbers.2),
+            fairness::overrides(&self.tenant_overrides, numbers)?,
+        ))
     }
 }

@@ -17,6 +17,8 @@ pub mod config;
 pub mod cursor;
 /// `ETag` of a message (its quoted version) and `If-Match` parsing with strong comparison.
 pub mod etag;
+/// Per-tenant request rate and concurrency limits (429 with `Retry-After`).
+pub mod fairness;
 /// `Idempotency-Key`: validation, the UUIDv5 message id per tenant, request fingerprints.
 pub mod idempotency;
 /// Prometheus metrics.

@@ -2,11 +2,11 @@ use std::process::ExitCode;
 
 use api_server::config::Config;
 use clap::Parser;
-use pipeline_contract::process;
+use pipeline_contract::{process, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    process::init_logging();
+    let _telemetry = telemetry::init("api-server");
     let config = Config::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

@@ -1,4 +1,5 @@
-//! The api-server's Prometheus metrics: requests by route and status, request latency, and the
+//! The api-server's Prometheus metrics: requests by route and status, request latency, requests
+//! refused by tenant limits, and the
 //! relay (published, failures, changes found by scans, pending by age, lag, dead peers adopted).
 //! `/metrics` encodes them.
 
@@ -26,6 +27,14 @@ pub struct AgeLabels {
     pub age: String,
 }
 
+/// A tenant refused by its limits, and which limit (`rate` or `concurrency`). Tenants are
+/// those of the API keys file: bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub tenant: String,
+    pub limit: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
@@ -36,6 +45,7 @@ pub struct RouteLabels {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RouteLabels, Histogram>,
+    pub tenant_throttled: Family<ThrottleLabels, Counter>,
     pub relay_published: Counter,
     pub relay_failures: Counter,
     pub relay_recovered: Counter,
@@ -64,6 +74,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            tenant_throttled: Family::default(),
             relay_published: Counter::default(),
             relay_failures: Counter::default(),
             relay_recovered: Counter::default(),
@@ -86,6 +97,11 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to answer an HTTP request, by method and route",
             m.request_seconds.clone(),
+        );
+        r.register(
+            "tenant_throttled_requests",
+            "Requests answered 429 because their tenant was over a limit, by tenant and limit (rate, concurrency)",
+            m.tenant_throttled.clone(),
         );
         r.register(
             "relay_published",

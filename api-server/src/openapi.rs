@@ -47,39 +47,45 @@ pub struct ApiDoc;
 /// Per operation: path, method, operation id, and every error status it can answer. 401 is
 /// the missing or refused API key; 400 includes the header, path and query checks; 500 is
 /// always a bug (counted in `/metrics`) and documented because it can happen, not because it
-/// is part of the contract; 503 is MongoDB (or, for search, the engine) unreachable.
+/// is part of the contract; 429 is the tenant over its limits; 503 is MongoDB (or, for search,
+/// the engine) unreachable.
 pub const OPERATIONS: &[(&str, &str, &str, &[u16])] = &[
     (
         "/v1/messages",
         "post",
         "createMessage",
-        &[400, 401, 409, 413, 415, 422, 500, 503],
+        &[400, 401, 409, 413, 415, 422, 429, 500, 503],
     ),
     (
         "/v1/messages/{id}",
         "get",
         "getMessage",
-        &[400, 401, 404, 500, 503],
+        &[400, 401, 404, 429, 500, 503],
     ),
     (
         "/v1/messages/{id}",
         "patch",
         "updateMessage",
-        &[400, 401, 404, 409, 412, 413, 415, 422, 500, 503],
+        &[400, 401, 404, 409, 412, 413, 415, 422, 429, 500, 503],
     ),
     (
         "/v1/messages/{id}",
         "delete",
         "deleteMessage",
-        &[400, 401, 404, 409, 412, 500, 503],
+        &[400, 401, 404, 409, 412, 429, 500, 503],
     ),
     (
         "/v1/conversations/{conversationId}/messages",
         "get",
         "listConversationMessages",
-        &[400, 401, 500, 503],
+        &[400, 401, 429, 500, 503],
     ),
-    ("/v1/search", "get", "searchMessages", &[400, 401, 500, 503]),
+    (
+        "/v1/search",
+        "get",
+        "searchMessages",
+        &[400, 401, 429, 500, 503],
+    ),
 ];
 
 /// The nil UUID, which no message, conversation or sender may be.
@@ -98,6 +104,9 @@ fn error_description(status: u16) -> &'static str {
         415 => "The body is not application/json",
         422 => {
             "Invalid fields (every violation listed in `errors`), or the Idempotency-Key reused with another body"
+        }
+        429 => {
+            "The tenant is over its request rate or has too many requests in flight on this server; retry after Retry-After seconds"
         }
         500 => "A bug: the server failed to handle the request (counted in /metrics)",
         503 => "A dependency is unreachable; retry later",
@@ -122,7 +131,7 @@ pub fn document(limits: &Limits) -> Value {
     let message = &mut components["schemas"]["Message"];
     message["properties"]["metadata"] = json!({"$ref": "#/components/schemas/Metadata"});
     message["additionalProperties"] = json!(false);
-    for status in [400, 401, 404, 409, 412, 413, 415, 422, 500, 503] {
+    for status in [400, 401, 404, 409, 412, 413, 415, 422, 429, 500, 503] {
         components["responses"][status.to_string()] = error_response(status);
     }
 
@@ -175,6 +184,13 @@ fn error_response(status: u16) -> Value {
         "headers": {"X-Correlation-Id": correlation_header()},
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     });
+    if status == 429 {
+        response["headers"]["Retry-After"] = json!({
+            "description": "Seconds to wait before the tenant's next request can be taken",
+            "required": true,
+            "schema": {"type": "integer", "minimum": 1},
+        });
+    }
     if status == 401 {
         response["headers"]["WWW-Authenticate"] = json!({
             "description": "`Bearer`, or `Bearer error=\"invalid_token\"` when a key was sent and refused",

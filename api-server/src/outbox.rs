@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use pipeline_contract::kafka::{EventHeaders, MessageId};
+use pipeline_contract::telemetry;
 use pipeline_contract::time::Timestamp;
 use pipeline_contract::worker::lease::RelayBacklog;
 use tokio::sync::Notify;
@@ -39,6 +40,9 @@ pub struct OutboundRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// The `traceparent` of the request that made the change, when it is being traced; `None`
+    /// for a change read back by a scan (its request is gone: the publish starts a new trace).
+    pub origin: Option<String>,
 }
 
 impl OutboundRecord {
@@ -61,6 +65,7 @@ impl OutboundRecord {
             key: doc.conversation_id.clone(),
             payload: event.encode(),
             headers: headers.pairs(),
+            origin: None,
         })
     }
 }
@@ -227,7 +232,10 @@ impl Outbox {
     /// event becomes pending.
     pub fn committed(&self, mut ticket: Ticket, doc: &StoredMessage) {
         ticket.settled = true;
-        let record = OutboundRecord::of(doc);
+        let record = OutboundRecord::of(doc).map(|mut record| {
+            record.origin = telemetry::traceparent(&tracing::Span::current());
+            record
+        });
         let mut state = self.lock();
         state.writing.remove(&(ticket.stamp, ticket.number));
         match (record, Uuid::parse_str(&doc.id)) {

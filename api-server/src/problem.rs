@@ -16,11 +16,14 @@
 //! not dereferenceable (a `tag:` URI, as RFC 9457 §3.1 allows), changed only with the API version.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
-use axum::http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use axum::http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+
+use crate::fairness::Refusal;
 
 /// The media type of every error body.
 pub const CONTENT_TYPE_PROBLEM: &str = "application/problem+json";
@@ -71,6 +74,10 @@ pub struct Problem {
     /// `WWW-Authenticate` of a 401 (RFC 9110 §11.6.1 requires the header on a 401).
     #[serde(skip)]
     challenge: Challenge,
+    /// `Retry-After` in seconds (429); 4 bytes keep the problem small (it is every handler's
+    /// error type).
+    #[serde(skip)]
+    retry_after: Option<NonZeroU32>,
 }
 
 /// The `WWW-Authenticate` challenge a problem carries, if any.
@@ -106,6 +113,7 @@ impl Problem {
             instance: None,
             errors: Vec::new(),
             challenge: Challenge::None,
+            retry_after: None,
         }
     }
 
@@ -236,6 +244,25 @@ impl Problem {
         .with_detail("this Idempotency-Key was already used with a different request body")
     }
 
+    /// 429: the tenant is over its request rate or has too many requests in flight.
+    pub fn too_many_requests(tenant: &str, refusal: Refusal) -> Self {
+        let what = match refusal {
+            Refusal::Rate(_) => "its request rate",
+            Refusal::Concurrency => "the requests it may have in flight at once",
+        };
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("tenant-over-limit"),
+            "Too Many Requests",
+        )
+        .with_detail(format!(
+            "tenant {tenant:?} is over {what} on this server; retry after the time Retry-After gives"
+        ));
+        p.retry_after =
+            NonZeroU32::new(u32::try_from(refusal.retry_after_secs()).unwrap_or(u32::MAX));
+        p
+    }
+
     /// 503: a backing service (MongoDB, the search engine) cannot be reached; retry later.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, None, "Service Unavailable").with_detail(detail)
@@ -281,6 +308,9 @@ impl IntoResponse for Problem {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_PROBLEM));
         if let Some(challenge) = self.challenge.header_value() {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.get()));
         }
         response
     }
@@ -459,6 +489,31 @@ mod tests {
             let decoded: Problem = serde_json::from_value(body).unwrap();
             assert_eq!(decoded.status, status);
         }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_over_its_limit_is_told_when_to_come_back() {
+        use std::time::Duration;
+        for (refusal, retry_after) in [
+            (Refusal::Rate(Duration::from_millis(2300)), "3"),
+            (Refusal::Concurrency, "1"),
+        ] {
+            let (status, response, body) =
+                render(Problem::too_many_requests("acme", refusal)).await;
+            assert_eq!(status.as_u16(), 429);
+            assert_eq!(response.headers()[CONTENT_TYPE], CONTENT_TYPE_PROBLEM);
+            assert_eq!(response.headers()[RETRY_AFTER], retry_after);
+            assert_eq!(
+                body["type"],
+                "tag:message-pipeline,2026:problem/tenant-over-limit"
+            );
+            assert!(
+                body["detail"].as_str().unwrap().contains("\"acme\""),
+                "{body}"
+            );
+        }
+        let (_, response, _) = render(Problem::not_found("gone")).await;
+        assert!(response.headers().get(RETRY_AFTER).is_none());
     }
 
     #[tokio::test]

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use pipeline_contract::kafka_client;
 use pipeline_contract::kafka_client::Refusals;
 use pipeline_contract::time::Timestamp;
 use pipeline_contract::worker::lease::RelayBacklog;
+use pipeline_contract::{kafka, kafka_client, telemetry};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -216,11 +216,18 @@ impl Relay {
             return;
         }
         for (key, record) in self.outbox.take_unsent(MAX_SENDING - sending.len()) {
+            let span = publish_span(&self.kafka.topic, &key, record.origin.as_deref());
+            let traceparent = telemetry::traceparent(&span);
             let headers = kafka_client::headers(
                 record
                     .headers
                     .iter()
-                    .map(|(name, value)| (name, Some(value))),
+                    .map(|(name, value)| (*name, Some(value.as_str())))
+                    .chain(
+                        traceparent
+                            .as_deref()
+                            .map(|tp| (kafka::header::TRACEPARENT, Some(tp))),
+                    ),
             );
             let future_record = kafka_client::record(
                 &self.kafka.topic,
@@ -231,10 +238,18 @@ impl Relay {
             match link.producer.send_result(future_record) {
                 Ok(delivery) => sending.push(Box::pin(async move {
                     let result = match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
+                        Ok(Ok(delivery)) => {
+                            span.record("messaging.destination.partition.id", delivery.partition);
+                            span.record("messaging.kafka.offset", delivery.offset);
+                            Ok(())
+                        }
                         Ok(Err((error, _))) => Err(error),
                         Err(_) => Err(KafkaError::Canceled),
                     };
+                    if let Err(error) = &result {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error.type", tracing::field::display(error));
+                    }
                     (key, result)
                 })),
                 Err((error, _)) => {
@@ -555,4 +570,29 @@ impl Relay {
 
 fn millis_to_time(millis: i64) -> Timestamp {
     Timestamp::from_millis(millis).unwrap_or_else(Timestamp::now)
+}
+
+/// The span of one attempt to publish a change: a child of the request that made it, or — for
+/// a change a scan read back after a restart or an adoption — the root of a new trace marked
+/// `recovered`, since the request's context did not survive. Its `traceparent` goes on the
+/// record, so the indexer's consume span is its child.
+fn publish_span(topic: &str, key: &PendingKey, origin: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = format!("{topic} publish"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+        message.id = %key.id,
+        message.version = key.version,
+        recovered = origin.is_none(),
+        error.type = tracing::field::Empty,
+    );
+    telemetry::set_parent(&span, origin);
+    span
 }

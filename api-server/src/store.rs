@@ -187,6 +187,17 @@ impl Store {
     }
 
     /// Inserts a new document; `Ok(false)` when its `_id` exists already.
+    #[tracing::instrument(
+        name = "mongodb insert",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "mongodb",
+            db.operation.name = "insert",
+            db.collection.name = %self.messages.name(),
+            message.id = %message.id,
+        )
+    )]
     pub async fn insert(&self, message: &StoredMessage) -> Result<bool, StoreError> {
         match self.messages.insert_one(message).await {
             Ok(_) => Ok(true),
@@ -196,6 +207,17 @@ impl Store {
     }
 
     /// The tenant's document with this id, tombstones included.
+    #[tracing::instrument(
+        name = "mongodb find",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "mongodb",
+            db.operation.name = "find",
+            db.collection.name = %self.messages.name(),
+            message.id = %id,
+        )
+    )]
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self
             .messages
@@ -205,6 +227,17 @@ impl Store {
 
     /// Applies `change` if the document still has `expected_version`; `Ok(false)` when it does
     /// not (someone else changed it first).
+    #[tracing::instrument(
+        name = "mongodb update",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "mongodb",
+            db.operation.name = "update",
+            db.collection.name = %self.messages.name(),
+            message.id = %id,
+        )
+    )]
     pub async fn apply(
         &self,
         tenant: &str,

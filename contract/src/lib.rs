@@ -45,6 +45,8 @@ pub mod search;
 /// `search-client`).
 #[cfg(feature = "search-client")]
 pub mod search_client;
+#[cfg(feature = "process")]
+pub mod telemetry;
 /// Timestamps as the contract writes them: RFC 3339, UTC, millisecond precision, `Z`.
 pub mod time;
 /// Environment variable names and Lease labels/annotations shared by workers and the operator.

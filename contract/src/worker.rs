@@ -42,6 +42,11 @@ pub mod env {
     // api-server.
     pub const API_KEYS_FILE: &str = "API_KEYS_FILE";
     pub const HTTP_ADDR: &str = "HTTP_ADDR";
+    /// Per-tenant limits of each api-server process ([`super::tenant_limits`]).
+    pub const TENANT_RATE: &str = "API_TENANT_RATE";
+    pub const TENANT_BURST: &str = "API_TENANT_BURST";
+    pub const TENANT_CONCURRENCY: &str = "API_TENANT_CONCURRENCY";
+    pub const TENANT_OVERRIDES: &str = "API_TENANT_OVERRIDES";
 
     // indexer.
     pub const BATCH_MAX_COUNT: &str = "INDEXER_BATCH_MAX_COUNT";
@@ -55,6 +60,17 @@ pub mod env {
     pub const TOMBSTONE_HORIZON_DAYS: &str = "INDEXER_TOMBSTONE_HORIZON_DAYS";
     pub const REQUEST_TIMEOUT_MS: &str = "INDEXER_REQUEST_TIMEOUT_MS";
     pub const PURGE_INTERVAL_SECONDS: &str = "INDEXER_PURGE_INTERVAL_SECONDS";
+}
+
+/// The api-server's per-tenant limits when nothing sets them (`spec.api.tenantLimits` has the
+/// same defaults): per process, 0 turning a limit off.
+pub mod tenant_limits {
+    /// Requests per second of one tenant, sustained.
+    pub const DEFAULT_TENANT_RATE: u32 = 500;
+    /// Requests of one tenant at once above the rate.
+    pub const DEFAULT_TENANT_BURST: u32 = 1000;
+    /// Requests of one tenant in flight at once.
+    pub const DEFAULT_TENANT_CONCURRENCY: u32 = 64;
 }
 
 /// The exit code of `indexer audit` (and `indexer rebuild`) that leaves divergent documents:

@@ -119,6 +119,33 @@ pub struct MessagePipelineSpec {
     /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSpec>,
+    /// Traces of the workers, sent to an OpenTelemetry collector over OTLP/HTTP; none when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+/// Where the workers send their traces, and how many.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The collector's OTLP/HTTP base URL (e.g. `http://otel-collector.observability:4318`);
+    /// the workers post to its `/v1/traces`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
+    pub endpoint: String,
+    /// The share of new traces recorded, 0 to 1; a request that arrives with a sampled
+    /// `traceparent` is always recorded (parent-based).
+    #[serde(default = "all")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("samplingRatio must be between 0 and 1"))]
+    pub sampling_ratio: f64,
+    /// A Secret key holding the OTLP request headers (`key1=value1,key2=value2`, e.g. the
+    /// collector's `authorization`), passed as `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretKeyRef>,
+}
+
+fn all() -> f64 {
+    1.0
 }
 
 /// When and how the index is audited against MongoDB.
@@ -196,6 +223,66 @@ pub struct ApiSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     pub auth: ApiAuth,
+    /// What each tenant may ask of each api-server replica (the limits are per replica: with
+    /// `replicas` replicas a tenant may get up to that many times them in all). Over a limit, a
+    /// request is answered 429 with `Retry-After`.
+    #[serde(default)]
+    pub tenant_limits: TenantLimits,
+}
+
+/// Per-tenant limits of each api-server replica: a default, and tenants with their own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// Requests per second of each tenant, sustained; 0: no rate limit.
+    #[serde(default = "tenant_rate")]
+    pub requests_per_second: u32,
+    /// Requests a tenant may make at once above its rate; 0: as many as the rate.
+    #[serde(default = "tenant_burst")]
+    pub burst: u32,
+    /// Requests of one tenant in flight at once; 0: no limit.
+    #[serde(default = "tenant_concurrency")]
+    pub concurrency: u32,
+    /// Tenants with limits of their own; a field left out is the default's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(o, self.exists_one(p, p.tenant == o.tenant))").message("a tenant has more than one override"))]
+    pub overrides: Vec<TenantLimitOverride>,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: tenant_rate(),
+            burst: tenant_burst(),
+            concurrency: tenant_concurrency(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// One tenant's own limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimitOverride {
+    /// The tenant, as the API keys file names it.
+    #[schemars(length(min = 1, max = 128))]
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+fn tenant_rate() -> u32 {
+    pipeline_contract::worker::tenant_limits::DEFAULT_TENANT_RATE
+}
+fn tenant_burst() -> u32 {
+    pipeline_contract::worker::tenant_limits::DEFAULT_TENANT_BURST
+}
+fn tenant_concurrency() -> u32 {
+    pipeline_contract::worker::tenant_limits::DEFAULT_TENANT_CONCURRENCY
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

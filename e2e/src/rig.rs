@@ -260,6 +260,24 @@ impl Rig {
         ensure_reachable("the search engine", &host);
         url
     }
+
+    /// The OTLP/HTTP base URL of the rig's collector (Jaeger), which pods and this machine's
+    /// processes both reach, after checking it accepts connections.
+    pub fn otel_collector_url(&self) -> &str {
+        let url = self.var("OTEL_COLLECTOR_URL").trim_end_matches('/');
+        ensure_reachable("the trace collector", url.trim_start_matches("http://"));
+        url
+    }
+
+    /// The base URL of Jaeger's query API (on loopback), after checking it accepts connections.
+    pub fn jaeger_query_url(&self) -> &str {
+        let url = self.var("JAEGER_QUERY_URL").trim_end_matches('/');
+        ensure_reachable(
+            "the trace store's query API",
+            url.trim_start_matches("http://"),
+        );
+        url
+    }
 }
 
 /// See [`Rig::service_access`].

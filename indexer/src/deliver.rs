@@ -12,10 +12,12 @@ use std::time::Instant;
 use pipeline_contract::Timestamp;
 use pipeline_contract::dlq::DlqHeaders;
 use pipeline_contract::kafka::header;
+use pipeline_contract::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::breaker::Event;
-use crate::classify::Partitioned;
+use crate::classify::{ItemDecision, ItemResult, Partitioned, RequestOutcome, classify_item};
 use crate::dlq::DlqWriter;
 use crate::gate::Gate;
 use crate::lane::{Item, Stalled, Work, body_of};
@@ -80,7 +82,10 @@ impl Delivery {
                 // An item of this request became a dead letter: the next turn writes it.
                 continue;
             };
-            let (outcome, results) = self.sink.bulk(body).await;
+            let span = bulk_span(&pending[..take]);
+            let (outcome, results) = self.sink.bulk(body).instrument(span.clone()).await;
+            record_outcome(&span, &outcome, &results);
+            drop(span);
             let sent: Vec<Item> = pending.drain(..take).collect();
             let attempts: Vec<u32> = sent.iter().map(|i| i.attempts).collect();
             let verdict = judge(&outcome, results, &attempts, self.retry.max_attempts);
@@ -291,5 +296,57 @@ impl Delivery {
             })
             .inc();
         Ok(())
+    }
+}
+
+/// The span of one bulk request: a trace of its own (one request serves many), linked to the
+/// consume span of every record it carries.
+fn bulk_span(items: &[Item]) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "bulk",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.operation.name = "bulk",
+        bulk.items = items.len(),
+        bulk.outcome = tracing::field::Empty,
+        bulk.failed_items = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    for trace in items.iter().filter_map(|i| i.trace.as_deref()) {
+        telemetry::add_link(&span, trace);
+    }
+    span
+}
+
+/// The answer to a bulk request, on its span: `done` (every item applied), `items-failed`,
+/// `refused` (a non-2xx answer), `timeout` or `transport-error`.
+fn record_outcome(span: &tracing::Span, outcome: &RequestOutcome, results: &[ItemResult]) {
+    // A version conflict is an older event arriving after a newer one: applied, not failed.
+    let failed = results
+        .iter()
+        .filter(|r| {
+            !matches!(
+                classify_item(r, 1, u32::MAX),
+                ItemDecision::Indexed | ItemDecision::AlreadyNewer
+            )
+        })
+        .count();
+    let label = match outcome {
+        RequestOutcome::Transport { .. } => "transport-error",
+        RequestOutcome::Timeout => "timeout",
+        RequestOutcome::Response { status, .. } => {
+            span.record("http.response.status_code", *status);
+            match (*status, failed) {
+                (200..=299, 0) => "done",
+                (200..=299, _) => "items-failed",
+                _ => "refused",
+            }
+        }
+    };
+    span.record("bulk.outcome", label);
+    span.record("bulk.failed_items", failed);
+    if label != "done" {
+        span.record("otel.status_code", "ERROR");
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Item {
     pub(crate) work: Work,
     pub(crate) attempts: u32,
     pub(crate) first_failure: Option<Timestamp>,
+    /// The `traceparent` of the record's consume span, when traces are exported: each bulk
+    /// request that carries the item links to it.
+    pub(crate) trace: Option<String>,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,7 @@ impl Item {
     /// Takes a record in, appending its bulk lines to `body` when it can be indexed.
     pub(crate) fn from_record(
         record: ConsumedRecord,
+        trace: Option<String>,
         layout: &IndexLayout,
         body: &mut Vec<u8>,
     ) -> Self {
@@ -80,6 +84,7 @@ impl Item {
             work,
             attempts: 0,
             first_failure: None,
+            trace,
         }
     }
 }
@@ -145,8 +150,14 @@ impl Held {
 
     /// Takes a consumed record into the buffer, its bulk lines into the buffer's body. A full
     /// buffer is noticed by its `is_due`.
-    pub(crate) fn take_in(&mut self, record: ConsumedRecord, layout: &IndexLayout, now: Instant) {
-        let item = Item::from_record(record, layout, &mut self.body);
+    pub(crate) fn take_in(
+        &mut self,
+        record: ConsumedRecord,
+        trace: Option<String>,
+        layout: &IndexLayout,
+        now: Instant,
+    ) {
+        let item = Item::from_record(record, trace, layout, &mut self.body);
         let size = item.size;
         let _ = self.buffer.push(item, size, now);
     }
@@ -283,7 +294,7 @@ mod tests {
     }
 
     fn push(held: &mut Held, record: ConsumedRecord) {
-        held.take_in(record, &layout(), Instant::now());
+        held.take_in(record, None, &layout(), Instant::now());
     }
 
     /// The body a lane would send: what encoding its items one by one gives.

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use clap::Parser;
 use indexer::config::{Cli, Command};
 use indexer::metrics::Metrics;
-use pipeline_contract::process;
+use pipeline_contract::{process, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    process::init_logging();
+    let _telemetry = telemetry::init("indexer");
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use pipeline_contract::kafka::header;
+use pipeline_contract::telemetry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -356,7 +358,9 @@ impl Pipeline {
         // with them.
         self.apply_rebalances(held);
         self.metrics.consumed.inc();
-        held.take_in(record, self.delivery.sink.layout(), Instant::now());
+        let span = consume_span(&self.delivery.topic, &record);
+        let trace = telemetry::traceparent(&span);
+        span.in_scope(|| held.take_in(record, trace, self.delivery.sink.layout(), Instant::now()));
     }
 
     fn apply_rebalances(&self, held: &mut Held) {
@@ -379,4 +383,24 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The span of taking one record in (decoding its event, encoding its bulk lines): a child of
+/// the record's `traceparent`, so it sits in the trace of the request that made the change; the
+/// bulk requests that carry the record link to it.
+fn consume_span(topic: &str, record: &ConsumedRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "consume",
+        otel.name = format!("{topic} process"),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = record.partition,
+        messaging.kafka.offset = record.offset,
+        message.id = record.header(header::MESSAGE_ID).unwrap_or_default(),
+    );
+    telemetry::set_parent(&span, record.header(header::TRACEPARENT));
+    span
 }

@@ -29,7 +29,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use messagepipeline_crd::{MessagePipeline, Resources, SecretKeyRef};
+use messagepipeline_crd::{MessagePipeline, Resources, SecretKeyRef, TenantLimits};
+use pipeline_contract::telemetry::env as telemetry_env;
 use pipeline_contract::worker::{Role as WorkerRole, env, lease};
 
 /// The HTTP port of both workers (API, probes, metrics).
@@ -288,6 +289,62 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
+/// `spec.api.tenantLimits` for the api-server; the overrides as the JSON array it reads.
+fn tenant_limits_env(limits: &TenantLimits) -> Vec<EnvVar> {
+    let mut e = vec![
+        plain(env::TENANT_RATE, limits.requests_per_second.to_string()),
+        plain(env::TENANT_BURST, limits.burst.to_string()),
+        plain(env::TENANT_CONCURRENCY, limits.concurrency.to_string()),
+    ];
+    if !limits.overrides.is_empty() {
+        // Serializing plain strings and numbers cannot fail.
+        let json = serde_json::to_string(&limits.overrides).unwrap_or_default();
+        e.push(plain(env::TENANT_OVERRIDES, json));
+    }
+    e
+}
+
+/// The standard `OTEL_*` variables of `spec.tracing` (none without it): the collector, the
+/// service name of the role, parent-based ratio sampling, the pod as a resource attribute,
+/// and the collector's headers from their Secret.
+fn tracing_env(mp: &MessagePipeline, role: WorkerRole) -> Vec<EnvVar> {
+    let Some(tracing) = &mp.spec.tracing else {
+        return Vec::new();
+    };
+    let service = match role {
+        WorkerRole::Api => "api-server",
+        WorkerRole::Indexer => "indexer",
+        WorkerRole::Rebuild => "indexer-rebuild",
+        WorkerRole::Audit => "indexer-audit",
+    };
+    let mut e = vec![
+        plain(telemetry_env::ENDPOINT, tracing.endpoint.clone()),
+        plain(telemetry_env::SERVICE_NAME, service),
+        plain(telemetry_env::SAMPLER, "parentbased_traceidratio"),
+        plain(
+            telemetry_env::SAMPLER_ARG,
+            tracing.sampling_ratio.to_string(),
+        ),
+        plain(
+            telemetry_env::RESOURCE_ATTRIBUTES,
+            format!(
+                "k8s.namespace.name={},k8s.pod.name=$({}),messagepipeline.name={}",
+                mp.namespace().unwrap_or_default(),
+                env::POD_NAME,
+                mp.name_any()
+            ),
+        ),
+    ];
+    if let Some(headers) = &tracing.headers_secret_ref {
+        e.push(from_secret(
+            telemetry_env::HEADERS,
+            &headers.name,
+            &headers.key,
+        ));
+    }
+    e
+}
+
 /// The env vars and files both workers have: identity, Kafka, search (each role with its own
 /// credentials where the spec gives them).
 fn common(
@@ -345,6 +402,7 @@ fn common(
     .flatten()
     .collect();
     e.extend(kafka_security(mp, role, volumes, mounts));
+    e.extend(tracing_env(mp, role));
     if let Some(c) = spec.elasticsearch.credentials_of(role) {
         e.push(from_secret(
             env::ELASTICSEARCH_USERNAME,
@@ -447,6 +505,7 @@ fn role_pod<'a>(
             volumes.push(v);
             mounts.push(m);
             env_vars.push(plain(env::API_KEYS_FILE, path));
+            env_vars.extend(tenant_limits_env(&spec.api.tenant_limits));
             let uri = &spec.mongodb.uri_secret_ref;
             env_vars.extend(mongodb_env(mp, uri, volumes, mounts));
             // Requests finish, then the relay drains for up to 10 s.

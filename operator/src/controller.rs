@@ -39,6 +39,7 @@ use pipeline_contract::worker::{Role as WorkerRole, lease};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::audit;
 use crate::build::{self, Children, PerRole, children};
@@ -308,7 +309,28 @@ async fn reconcile(
 ) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
-    let result = reconcile_guarded(guard.clone(), ctx.clone()).await;
+    let meta = match &guard.0 {
+        Ok(mp) => &mp.metadata,
+        Err(invalid) => &invalid.metadata,
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "reconcile",
+        otel.name = "reconcile MessagePipeline",
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        k8s.namespace.name = meta.namespace.as_deref().unwrap_or_default(),
+        messagepipeline.name = meta.name.as_deref().unwrap_or_default(),
+        messagepipeline.generation = meta.generation.unwrap_or_default(),
+        error.type = tracing::field::Empty,
+    );
+    let result = reconcile_guarded(guard.clone(), ctx.clone())
+        .instrument(span.clone())
+        .await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", tracing::field::display(error));
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());

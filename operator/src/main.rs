@@ -8,7 +8,7 @@ use operator::controller::{self, Context};
 use operator::leader::Election;
 use operator::metrics::Metrics;
 use operator::server::{self, Health};
-use pipeline_contract::process;
+use pipeline_contract::{process, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Reconciles MessagePipeline resources into running pipelines.
@@ -38,7 +38,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    process::init_logging();
+    let _telemetry = telemetry::init("operator");
     let cli = Cli::parse();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

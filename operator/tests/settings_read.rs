@@ -11,11 +11,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use messagepipeline_crd::{MessagePipeline, MessagePipelineSpec};
 use operator::build::children;
 use pipeline_contract::worker::env;
-use pipeline_contract::{lease, process};
+use pipeline_contract::{lease, process, telemetry};
 use serde_json::json;
 
 /// A pipeline using every optional setting: MongoDB with a private CA, Kafka over TLS with SASL
-/// and a principal per worker, the search engine with credentials per worker and a private CA.
+/// and a principal per worker, the search engine with credentials per worker and a private CA,
+/// traces to a collector with headers from a Secret.
 fn everything() -> MessagePipeline {
     let spec = json!({
         "image": "registry.example/message-pipeline:0.1.0",
@@ -43,6 +44,11 @@ fn everything() -> MessagePipeline {
             "caSecretRef": {"name": "search-ca", "key": "ca.crt"},
         },
         "audit": {"schedule": "17 3 * * *", "repair": true},
+        "tracing": {
+            "endpoint": "http://otel-collector.observability:4318",
+            "samplingRatio": 0.25,
+            "headersSecretRef": {"name": "otlp", "key": "headers"},
+        },
     });
     let mut mp = MessagePipeline::new(
         "orders",
@@ -86,6 +92,7 @@ fn read_by(mut parser: clap::Command, command: &[String]) -> BTreeSet<String> {
         .map(|e| e.to_string_lossy().into_owned())
         .chain(lease::IDENTITY_ENV.map(str::to_owned))
         .chain([process::LOG_FILTER_ENV.to_owned()])
+        .chain(telemetry::env::ALL.map(str::to_owned))
         .collect()
 }
 

@@ -18,10 +18,12 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use pipeline_contract::telemetry;
 use tracing::Instrument;
 
 use crate::auth::{KeyStore, Principal};
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::fairness::Fairness;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels, ThrottleLabels};
 use crate::problem::Problem;
 use crate::search::SearchClient;
 use crate::service::Messages;
@@ -55,13 +57,14 @@ pub struct AppState {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    pub fairness: Fairness,
 }
 
 pub type SharedState = Arc<AppState>;
 
 /// The whole application.
 pub fn router(state: SharedState) -> Router {
-    let api = Router::new()
+    let v1 = Router::new()
         .route("/v1/messages", post(messages::create))
         .route(
             "/v1/messages/{id}",
@@ -74,6 +77,9 @@ pub fn router(state: SharedState) -> Router {
             get(messages::conversation),
         )
         .route("/v1/search", get(search::search))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
+    let api = Router::new()
+        .merge(v1)
         .route("/live", get(ops::live))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -115,9 +121,32 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     request
         .extensions_mut()
         .insert(CorrelationId(correlation_id.clone()));
-    let span = tracing::info_span!("request", correlation_id = %correlation_id, %method, %route);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        correlation_id = %correlation_id,
+        %method,
+        %route,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+    );
+    telemetry::set_parent(
+        &span,
+        request
+            .headers()
+            .get(telemetry::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let elapsed = started.elapsed();
     span.in_scope(|| {
         let ms = elapsed.as_secs_f64() * 1000.0;
@@ -147,6 +176,37 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     response
 }
 
+/// Per-tenant fairness in front of every `/v1` handler: the caller is authenticated here, and a
+/// tenant over its rate or concurrency is answered 429 before anything else happens. A request
+/// that does not authenticate goes on, to be refused by its handler's [`Principal`] extractor
+/// with the reason.
+async fn admit(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Ok(principal) = Principal::of(&parts, &state) else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    tracing::Span::current().record("tenant", principal.tenant.as_str());
+    match state.fairness.admit(&principal.tenant) {
+        Ok(permit) => {
+            parts.extensions.insert(principal);
+            let response = next.run(Request::from_parts(parts, body)).await;
+            drop(permit);
+            response
+        }
+        Err(refusal) => {
+            state
+                .metrics
+                .tenant_throttled
+                .get_or_create(&ThrottleLabels {
+                    tenant: principal.tenant.clone(),
+                    limit: refusal.label().to_owned(),
+                })
+                .inc();
+            Problem::too_many_requests(&principal.tenant, refusal).into_response()
+        }
+    }
+}
+
 impl FromRequestParts<SharedState> for CorrelationId {
     type Rejection = Problem;
 
@@ -164,6 +224,18 @@ impl FromRequestParts<SharedState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Problem> {
+        // Authenticated by `admit` already (every `/v1` route).
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        let principal = Self::of(parts, state)?;
+        tracing::Span::current().record("tenant", principal.tenant.as_str());
+        Ok(principal)
+    }
+}
+
+impl Principal {
+    fn of(parts: &Parts, state: &SharedState) -> Result<Self, Problem> {
         match &state.auth {
             Authenticator::Keys(keys) => keys
                 .authenticate_header(parts.headers.get(AUTHORIZATION))
