@@ -5,10 +5,12 @@
 //! 2. Sweep: closed-loop `POST /v1/messages` at concurrency 1, 2, 4, ... BENCH_MAX_CONCURRENCY
 //!    (default 32) for BENCH_SECS (default 5) each; the best level is the highest rate with p99
 //!    under 50 ms.
-//! 3. At that concurrency, BENCH_ROUNDS (default 3) alternating rounds of the API and of the raw
-//!    ceiling: this program inserting the very documents the API writes with the `mongodb`
-//!    crate (`insert_one`, one per request, as the API does) into a collection with the same
-//!    indexes. Prints medians and the ratio.
+//! 3. At that concurrency, BENCH_ROUNDS (default 3) alternating rounds of the API, of a second
+//!    api-server exporting every request's trace (100 % sampling) to the rig's collector, and of
+//!    the raw ceiling: this program inserting the very documents the API writes with the
+//!    `mongodb` crate (`insert_one`, one per request, as the API does) into a collection with
+//!    the same indexes. Prints medians and the medians of per-round ratios (API / raw, traced /
+//!    untraced). Tenant limits are off in both servers: this measures the server.
 //! 4. The api-server's peak RSS (VmHWM), and how long the relay took to put the last change on
 //!    Kafka after the load stopped.
 //!
@@ -161,61 +163,34 @@ async fn main() {
         format!("- name: bench\n  tenant: bench\n  sha256: {digest}\n"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log: PathBuf = dir.join("api-server.log");
     let binary = std::env::var("BENCH_SERVER_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_api-server").to_owned());
     println!("server binary: {binary}");
-    let mut command = Command::new(binary);
-    // Extra settings of the server for experiments: BENCH_SERVER_ENV="K=V,K2=V2".
-    for pair in std::env::var("BENCH_SERVER_ENV")
-        .unwrap_or_default()
-        .split(',')
-    {
-        if let Some((k, v)) = pair.split_once('=') {
-            command.env(k, v);
-        }
-    }
     let workers: usize = env_or("BENCH_SERVER_WORKERS", 1);
-    let mut child = command
-        .env("API_WORKER_THREADS", workers.to_string())
-        .env("RUST_LOG", "warn")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("MONGODB_URI", rig().mongodb_uri())
-        .env("MONGODB_DATABASE", &database)
-        .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
-        .env("KAFKA_TOPIC", &topic)
-        .env("API_KEYS_FILE", &keys)
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("api-server starts");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "api-server not ready; log: {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut child, base) =
+        start_server(&http, &binary, workers, &database, &topic, &keys, None).await;
+    // The same server with every request traced (100 %) to the rig's collector, on a database
+    // and topic of its own: the cost of tracing, in the same rounds.
+    let traced_database = unique("bench_api_traced").replace('-', "_");
+    let traced_topic = unique("bench-api-traced-events");
+    kafka::create_topic(&traced_topic, 3).await;
+    let (mut traced_child, traced_base) = start_server(
+        &http,
+        &binary,
+        workers,
+        &traced_database,
+        &traced_topic,
+        &keys,
+        Some(rig().otel_collector_url()),
+    )
+    .await;
     let conversations: Arc<Vec<Uuid>> = Arc::new((0..50).map(|_| Uuid::new_v4()).collect());
-    let api = {
-        let (http, base, conversations) = (http.clone(), base.clone(), conversations.clone());
+    let creates = |base: &str| {
+        let (http, base, conversations) = (http.clone(), base.to_owned(), conversations.clone());
         move |i: u64| {
             let (http, base, conversations) = (http.clone(), base.clone(), conversations.clone());
             async move {
@@ -228,6 +203,8 @@ async fn main() {
             }
         }
     };
+    let api = creates(&base);
+    let traced = creates(&traced_base);
     let mongo = mongodb::Client::with_uri_str(rig().mongodb_uri())
         .await
         .unwrap();
@@ -260,6 +237,7 @@ async fn main() {
     );
     // Warm both paths (connections, FerretDB's tables).
     closed_loop(4, 1.0, api.clone()).await;
+    closed_loop(4, 1.0, traced.clone()).await;
     closed_loop(4, 1.0, raw.clone()).await;
 
     println!("sweep (API): concurrency → rate, p50, p99");
@@ -278,32 +256,48 @@ async fn main() {
     }
     let Some((concurrency, _)) = best else {
         println!("no concurrency kept p99 under 50 ms");
-        let _ = child.kill();
-        let _ = child.wait();
+        for c in [&mut child, &mut traced_child] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         return;
     };
-    println!("rounds at concurrency {concurrency}: API vs raw insert_one");
+    println!(
+        "rounds at concurrency {concurrency}: API, API with 100 % of requests traced, raw insert_one"
+    );
     let (mut api_rates, mut raw_rates, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
+    let (mut ratios, mut traced_ratios, mut traced_p99s) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         let a = closed_loop(concurrency, secs, api.clone()).await;
+        let t = closed_loop(concurrency, secs, traced.clone()).await;
         let r = closed_loop(concurrency, secs, raw.clone()).await;
         println!(
-            "  round {round}: API {:>7.0}/s (p50 {:.2} ms, p99 {:.2} ms, errors {})  raw {:>7.0}/s (p50 {:.2} ms, p99 {:.2} ms)  ratio {:.2}",
+            "  round {round}: API {:>7.0}/s (p50 {:.2} ms, p99 {:.2} ms, errors {})  traced {:>7.0}/s (p99 {:.2} ms, errors {})  raw {:>7.0}/s (p50 {:.2} ms, p99 {:.2} ms)  API/raw {:.2}  traced/API {:.2}",
             a.rate,
             a.p50_ms,
             a.p99_ms,
             a.errors,
+            t.rate,
+            t.p99_ms,
+            t.errors,
             r.rate,
             r.p50_ms,
             r.p99_ms,
-            a.rate / r.rate
+            a.rate / r.rate,
+            t.rate / a.rate,
         );
         api_rates.push(a.rate);
         raw_rates.push(r.rate);
         p50s.push(a.p50_ms);
         p99s.push(a.p99_ms);
+        ratios.push(a.rate / r.rate);
+        traced_ratios.push(t.rate / a.rate);
+        traced_p99s.push(t.p99_ms);
     }
     let (api_rate, raw_rate) = (median(api_rates), median(raw_rates));
+    let traced_rss = e2e::memory::peak_rss_mib(traced_child.id());
+    let _ = traced_child.kill();
+    let _ = traced_child.wait();
 
     // The relay: how long until the topic holds every create.
     let stop_load = Instant::now();
@@ -344,8 +338,13 @@ async fn main() {
     println!("API create rate        {api_rate:.0}/s (median of {rounds})");
     println!("raw insert_one rate    {raw_rate:.0}/s (median of {rounds})");
     println!(
-        "ratio API / raw        {:.2} (target ≥ 0.7)",
-        api_rate / raw_rate
+        "ratio API / raw        {:.2} (median of per-round ratios; target ≥ 0.7)",
+        median(ratios)
+    );
+    println!(
+        "traced / untraced      {:.2} (median of per-round ratios; p99 traced {:.2} ms, peak RSS {traced_rss:.1} MiB)",
+        median(traced_ratios),
+        median(traced_p99s)
     );
     println!(
         "API p50 / p99          {:.2} ms / {:.2} ms (medians; p99 target < 50 ms)",
@@ -357,4 +356,73 @@ async fn main() {
         "relay drained in       {:.1} s after the load stopped",
         caught_up.as_secs_f64()
     );
+}
+
+/// Starts the api-server `binary` on `database` and `topic`, tenant limits off (this measures
+/// the server, not a tenant's share of it), exporting every request's trace to `collector`
+/// when given; returns it once ready, with its base URL.
+async fn start_server(
+    http: &reqwest::Client,
+    binary: &str,
+    workers: usize,
+    database: &str,
+    topic: &str,
+    keys: &std::path::Path,
+    collector: Option<&str>,
+) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log: PathBuf = keys.with_file_name(format!("api-server-{port}.log"));
+    let mut command = Command::new(binary);
+    // Extra settings of the server for experiments: BENCH_SERVER_ENV="K=V,K2=V2".
+    for pair in std::env::var("BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((k, v)) = pair.split_once('=') {
+            command.env(k, v);
+        }
+    }
+    if let Some(collector) = collector {
+        // A queue that holds a few seconds of spans at this rate, so none is dropped unsent.
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+            .env("OTEL_TRACES_SAMPLER", "always_on")
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "1000");
+    }
+    let child = command
+        .env("API_WORKER_THREADS", workers.to_string())
+        .env("API_TENANT_RATE", "0")
+        .env("API_TENANT_CONCURRENCY", "0")
+        .env("RUST_LOG", "warn")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MONGODB_URI", rig().mongodb_uri())
+        .env("MONGODB_DATABASE", database)
+        .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
+        .env("KAFKA_TOPIC", topic)
+        .env("API_KEYS_FILE", keys)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("api-server starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "api-server not ready; log: {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, base)
 }

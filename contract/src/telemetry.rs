@@ -93,6 +93,9 @@ fn export_wanted(var: impl Fn(&str) -> Option<String>) -> bool {
 /// # Panics
 /// When a subscriber is already installed.
 pub fn init(service: &'static str) -> Telemetry {
+    // One TLS provider for every client of the process (kube's, reqwest's, the exporter's, which
+    // has none of its own); already installed (by a test harness) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let logs = tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(true)

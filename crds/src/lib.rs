@@ -245,7 +245,8 @@ pub struct TenantLimits {
     pub concurrency: u32,
     /// Tenants with limits of their own; a field left out is the default's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(o, self.exists_one(p, p.tenant == o.tenant))").message("a tenant has more than one override"))]
+    /// (A list keyed by `tenant`: the API server refuses a tenant named twice.)
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["tenant"], "maxItems" = 10000))]
     pub overrides: Vec<TenantLimitOverride>,
 }
 

@@ -138,7 +138,7 @@ async fn bulk_spans(http: &reqwest::Client, from: SystemTime, to: SystemTime) ->
             ("query.operation_name", "bulk"),
             ("query.start_time_min", &rfc3339(from)),
             ("query.start_time_max", &rfc3339(to)),
-            ("query.search_depth", "1000"),
+            ("query.num_traces", "1000"),
         ])
         .send()
         .await;

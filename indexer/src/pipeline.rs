@@ -389,6 +389,12 @@ impl Pipeline {
 /// the record's `traceparent`, so it sits in the trace of the request that made the change; the
 /// bulk requests that carry the record link to it.
 fn consume_span(topic: &str, record: &ConsumedRecord) -> tracing::Span {
+    // `message-id` is `<id>:<version>`.
+    let (id, version) = record
+        .header(header::MESSAGE_ID)
+        .and_then(|m| m.rsplit_once(':'))
+        .and_then(|(id, v)| Some((id, v.parse::<u64>().ok()?)))
+        .unwrap_or_default();
     let span = tracing::info_span!(
         parent: None,
         "consume",
@@ -399,7 +405,8 @@ fn consume_span(topic: &str, record: &ConsumedRecord) -> tracing::Span {
         messaging.destination.name = topic,
         messaging.destination.partition.id = record.partition,
         messaging.kafka.offset = record.offset,
-        message.id = record.header(header::MESSAGE_ID).unwrap_or_default(),
+        message.id = id,
+        message.version = version,
     );
     telemetry::set_parent(&span, record.header(header::TRACEPARENT));
     span
