@@ -1043,6 +1043,94 @@ mod tests {
         }
     }
 
+    fn value<'a>(env: &'a BTreeMap<String, EnvVar>, name: &str) -> Option<&'a str> {
+        env.get(name).and_then(|e| e.value.as_deref())
+    }
+
+    #[test]
+    fn spec_tracing_becomes_the_otel_variables_of_each_role_and_none_without_it() {
+        let plain = children(&pipeline(minimal()));
+        for d in [&plain.deployments.api, &plain.deployments.indexer] {
+            let env = env_of(d);
+            assert!(
+                !env.keys().any(|k| k.starts_with("OTEL_")),
+                "no tracing unless asked: {env:?}"
+            );
+        }
+        let mut spec = minimal();
+        spec["tracing"] = json!({
+            "endpoint": "https://collector.observability:4318",
+            "samplingRatio": 0.25,
+            "headersSecretRef": {"name": "otlp", "key": "headers"},
+        });
+        let mp = pipeline(spec);
+        let c = children(&mp);
+        let job = rebuild_job(&mp, 2).spec.unwrap().template.spec.unwrap();
+        let job_env: BTreeMap<String, EnvVar> = job.containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        for (env, service) in [
+            (env_of(&c.deployments.api), "api-server"),
+            (env_of(&c.deployments.indexer), "indexer"),
+            (job_env, "indexer-rebuild"),
+        ] {
+            assert_eq!(
+                value(&env, telemetry_env::ENDPOINT),
+                Some("https://collector.observability:4318")
+            );
+            assert_eq!(value(&env, telemetry_env::SERVICE_NAME), Some(service));
+            assert_eq!(
+                value(&env, telemetry_env::SAMPLER),
+                Some("parentbased_traceidratio")
+            );
+            assert_eq!(value(&env, telemetry_env::SAMPLER_ARG), Some("0.25"));
+            assert_eq!(
+                value(&env, telemetry_env::RESOURCE_ATTRIBUTES),
+                Some(
+                    "k8s.namespace.name=shop,k8s.pod.name=$(POD_NAME),messagepipeline.name=orders"
+                )
+            );
+            let headers = env[telemetry_env::HEADERS].value_from.as_ref().unwrap();
+            let secret = headers.secret_key_ref.as_ref().unwrap();
+            assert_eq!(
+                (secret.name.as_str(), secret.key.as_str()),
+                ("otlp", "headers")
+            );
+        }
+    }
+
+    #[test]
+    fn tenant_limits_reach_the_api_server_with_their_defaults_and_overrides() {
+        let env = env_of(&children(&pipeline(minimal())).deployments.api);
+        assert_eq!(value(&env, env::TENANT_RATE), Some("500"));
+        assert_eq!(value(&env, env::TENANT_BURST), Some("1000"));
+        assert_eq!(value(&env, env::TENANT_CONCURRENCY), Some("64"));
+        assert_eq!(value(&env, env::TENANT_OVERRIDES), None);
+        let mut spec = minimal();
+        spec["api"]["tenantLimits"] = json!({
+            "requestsPerSecond": 50,
+            "overrides": [{"tenant": "big", "requestsPerSecond": 2000}],
+        });
+        let c = children(&pipeline(spec));
+        let env = env_of(&c.deployments.api);
+        assert_eq!(value(&env, env::TENANT_RATE), Some("50"));
+        assert_eq!(value(&env, env::TENANT_BURST), Some("1000"), "the default");
+        let overrides: serde_json::Value =
+            serde_json::from_str(value(&env, env::TENANT_OVERRIDES).unwrap()).unwrap();
+        assert_eq!(
+            overrides,
+            json!([{"tenant": "big", "requestsPerSecond": 2000}])
+        );
+        assert!(
+            !env_of(&c.deployments.indexer).contains_key(env::TENANT_RATE),
+            "the indexer takes no requests"
+        );
+    }
+
     #[test]
     fn the_rebuild_job_runs_once_hardened_as_the_pipeline_s_worker_account() {
         let mp = pipeline(minimal());
