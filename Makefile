@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-rebuild bench-api bench-operator demo
+.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-operator demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -67,10 +67,18 @@ bench: up
 bench-rebuild: up
 	cargo bench -p indexer --bench rebuild_audit
 
-## api-server create rate vs raw MongoDB insert_one of the same documents, p50/p99, peak RSS.
+## api-server create rate vs raw MongoDB insert_one of the same documents, p50/p99, peak RSS, and
+## a second api-server tracing every request in the same rounds (traced / untraced).
 ## BENCH_SECS (default 5), BENCH_ROUNDS (3), BENCH_MAX_CONCURRENCY (32) tune it.
 bench-api: up
 	cargo bench -p api-server --bench create
+
+## Tenant B's freshness (201 -> returned by its /v1/search) at a trickle, with and without tenant
+## A flooding the same api-server at its limit (half the API's capacity), alternating rounds.
+## BENCH_SECS (8), BENCH_ROUNDS (3), BENCH_FLOOD_CONCURRENCY (32), BENCH_TRICKLE (20) tune it.
+bench-fairness: up
+	cargo build --release -p indexer
+	cargo bench -p api-server --bench fairness
 
 ## The operator managing 50 MessagePipelines: time to converge, peak RSS, time to delete.
 ## BENCH_PIPELINES (50), BENCH_STEADY_SECS (60) tune it.

@@ -11,7 +11,9 @@
 //! Run with `make bench` (= `cargo bench -p indexer --bench throughput`) while the rig is up.
 //! BENCH_ROUNDS (default 3) sets the number of ceiling/indexer rounds. BENCH_BASELINE_BIN, the
 //! path of another indexer binary (e.g. a build of an earlier commit), runs it too in every
-//! round, just before this build's, so two versions are compared under the same load.
+//! round, just before this build's, so two versions are compared under the same load. Unless
+//! BENCH_TRACING=0, every round also runs this build exporting every span (100 % sampling) to the
+//! rig's collector, just before the untraced run, and reports traced / untraced.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -203,12 +205,20 @@ async fn main() {
     let (mut ratios, mut after_start_ratios) = (Vec::new(), Vec::new());
     let (mut baselines, mut baseline_ratios, mut baseline_rss) = (Vec::new(), Vec::new(), 0u64);
     let mut last = None;
+    // BENCH_TRACING=0 leaves the traced runs out.
+    let tracing = env_or("BENCH_TRACING", 1) != 0;
+    let collector = if tracing {
+        rig().otel_collector_url().to_owned()
+    } else {
+        String::new()
+    };
+    let (mut traced, mut traced_ratios, mut traced_rss) = (Vec::new(), Vec::new(), 0u64);
     for round in 0..rounds {
         let layout = fresh_layout(&http, "bench-ceiling").await;
         ceilings.push(raw_bulk(&http, &layout, &docs, best.1, best.2).await);
         drop_layout(&http, &layout).await;
         if let Some(bin) = &baseline_bin {
-            let mut run = run_indexer(&http, bin, &topic, total).await;
+            let mut run = run_indexer(&http, bin, &topic, total, &[]).await;
             println!(
                 "  round {}: baseline {:>8.0} events/s",
                 round + 1,
@@ -219,7 +229,36 @@ async fn main() {
             baseline_rss = baseline_rss.max(run.stop());
             drop_layout(&http, &run.layout).await;
         }
-        let mut run = run_indexer(&http, env!("CARGO_BIN_EXE_indexer"), &topic, total).await;
+        if tracing {
+            // The same binary exporting every span (a consume span per record, a bulk span per
+            // request linked to them) to the rig's collector, with a queue that drops none.
+            let traced_env = [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "262144"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+            ];
+            let mut run = run_indexer(
+                &http,
+                env!("CARGO_BIN_EXE_indexer"),
+                &topic,
+                total,
+                &traced_env,
+            )
+            .await;
+            println!(
+                "  round {}: traced  {:>8.0} events/s",
+                round + 1,
+                run.throughput
+            );
+            traced.push(run.throughput);
+            traced_rss = traced_rss.max(run.stop());
+            drop_layout(&http, &run.layout).await;
+        }
+        let mut run = run_indexer(&http, env!("CARGO_BIN_EXE_indexer"), &topic, total, &[]).await;
+        if let Some(t) = traced.last() {
+            traced_ratios.push(t / run.throughput);
+        }
         println!(
             "  round {}: ceiling {:>8.0} docs/s, indexer {:>8.0} events/s, ratio {:.2}",
             round + 1,
@@ -302,6 +341,14 @@ async fn main() {
         "indexer peak RSS (VmHWM)     {:>10.1} MiB (target < 64 MiB)",
         peak_rss as f64 / 1024.0
     );
+    if !traced.is_empty() {
+        println!(
+            "traced (100 % of spans)      {:>10.0} events/s (median of {rounds}), traced / untraced {:.2} (median of per-round ratios), peak RSS {:.1} MiB",
+            median(&mut traced),
+            median(&mut traced_ratios),
+            traced_rss as f64 / 1024.0
+        );
+    }
     if !baselines.is_empty() {
         let baseline = median(&mut baselines);
         println!(
@@ -344,7 +391,13 @@ impl IndexerRun {
 
 /// Starts the indexer binary `bin` on a fresh index and group and waits until it has settled
 /// `total` events: from the earliest offset to caught up, start-up included.
-async fn run_indexer(http: &reqwest::Client, bin: &str, topic: &str, total: usize) -> IndexerRun {
+async fn run_indexer(
+    http: &reqwest::Client,
+    bin: &str,
+    topic: &str,
+    total: usize,
+    env: &[(&str, &str)],
+) -> IndexerRun {
     let layout = fresh_layout(http, "bench-indexer").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -361,6 +414,7 @@ async fn run_indexer(http: &reqwest::Client, bin: &str, topic: &str, total: usiz
         .env("ELASTICSEARCH_ALIAS", layout.alias())
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .expect("start the indexer");

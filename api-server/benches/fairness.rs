@@ -1,0 +1,482 @@
+//! What one tenant at its limit does to another tenant's freshness, on the rig: the time from
+//! each of tenant B's 201s to the message being returned by B's `/v1/search`, while B writes at
+//! a trickle, with and without tenant A flooding the same api-server.
+//!
+//! 1. The api-server (release) with tenant limits off, and the indexer (release, from the same
+//!    target directory; `cargo build --release -p indexer` first, as `make bench-fairness` does)
+//!    on a fresh database, topic and index. Capacity: closed-loop creates of tenant A at
+//!    concurrency BENCH_FLOOD_CONCURRENCY (32) for BENCH_SECS (8).
+//! 2. The api-server again with every tenant limited to BENCH_LIMIT_SHARE (0.5) of that capacity
+//!    per second (burst: one second of it).
+//! 3. BENCH_ROUNDS (3) rounds, each a quiet phase then a flood phase of BENCH_SECS: B creates
+//!    BENCH_TRICKLE (20) messages a second, open loop, in a conversation of its own per phase,
+//!    and a watcher polls B's `/v1/search?conversationId=…` every 20 ms; in the flood phase A
+//!    also runs closed-loop creates at BENCH_FLOOD_CONCURRENCY, sending the next one as soon as
+//!    an answer (201 or 429) comes. Per phase: B's freshness p50 / p99 / max (201 → first seen;
+//!    the watcher's period bounds the error), B's refusals, A's accepted and refused rates.
+//! 4. Medians over rounds, and the median of per-round ratios of B's p99 (flood / quiet), next
+//!    to the index's refresh interval (1 s), which dominates freshness.
+//!
+//! Run with `make bench-fairness` while the rig is up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{kafka, rig::rig, unique};
+use pipeline_contract::install::{SearchEndpoint, install};
+use pipeline_contract::search::{IndexLayout, IndexSettings};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+const KEY_A: &str = "bench-noisy-key-19a0";
+const KEY_B: &str = "bench-quiet-key-7be2";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the processes under test share.
+struct Setup {
+    database: String,
+    topic: String,
+    alias: String,
+    keys: PathBuf,
+    dir: PathBuf,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let topic = unique("bench-fair-events");
+        kafka::create_topics(&[(&topic, 3), (&format!("{topic}.dlq"), 3)]).await;
+        let layout = IndexLayout::new(unique("bench-fair")).unwrap();
+        let settings = IndexSettings {
+            replicas: 0,
+            ..IndexSettings::default()
+        };
+        install(
+            &reqwest::Client::new(),
+            &SearchEndpoint::new(rig().search_url()),
+            &layout,
+            &settings,
+        )
+        .await
+        .expect("index installed");
+        let dir = std::env::temp_dir().join(unique("bench-fair"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys.yaml");
+        let digest = |k: &str| -> String {
+            Sha256::digest(k.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        std::fs::write(
+            &keys,
+            format!(
+                "- name: noisy\n  tenant: noisy\n  sha256: {}\n- name: quiet\n  tenant: quiet\n  sha256: {}\n",
+                digest(KEY_A),
+                digest(KEY_B)
+            ),
+        )
+        .unwrap();
+        Self {
+            database: unique("bench_fair").replace('-', "_"),
+            topic,
+            alias: layout.alias().to_owned(),
+            keys,
+            dir,
+        }
+    }
+
+    fn spawn(&self, binary: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Child {
+        Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("MONGODB_URI", rig().mongodb_uri())
+            .env("MONGODB_DATABASE", &self.database)
+            .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
+            .env("KAFKA_TOPIC", &self.topic)
+            .env("ELASTICSEARCH_URL", rig().search_url())
+            .env("ELASTICSEARCH_ALIAS", &self.alias)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::from(
+                std::fs::File::create(self.dir.join(log)).unwrap(),
+            ))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()))
+    }
+
+    /// The api-server with `limits` (env), ready; its base URL.
+    async fn api_server(
+        &self,
+        http: &reqwest::Client,
+        limits: &[(&str, String)],
+    ) -> (Child, String) {
+        let port = free_port();
+        let mut env = vec![
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("API_KEYS_FILE", self.keys.display().to_string()),
+            ("API_WORKER_THREADS", "1".to_owned()),
+        ];
+        env.extend(limits.iter().cloned());
+        let child = self.spawn(
+            Path::new(env!("CARGO_BIN_EXE_api-server")),
+            &[],
+            &env,
+            &format!("api-server-{port}.log"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "api-server not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (child, base)
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+async fn create(http: &reqwest::Client, base: &str, key: &str, conversation: Uuid) -> u16 {
+    http.post(format!("{base}/v1/messages"))
+        .bearer_auth(key)
+        .json(&json!({
+            "conversationId": conversation,
+            "senderId": Uuid::new_v4(),
+            "content": "the quarterly planning moves to Thursday; please bring the figures and the open questions",
+        }))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Tenant A's closed loops until `stop`: (accepted, refused).
+fn flood(
+    http: &reqwest::Client,
+    base: &str,
+    concurrency: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..concurrency)
+        .map(|_| {
+            let (http, base, stop) = (http.clone(), base.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let conversation = Uuid::new_v4();
+                let (mut ok, mut refused) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    match create(&http, &base, KEY_A, conversation).await {
+                        201 => ok += 1,
+                        429 => refused += 1,
+                        _ => {}
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect()
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    b_sent: usize,
+    b_refused: usize,
+    b_unseen: usize,
+    a_ok_rate: f64,
+    a_refused_rate: f64,
+}
+
+/// B's trickle for `secs` (and A's flood when `concurrency` > 0); freshness of B's creates.
+async fn phase(
+    http: &reqwest::Client,
+    base: &str,
+    secs: f64,
+    trickle: u32,
+    concurrency: usize,
+) -> Phase {
+    let conversation = Uuid::new_v4();
+    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (http, base, seen, watching) = (
+            http.clone(),
+            base.to_owned(),
+            seen.clone(),
+            watching.clone(),
+        );
+        tokio::spawn(async move {
+            let url = format!("{base}/v1/search?conversationId={conversation}&limit=100");
+            while watching.load(Ordering::Relaxed) {
+                if let Ok(r) = http.get(&url).bearer_auth(KEY_B).send().await
+                    && let Ok(body) = r.json::<Value>().await
+                {
+                    let now = Instant::now();
+                    let mut seen = seen.lock().unwrap();
+                    for item in body["items"].as_array().into_iter().flatten() {
+                        if let Some(id) = item["id"].as_str() {
+                            seen.entry(id.to_owned()).or_insert(now);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let flooders = flood(http, base, concurrency, &stop);
+    let started = Instant::now();
+    let (b_refused, b_sent) = (
+        Arc::new(AtomicU64::new(0)),
+        (secs * f64::from(trickle)) as usize,
+    );
+    let mut writes = Vec::new();
+    for i in 0..b_sent {
+        tokio::time::sleep_until(
+            (started + Duration::from_secs_f64(i as f64 / f64::from(trickle))).into(),
+        )
+        .await;
+        let (http, base, acked, b_refused) = (
+            http.clone(),
+            base.to_owned(),
+            acked.clone(),
+            b_refused.clone(),
+        );
+        writes.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/messages"))
+                .bearer_auth(KEY_B)
+                .json(&json!({"conversationId": conversation, "senderId": Uuid::new_v4(), "content": "a quiet tenant's message"}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    let at = Instant::now();
+                    if let Ok(body) = r.json::<Value>().await
+                        && let Some(id) = body["id"].as_str()
+                    {
+                        acked.lock().unwrap().insert(id.to_owned(), at);
+                    }
+                }
+                _ => {
+                    b_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (mut a_ok, mut a_refused) = (0, 0);
+    for f in flooders {
+        let (ok, refused) = f.await.unwrap();
+        a_ok += ok;
+        a_refused += refused;
+    }
+    // Every acknowledged create of B seen, or 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = {
+            let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
+            acked.keys().all(|id| seen.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
+    let mut lags: Vec<f64> = acked
+        .iter()
+        .filter_map(|(id, at)| Some(seen.get(id)?.saturating_duration_since(*at).as_secs_f64()))
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    Phase {
+        p50: quantile(&lags, 0.5),
+        p99: quantile(&lags, 0.99),
+        max: lags.last().copied().unwrap_or(f64::NAN),
+        b_sent,
+        b_refused: b_refused.load(Ordering::Relaxed) as usize,
+        b_unseen: acked.len() - lags.len(),
+        a_ok_rate: a_ok as f64 / flood_secs,
+        a_refused_rate: a_refused as f64 / flood_secs,
+    }
+}
+
+/// Closed-loop creates of A, limits off: the API's capacity in creates/s.
+async fn capacity(http: &reqwest::Client, base: &str, concurrency: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let loops = flood(http, base, concurrency, &stop);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in loops {
+        ok += l.await.unwrap().0;
+    }
+    ok as f64 / started.elapsed().as_secs_f64()
+}
+
+fn print_phase(round: usize, what: &str, p: &Phase) {
+    println!(
+        "  round {round} {what:<6}: B freshness p50 {:.3} s  p99 {:.3} s  max {:.3} s  (B sent {}, refused {}, unseen {})  A {:>6.0} accepted/s, {:>6.0} refused/s",
+        p.p50, p.p99, p.max, p.b_sent, p.b_refused, p.b_unseen, p.a_ok_rate, p.a_refused_rate
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for the list of tests; there are none.
+    }
+    let secs: f64 = env_or("BENCH_SECS", 8.0);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
+    let concurrency: usize = env_or("BENCH_FLOOD_CONCURRENCY", 32);
+    let trickle: u32 = env_or("BENCH_TRICKLE", 20);
+    let share: f64 = env_or("BENCH_LIMIT_SHARE", 0.5);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let setup = Setup::new().await;
+    let indexer_bin = std::env::var("BENCH_INDEXER_BIN").map_or_else(
+        |_| Path::new(env!("CARGO_BIN_EXE_api-server")).with_file_name("indexer"),
+        PathBuf::from,
+    );
+    assert!(
+        indexer_bin.exists(),
+        "no indexer at {} (cargo build --release -p indexer, or BENCH_INDEXER_BIN)",
+        indexer_bin.display()
+    );
+    let indexer = setup.spawn(
+        &indexer_bin,
+        &["run"],
+        &[
+            ("KAFKA_CONSUMER_GROUP", unique("bench-fair-group")),
+            ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        ],
+        "indexer.log",
+    );
+
+    let off = [
+        ("API_TENANT_RATE", "0".to_owned()),
+        ("API_TENANT_CONCURRENCY", "0".to_owned()),
+    ];
+    let (server, base) = setup.api_server(&http, &off).await;
+    capacity(&http, &base, 4, 1.0).await; // warm-up
+    let capacity = capacity(&http, &base, concurrency, secs).await;
+    stop(server);
+    let limit = ((capacity * share).round() as u32).max(1);
+    println!(
+        "API capacity {capacity:.0} creates/s at concurrency {concurrency}; every tenant limited to {limit}/s (burst {limit}), B trickles {trickle}/s; index refresh interval 1 s"
+    );
+    let limits = [
+        ("API_TENANT_RATE", limit.to_string()),
+        ("API_TENANT_BURST", limit.to_string()),
+        ("API_TENANT_CONCURRENCY", "0".to_owned()),
+    ];
+    let (server, base) = setup.api_server(&http, &limits).await;
+    let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let q = phase(&http, &base, secs, trickle, 0).await;
+        print_phase(round, "quiet", &q);
+        let f = phase(&http, &base, secs, trickle, concurrency).await;
+        print_phase(round, "flood", &f);
+        quiet.push(q);
+        flooded.push(f);
+    }
+    stop(server);
+    stop(indexer);
+
+    let med = |ps: &[Phase], f: fn(&Phase) -> f64| median(ps.iter().map(f).collect());
+    let ratios: Vec<f64> = quiet
+        .iter()
+        .zip(&flooded)
+        .map(|(q, f)| f.p99 / q.p99)
+        .collect();
+    println!();
+    println!(
+        "API capacity (limits off)    {capacity:.0} creates/s; limit per tenant {limit}/s ({share} of it)"
+    );
+    println!(
+        "B freshness, quiet           p50 {:.3} s, p99 {:.3} s, max {:.3} s (medians of {rounds})",
+        med(&quiet, |p| p.p50),
+        med(&quiet, |p| p.p99),
+        med(&quiet, |p| p.max)
+    );
+    println!(
+        "B freshness, A flooding      p50 {:.3} s, p99 {:.3} s, max {:.3} s (medians of {rounds})",
+        med(&flooded, |p| p.p50),
+        med(&flooded, |p| p.p99),
+        med(&flooded, |p| p.max)
+    );
+    println!(
+        "B p99 flood / quiet          {:.2} (median of per-round ratios)",
+        median(ratios)
+    );
+    println!(
+        "A during the flood           {:.0} accepted/s, {:.0} refused (429)/s (medians)",
+        med(&flooded, |p| p.a_ok_rate),
+        med(&flooded, |p| p.a_refused_rate)
+    );
+    println!(
+        "B refused                    {} of {} (all phases)",
+        quiet
+            .iter()
+            .chain(&flooded)
+            .map(|p| p.b_refused)
+            .sum::<usize>(),
+        quiet
+            .iter()
+            .chain(&flooded)
+            .map(|p| p.b_sent)
+            .sum::<usize>()
+    );
+}
