@@ -8,14 +8,15 @@
 //!    concurrency BENCH_FLOOD_CONCURRENCY (32) for BENCH_SECS (8).
 //! 2. The api-server again with every tenant limited to BENCH_LIMIT_SHARE (0.5) of that capacity
 //!    per second (burst: one second of it).
-//! 3. BENCH_ROUNDS (3) rounds, each a quiet phase then a flood phase of BENCH_SECS: B creates
-//!    BENCH_TRICKLE (20) messages a second, open loop, in a conversation of its own per phase,
-//!    and a watcher polls B's `/v1/search?conversationId=…` every 20 ms; in the flood phase A
-//!    also runs closed-loop creates at BENCH_FLOOD_CONCURRENCY, sending the next one as soon as
-//!    an answer (201 or 429) comes. Per phase: B's freshness p50 / p99 / max (201 → first seen;
-//!    the watcher's period bounds the error), B's refusals, A's accepted and refused rates.
-//! 4. Medians over rounds, and the median of per-round ratios of B's p99 (flood / quiet), next
-//!    to the index's refresh interval (1 s), which dominates freshness.
+//! 3. BENCH_ROUNDS (3) rounds of three phases of BENCH_SECS each: B creates BENCH_TRICKLE (20)
+//!    messages a second, open loop, in a conversation of its own per phase, and a watcher polls
+//!    B's `/v1/search?conversationId=…` every 20 ms. Quiet: B alone. Limit: A offers 1.2× its
+//!    limit, open loop (a client at its limit). Hammer: A runs BENCH_FLOOD_CONCURRENCY closed
+//!    loops, each sending the next create as soon as an answer (201 or 429) comes (a client that
+//!    ignores `Retry-After`). Per phase: B's freshness p50 / p99 / max (201 → first seen; the
+//!    watcher's period bounds the error), B's refusals, A's accepted and refused rates.
+//! 4. Medians over rounds, and the medians of per-round ratios of B's p99 to the quiet phase's,
+//!    next to the index's refresh interval (1 s), which dominates freshness.
 //!
 //! Run with `make bench-fairness` while the rig is up.
 
@@ -53,6 +54,48 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
         .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or(f64::NAN)
+}
+
+/// `name value` lines of a Prometheus text page.
+async fn scrape(http: &reqwest::Client, port: u16) -> Option<HashMap<String, f64>> {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// The `q` quantile (a bucket's upper bound) of the indexer's freshness between two scrapes.
+fn histogram_quantile(before: &HashMap<String, f64>, after: &HashMap<String, f64>, q: f64) -> f64 {
+    let prefix = "indexer_freshness_seconds_bucket{le=\"";
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or(f64::NAN, |b| b.0)
 }
 
 fn free_port() -> u16 {
@@ -189,30 +232,74 @@ async fn create(http: &reqwest::Client, base: &str, key: &str, conversation: Uui
         .map_or(0, |r| r.status().as_u16())
 }
 
-/// Tenant A's closed loops until `stop`: (accepted, refused).
+/// How tenant A sends during a phase.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flood {
+    /// Not at all.
+    None,
+    /// Open loop at this many creates a second (a client that respects its limit, give or
+    /// take: offered a little above it).
+    Offered(f64),
+    /// This many closed loops, each sending the next create as soon as an answer (201 or 429)
+    /// comes: a client that ignores `Retry-After`.
+    Hammer(usize),
+}
+
+/// Tenant A's creates until `stop`: (accepted, refused).
 fn flood(
     http: &reqwest::Client,
     base: &str,
-    concurrency: usize,
+    how: Flood,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
-    (0..concurrency)
-        .map(|_| {
+    let count = |status: u16, ok: &mut u64, refused: &mut u64| match status {
+        201 => *ok += 1,
+        429 => *refused += 1,
+        _ => {}
+    };
+    match how {
+        Flood::None => Vec::new(),
+        Flood::Hammer(concurrency) => (0..concurrency)
+            .map(|_| {
+                let (http, base, stop) = (http.clone(), base.to_owned(), stop.clone());
+                tokio::spawn(async move {
+                    let conversation = Uuid::new_v4();
+                    let (mut ok, mut refused) = (0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let status = create(&http, &base, KEY_A, conversation).await;
+                        count(status, &mut ok, &mut refused);
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect(),
+        Flood::Offered(rate) => {
             let (http, base, stop) = (http.clone(), base.to_owned(), stop.clone());
-            tokio::spawn(async move {
+            vec![tokio::spawn(async move {
                 let conversation = Uuid::new_v4();
-                let (mut ok, mut refused) = (0, 0);
+                let started = Instant::now();
+                let mut sent = futures::stream::FuturesUnordered::new();
+                let (mut ok, mut refused, mut i) = (0, 0, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    match create(&http, &base, KEY_A, conversation).await {
-                        201 => ok += 1,
-                        429 => refused += 1,
-                        _ => {}
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due.into()) => {
+                            let (http, base) = (http.clone(), base.clone());
+                            sent.push(async move { create(&http, &base, KEY_A, conversation).await });
+                            i += 1;
+                        }
+                        Some(status) = futures::StreamExt::next(&mut sent) => {
+                            count(status, &mut ok, &mut refused);
+                        }
                     }
                 }
+                while let Some(status) = futures::StreamExt::next(&mut sent).await {
+                    count(status, &mut ok, &mut refused);
+                }
                 (ok, refused)
-            })
-        })
-        .collect()
+            })]
+        }
+    }
 }
 
 /// One phase's figures.
@@ -226,32 +313,44 @@ struct Phase {
     b_unseen: usize,
     a_ok_rate: f64,
     a_refused_rate: f64,
+    /// p99 of the watcher's searches (request to answer).
+    search_p99: f64,
+    /// p99 of the indexer's own freshness (event timestamp → engine acknowledgement), A's
+    /// events and B's alike: the pipeline without the refresh and the search.
+    indexer_p99: f64,
 }
 
-/// B's trickle for `secs` (and A's flood when `concurrency` > 0); freshness of B's creates.
+/// B's trickle for `secs`, with A sending as `how` says; freshness of B's creates.
 async fn phase(
     http: &reqwest::Client,
     base: &str,
+    indexer_port: u16,
     secs: f64,
     trickle: u32,
-    concurrency: usize,
+    how: Flood,
 ) -> Phase {
     let conversation = Uuid::new_v4();
     let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let searches: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let before = scrape(http, indexer_port).await;
     let stop = Arc::new(AtomicBool::new(false));
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
-        let (http, base, seen, watching) = (
+        let (http, base, seen, watching, searches) = (
             http.clone(),
             base.to_owned(),
             seen.clone(),
             watching.clone(),
+            searches.clone(),
         );
         tokio::spawn(async move {
             let url = format!("{base}/v1/search?conversationId={conversation}&limit=100");
             while watching.load(Ordering::Relaxed) {
-                if let Ok(r) = http.get(&url).bearer_auth(KEY_B).send().await
+                let asked = Instant::now();
+                let answer = http.get(&url).bearer_auth(KEY_B).send().await;
+                searches.lock().unwrap().push(asked.elapsed().as_secs_f64());
+                if let Ok(r) = answer
                     && let Ok(body) = r.json::<Value>().await
                 {
                     let now = Instant::now();
@@ -266,7 +365,7 @@ async fn phase(
             }
         })
     };
-    let flooders = flood(http, base, concurrency, &stop);
+    let flooders = flood(http, base, how, &stop);
     let started = Instant::now();
     let (b_refused, b_sent) = (
         Arc::new(AtomicU64::new(0)),
@@ -331,6 +430,9 @@ async fn phase(
     }
     watching.store(false, Ordering::Relaxed);
     watcher.await.unwrap();
+    let after = scrape(http, indexer_port).await;
+    let mut searches = searches.lock().unwrap().clone();
+    searches.sort_by(f64::total_cmp);
     let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
     let mut lags: Vec<f64> = acked
         .iter()
@@ -346,6 +448,11 @@ async fn phase(
         b_unseen: acked.len() - lags.len(),
         a_ok_rate: a_ok as f64 / flood_secs,
         a_refused_rate: a_refused as f64 / flood_secs,
+        search_p99: quantile(&searches, 0.99),
+        indexer_p99: match (before, after) {
+            (Some(b), Some(a)) => histogram_quantile(&b, &a, 0.99),
+            _ => f64::NAN,
+        },
     }
 }
 
@@ -353,7 +460,7 @@ async fn phase(
 async fn capacity(http: &reqwest::Client, base: &str, concurrency: usize, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let loops = flood(http, base, concurrency, &stop);
+    let loops = flood(http, base, Flood::Hammer(concurrency), &stop);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0;
@@ -365,8 +472,17 @@ async fn capacity(http: &reqwest::Client, base: &str, concurrency: usize, secs: 
 
 fn print_phase(round: usize, what: &str, p: &Phase) {
     println!(
-        "  round {round} {what:<6}: B freshness p50 {:.3} s  p99 {:.3} s  max {:.3} s  (B sent {}, refused {}, unseen {})  A {:>6.0} accepted/s, {:>6.0} refused/s",
-        p.p50, p.p99, p.max, p.b_sent, p.b_refused, p.b_unseen, p.a_ok_rate, p.a_refused_rate
+        "  round {round} {what:<6}: B freshness p50 {:.3} s  p99 {:.3} s  max {:.3} s  (B sent {}, refused {}, unseen {})  A {:>6.0} accepted/s, {:>6.0} refused/s; B's search p99 {:.3} s, indexer freshness p99 ≤ {:.3} s",
+        p.p50,
+        p.p99,
+        p.max,
+        p.b_sent,
+        p.b_refused,
+        p.b_unseen,
+        p.a_ok_rate,
+        p.a_refused_rate,
+        p.search_p99,
+        p.indexer_p99
     );
 }
 
@@ -395,12 +511,13 @@ async fn main() {
         "no indexer at {} (cargo build --release -p indexer, or BENCH_INDEXER_BIN)",
         indexer_bin.display()
     );
+    let indexer_port = free_port();
     let indexer = setup.spawn(
         &indexer_bin,
         &["run"],
         &[
             ("KAFKA_CONSUMER_GROUP", unique("bench-fair-group")),
-            ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("HTTP_ADDR", format!("127.0.0.1:{indexer_port}")),
         ],
         "indexer.log",
     );
@@ -423,60 +540,63 @@ async fn main() {
         ("API_TENANT_CONCURRENCY", "0".to_owned()),
     ];
     let (server, base) = setup.api_server(&http, &limits).await;
-    let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+    let offered = f64::from(limit) * 1.2;
+    let (mut quiet, mut at_limit, mut hammer) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let q = phase(&http, &base, secs, trickle, 0).await;
+        let q = phase(&http, &base, indexer_port, secs, trickle, Flood::None).await;
         print_phase(round, "quiet", &q);
-        let f = phase(&http, &base, secs, trickle, concurrency).await;
-        print_phase(round, "flood", &f);
+        let l = phase(
+            &http,
+            &base,
+            indexer_port,
+            secs,
+            trickle,
+            Flood::Offered(offered),
+        )
+        .await;
+        print_phase(round, "limit", &l);
+        let h = phase(
+            &http,
+            &base,
+            indexer_port,
+            secs,
+            trickle,
+            Flood::Hammer(concurrency),
+        )
+        .await;
+        print_phase(round, "hammer", &h);
         quiet.push(q);
-        flooded.push(f);
+        at_limit.push(l);
+        hammer.push(h);
     }
     stop(server);
     stop(indexer);
 
     let med = |ps: &[Phase], f: fn(&Phase) -> f64| median(ps.iter().map(f).collect());
-    let ratios: Vec<f64> = quiet
-        .iter()
-        .zip(&flooded)
-        .map(|(q, f)| f.p99 / q.p99)
-        .collect();
+    let ratio = |ps: &[Phase]| median(quiet.iter().zip(ps).map(|(q, p)| p.p99 / q.p99).collect());
     println!();
     println!(
         "API capacity (limits off)    {capacity:.0} creates/s; limit per tenant {limit}/s ({share} of it)"
     );
-    println!(
-        "B freshness, quiet           p50 {:.3} s, p99 {:.3} s, max {:.3} s (medians of {rounds})",
-        med(&quiet, |p| p.p50),
-        med(&quiet, |p| p.p99),
-        med(&quiet, |p| p.max)
-    );
-    println!(
-        "B freshness, A flooding      p50 {:.3} s, p99 {:.3} s, max {:.3} s (medians of {rounds})",
-        med(&flooded, |p| p.p50),
-        med(&flooded, |p| p.p99),
-        med(&flooded, |p| p.max)
-    );
-    println!(
-        "B p99 flood / quiet          {:.2} (median of per-round ratios)",
-        median(ratios)
-    );
-    println!(
-        "A during the flood           {:.0} accepted/s, {:.0} refused (429)/s (medians)",
-        med(&flooded, |p| p.a_ok_rate),
-        med(&flooded, |p| p.a_refused_rate)
-    );
+    for (what, ps) in [
+        ("quiet", &quiet),
+        (&*format!("A offered {offered:.0}/s") as &str, &at_limit),
+        (&*format!("A hammering ×{concurrency}"), &hammer),
+    ] {
+        println!(
+            "B freshness, {what:<20} p50 {:.3} s, p99 {:.3} s, max {:.3} s; B p99 / quiet {:.2}; A {:.0} accepted/s, {:.0} refused/s (medians of {rounds}, ratio of per-round)",
+            med(ps, |p| p.p50),
+            med(ps, |p| p.p99),
+            med(ps, |p| p.max),
+            ratio(ps),
+            med(ps, |p| p.a_ok_rate),
+            med(ps, |p| p.a_refused_rate),
+        );
+    }
+    let all = || quiet.iter().chain(&at_limit).chain(&hammer);
     println!(
         "B refused                    {} of {} (all phases)",
-        quiet
-            .iter()
-            .chain(&flooded)
-            .map(|p| p.b_refused)
-            .sum::<usize>(),
-        quiet
-            .iter()
-            .chain(&flooded)
-            .map(|p| p.b_sent)
-            .sum::<usize>()
+        all().map(|p| p.b_refused).sum::<usize>(),
+        all().map(|p| p.b_sent).sum::<usize>()
     );
 }

@@ -282,9 +282,13 @@ impl Pipeline {
                 return;
             }
             let closed = self.gate.is_closed();
+            // With no lane running the engine is idle: what is buffered goes now, and what
+            // arrives meanwhile waits only for that request (a batch per round trip, no timer
+            // under a steady load). The linger and the size only decide when more lanes join.
+            let idle = running.is_empty() && closed;
             let lane = if let Some(lane) = held.stalled.pop_front() {
                 lane
-            } else if held.buffer.is_due(now) || (quiet && !held.buffer.is_empty()) {
+            } else if held.buffer.is_due(now) || ((quiet || idle) && !held.buffer.is_empty()) {
                 held.cut_lane()
             } else {
                 return;
