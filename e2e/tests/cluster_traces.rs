@@ -161,6 +161,15 @@ fn one<'a>(spans: &'a [Span], what: &str, pick: impl Fn(&Span) -> bool) -> &'a S
     found[0]
 }
 
+/// Whether the trace holds a span of each hop yet (what they must be is [`check_chain`]'s).
+fn every_hop(spans: &[Span], client_span: &str, db_op: &str) -> bool {
+    let has = |pick: &dyn Fn(&Span) -> bool| spans.iter().any(pick);
+    has(&|s| s.service == "api-server" && s.parent == client_span)
+        && has(&|s| s.service == "api-server" && s.name == format!("mongodb {db_op}"))
+        && has(&|s| s.service == "api-server" && s.name.ends_with(" publish"))
+        && has(&|s| s.service == "indexer" && s.name.ends_with(" process"))
+}
+
 /// What one request's trace must hold; returns the consume span's id.
 fn check_chain(spans: &[Span], client_span: &str, id: &str, db_op: &str) -> String {
     let server = one(spans, "api-server request", |s| {
@@ -317,14 +326,13 @@ async fn create_update_delete_each_make_one_trace_from_the_client_to_the_index()
 
     for (trace_id, client, op) in &requests {
         let (spans, raw) = wait::until(
-            &format!("trace {trace_id} with its consume span"),
+            &format!("trace {trace_id} with a span of each hop"),
             EXPORTED_WITHIN,
             || async {
-                trace(&http, trace_id).await.filter(|(spans, _)| {
-                    spans
-                        .iter()
-                        .any(|s| s.service == "indexer" && s.name.ends_with(" process"))
-                })
+                // Each process exports on its own schedule: wait until every hop's span is in.
+                trace(&http, trace_id)
+                    .await
+                    .filter(|(spans, _)| every_hop(spans, client, op))
             },
         )
         .await;
