@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e::prometheus::{histogram_quantile, scrape};
 use e2e::{kafka, rig::rig, unique};
 use pipeline_contract::install::{SearchEndpoint, install};
 use pipeline_contract::search::{IndexLayout, IndexSettings};
@@ -54,48 +55,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
         .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or(f64::NAN)
-}
-
-/// `name value` lines of a Prometheus text page.
-async fn scrape(http: &reqwest::Client, port: u16) -> Option<HashMap<String, f64>> {
-    let text = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect(),
-    )
-}
-
-/// The `q` quantile (a bucket's upper bound) of the indexer's freshness between two scrapes.
-fn histogram_quantile(before: &HashMap<String, f64>, after: &HashMap<String, f64>, q: f64) -> f64 {
-    let prefix = "indexer_freshness_seconds_bucket{le=\"";
-    let mut buckets: Vec<(f64, f64)> = after
-        .iter()
-        .filter_map(|(k, v)| {
-            let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map_or(f64::NAN, |b| b.0)
 }
 
 fn free_port() -> u16 {
@@ -450,7 +409,7 @@ async fn phase(
         a_refused_rate: a_refused as f64 / flood_secs,
         search_p99: quantile(&searches, 0.99),
         indexer_p99: match (before, after) {
-            (Some(b), Some(a)) => histogram_quantile(&b, &a, 0.99),
+            (Some(b), Some(a)) => histogram_quantile(&b, &a, "indexer_freshness_seconds", 0.99),
             _ => f64::NAN,
         },
     }

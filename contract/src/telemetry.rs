@@ -13,6 +13,8 @@
 //! [`traceparent`] is `None`, so nothing downstream carries a context no collector will see.
 
 use crate::process::LOG_FILTER_ENV;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -61,11 +63,13 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
-impl Telemetry {
-    /// Whether spans go to a collector.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
+/// Set once by [`init`] when spans go to a collector.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans go to a collector: spans made only for the trace (one per record or change)
+/// are not made otherwise.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 impl Drop for Telemetry {
@@ -123,6 +127,7 @@ pub fn init(service: &'static str) -> Telemetry {
     if let Some(e) = failure {
         tracing::error!(error = %e, "trace export is configured but could not start; going on without it");
     } else if provider.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         tracing::info!("exporting traces over OTLP/HTTP");
     }
@@ -181,6 +186,9 @@ pub fn add_link(span: &tracing::Span, traceparent: &str) {
 
 /// The `traceparent` of `span`, for the next hop; `None` when no trace is being exported.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !exporting() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;

@@ -14,6 +14,8 @@ pub mod kafka;
 pub mod memory;
 /// A CA the rig does not trust, for certificate-verification failures.
 pub mod pki;
+/// A process's `/metrics` samples and histogram quantiles, for the benchmarks.
+pub mod prometheus;
 /// A TCP proxy a test can cut, to make a server unreachable for one client only.
 pub mod proxy;
 /// Finding the rig's endpoints and failing clearly when it is down.

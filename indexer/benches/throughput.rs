@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::prometheus::{histogram_quantile, scrape};
 use e2e::{rig::rig, unique};
 use futures::StreamExt;
 use pipeline_contract::kafka::{EventHeaders, MessageId, record_key};
@@ -109,45 +110,9 @@ async fn produce_all(producer: &FutureProducer, topic: &str, events: &[MessageEv
     assert!(results.iter().all(Result::is_ok), "a produce failed");
 }
 
-/// Parses `name value` lines of the Prometheus text format into a map.
-async fn scrape(http: &reqwest::Client, port: u16) -> Option<HashMap<String, f64>> {
-    let text = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect(),
-    )
-}
-
+/// The indexer's freshness quantile between two scrapes.
 fn quantile(before: &HashMap<String, f64>, after: &HashMap<String, f64>, q: f64) -> f64 {
-    let prefix = "indexer_freshness_seconds_bucket{le=\"";
-    let mut buckets: Vec<(f64, f64)> = after
-        .iter()
-        .filter_map(|(k, v)| {
-            let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
-            let le: f64 = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map_or(f64::NAN, |b| b.0)
+    histogram_quantile(before, after, "indexer_freshness_seconds", q)
 }
 
 #[tokio::main]

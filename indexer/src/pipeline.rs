@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use pipeline_contract::kafka::header;
+use pipeline_contract::kafka::{MessageId, header};
 use pipeline_contract::telemetry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -362,9 +362,14 @@ impl Pipeline {
         // with them.
         self.apply_rebalances(held);
         self.metrics.consumed.inc();
-        let span = consume_span(&self.delivery.topic, &record);
-        let trace = telemetry::traceparent(&span);
-        span.in_scope(|| held.take_in(record, trace, self.delivery.sink.layout(), Instant::now()));
+        let layout = self.delivery.sink.layout();
+        if telemetry::exporting() {
+            let span = consume_span(&self.delivery.topic, &record);
+            let trace = telemetry::traceparent(&span);
+            span.in_scope(|| held.take_in(record, trace, layout, Instant::now()));
+        } else {
+            held.take_in(record, None, layout, Instant::now());
+        }
     }
 
     fn apply_rebalances(&self, held: &mut Held) {
@@ -393,12 +398,9 @@ impl Pipeline {
 /// the record's `traceparent`, so it sits in the trace of the request that made the change; the
 /// bulk requests that carry the record link to it.
 fn consume_span(topic: &str, record: &ConsumedRecord) -> tracing::Span {
-    // `message-id` is `<id>:<version>`.
-    let (id, version) = record
+    let message = record
         .header(header::MESSAGE_ID)
-        .and_then(|m| m.rsplit_once(':'))
-        .and_then(|(id, v)| Some((id, v.parse::<u64>().ok()?)))
-        .unwrap_or_default();
+        .and_then(|m| m.parse::<MessageId>().ok());
     let span = tracing::info_span!(
         parent: None,
         "consume",
@@ -409,8 +411,8 @@ fn consume_span(topic: &str, record: &ConsumedRecord) -> tracing::Span {
         messaging.destination.name = topic,
         messaging.destination.partition.id = record.partition,
         messaging.kafka.offset = record.offset,
-        message.id = id,
-        message.version = version,
+        message.id = message.map(|m| m.id.to_string()).unwrap_or_default(),
+        message.version = message.map_or(0, |m| m.version),
     );
     telemetry::set_parent(&span, record.header(header::TRACEPARENT));
     span
