@@ -82,7 +82,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         pod,
     };
     let state = Arc::new(AppState {
-        messages: Messages::new(store, Arc::clone(&outbox)),
+        messages: Messages::new(
+            store.clone(),
+            store.group_commit(
+                config.insert_batch_max.get(),
+                config.insert_batches_in_flight.get(),
+                metrics.insert_batch.clone(),
+            ),
+            Arc::clone(&outbox),
+        ),
         auth,
         search: SearchClient::new(&config.search)?,
         limits: config.limits.limits(),

@@ -2,6 +2,7 @@
 //! operator come from `pipeline_contract::worker::env`).
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +35,16 @@ pub struct Config {
     /// waking threads back and forth and serves more (see the README's benchmark).
     #[arg(long, env = "API_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// Most creates one `insert_many` writes (group commit: creates arriving together are
+    /// written together, each answered with its own outcome).
+    #[arg(long, env = "API_INSERT_BATCH_MAX", default_value_t = NonZeroUsize::new(256).unwrap())]
+    pub insert_batch_max: NonZeroUsize,
+
+    /// `insert_many` commands in flight at once; creates arriving meanwhile wait for a free one
+    /// and go together. No timer: a create that finds one free goes at once.
+    #[arg(long, env = "API_INSERT_BATCHES_IN_FLIGHT", default_value_t = NonZeroUsize::new(2).unwrap())]
+    pub insert_batches_in_flight: NonZeroUsize,
 
     #[command(flatten)]
     pub auth: AuthArgs,

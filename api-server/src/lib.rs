@@ -2,7 +2,8 @@
 //!
 //! Layers, from the edge inwards: `routes` (axum handlers, request plumbing) parse with the pure
 //! modules (`validate`, `etag`, `idempotency`, `cursor`, `search`'s query builder) and call
-//! `service`, which applies the rules of a change on the `store` (MongoDB) and books every write
+//! `service`, which applies the rules of a change on the `store` (MongoDB; creates through
+//! `group_commit`) and books every write
 //! in the `outbox`; the `relay` task publishes what the outbox holds to Kafka, persists this
 //! process's registration, and adopts dead peers' changes as `replicas` decides. `app` wires it all from `config`; `main` only parses, sets up logs and waits for
 //! a signal.
@@ -19,6 +20,8 @@ pub mod cursor;
 pub mod etag;
 /// Per-tenant request rate and concurrency limits (429 with `Retry-After`).
 pub mod fairness;
+/// Group commit: concurrent creates written by one `insert_many`, each outcome to its request.
+pub mod group_commit;
 /// `Idempotency-Key`: validation, the UUIDv5 message id per tenant, request fingerprints.
 pub mod idempotency;
 /// Prometheus metrics.

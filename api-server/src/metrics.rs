@@ -1,5 +1,5 @@
 //! The api-server's Prometheus metrics: requests by route and status, request latency, requests
-//! refused by tenant limits, and the
+//! refused by tenant limits, the size of create batches, and the
 //! relay (published, failures, changes found by scans, pending by age, lag, dead peers adopted).
 //! `/metrics` encodes them.
 
@@ -46,6 +46,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RouteLabels, Histogram>,
     pub tenant_throttled: Family<ThrottleLabels, Counter>,
+    /// Documents per `insert_many` of the group commit.
+    pub insert_batch: Histogram,
     pub relay_published: Counter,
     pub relay_failures: Counter,
     pub relay_recovered: Counter,
@@ -75,6 +77,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             tenant_throttled: Family::default(),
+            insert_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             relay_published: Counter::default(),
             relay_failures: Counter::default(),
             relay_recovered: Counter::default(),
@@ -102,6 +105,11 @@ impl Metrics {
             "tenant_throttled_requests",
             "Requests answered 429 because their tenant was over a limit, by tenant and limit (rate, concurrency)",
             m.tenant_throttled.clone(),
+        );
+        r.register(
+            "mongodb_insert_batch_size",
+            "Creates written by one insert_many (group commit)",
+            m.insert_batch.clone(),
         );
         r.register(
             "relay_published",

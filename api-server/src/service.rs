@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::etag::IfMatch;
+use crate::group_commit::{GroupCommit, Outcome};
 use crate::idempotency::{IdempotencyKey, request_fingerprint};
 use crate::outbox::{Outbox, Unvouched};
 use crate::problem::{FieldError, Problem};
@@ -50,6 +51,7 @@ pub struct Page {
 #[derive(Debug)]
 pub struct Messages {
     store: Store,
+    inserts: GroupCommit,
     outbox: Arc<Outbox>,
     stripes: Vec<Mutex<()>>,
 }
@@ -75,13 +77,24 @@ pub fn write_problem(error: StoreError) -> Problem {
     if let StoreError::Mongo(e) = &error
         && let Some(code) = server_code(e).filter(|c| DATA_REFUSED.contains(c))
     {
-        tracing::warn!(%error, "MongoDB refused the data of a write");
-        return Problem::validation(vec![FieldError::new(
-            "",
-            format!("the message store refused this data (MongoDB error code {code})"),
-        )]);
+        return refused_problem(code, &error);
     }
     store_problem(error)
+}
+
+/// The answer to a document MongoDB refused (server error `code`, nothing written): 422 when it
+/// refused the data itself ([`DATA_REFUSED`]), a 500 otherwise (a bug of ours or the server's).
+fn refused_problem(code: i32, error: &dyn std::fmt::Display) -> Problem {
+    if DATA_REFUSED.contains(&code) {
+        tracing::warn!(%error, "MongoDB refused the data of a write");
+        Problem::validation(vec![FieldError::new(
+            "",
+            format!("the message store refused this data (MongoDB error code {code})"),
+        )])
+    } else {
+        tracing::error!(%error, code, "MongoDB refused a write");
+        Problem::internal()
+    }
 }
 
 /// A repository failure as the client sees it; the cause goes to the log, not the body.
@@ -109,9 +122,10 @@ fn not_found(id: Uuid) -> Problem {
 }
 
 impl Messages {
-    pub fn new(store: Store, outbox: Arc<Outbox>) -> Self {
+    pub fn new(store: Store, inserts: GroupCommit, outbox: Arc<Outbox>) -> Self {
         Self {
             store,
+            inserts,
             outbox,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
@@ -160,15 +174,26 @@ impl Messages {
             fingerprint: fingerprint.clone(),
             correlation_id: correlation_id.to_owned(),
         };
-        // An insert that errs may still have been applied: the ticket's drop asks the relay to
-        // look (see `outbox::Ticket`).
-        let inserted = self.store.insert(&doc).await.map_err(write_problem)?;
-        if inserted {
-            self.outbox.committed(ticket, &doc);
-            let message = doc.to_message().map_err(|e| store_problem(e.into()))?;
-            return Ok((message, Created::New));
+        let committed = self.inserts.insert(doc).await.map_err(|stopped| {
+            tracing::warn!(%stopped, "create refused");
+            Problem::unavailable("the server is stopping; retry")
+        })?;
+        let doc = committed.doc;
+        match committed.outcome {
+            Outcome::Inserted => {
+                self.outbox.committed(ticket, &doc);
+                let message = doc.to_message().map_err(|e| store_problem(e.into()))?;
+                return Ok((message, Created::New));
+            }
+            Outcome::Duplicate => ticket.not_written(),
+            Outcome::Refused { code, message } => {
+                ticket.not_written();
+                return Err(refused_problem(code, &message));
+            }
+            // An insert that failed may still have been applied: the ticket's drop asks the
+            // relay to look (see `outbox::Ticket`).
+            Outcome::Failed(error) => return Err(write_problem(error.into())),
         }
-        ticket.not_written();
         let existing = self
             .store
             .get(tenant, &doc.id)

@@ -2,7 +2,7 @@
 //! registrations (one per api-server process: watermark and heartbeat, see `replicas`).
 //!
 //! Owns every query, and the indexes they need. Every write is one
-//! document operation; updates are conditional on `{_id, tenantId, version}` so that a stale
+//! document operation (creates are grouped into one `insert_many` by `group_commit`); updates are conditional on `{_id, tenantId, version}` so that a stale
 //! writer matches nothing (MongoDB makes that atomic; FerretDB 1.x does not, which is why the
 //! service also serializes writes per id in-process). Every read filters by `tenantId`: a foreign
 //! tenant's message is indistinguishable from a missing one.
@@ -16,7 +16,7 @@
 
 use futures::TryStreamExt;
 use mongodb::bson::{self, DateTime, Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::ErrorKind;
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
 use pipeline_contract::access::Refused;
@@ -30,6 +30,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::group_commit::GroupCommit;
 use crate::replicas::{Pulse, Registration};
 
 /// A live message as the API returns it.
@@ -119,14 +122,6 @@ pub struct Store {
     db: mongodb::Database,
 }
 
-pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    matches!(
-        error.kind.as_ref(),
-        ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == 11000
-    ) || matches!(error.kind.as_ref(), ErrorKind::InsertMany(e)
-        if e.write_errors.as_ref().is_some_and(|w| w.iter().any(|e| e.code == 11000)))
-}
-
 impl Store {
     /// A store on the server `mongodb` names (over TLS trusting its CA file when one is given).
     pub async fn connect(mongodb: &MongoArgs) -> Result<Self, StoreError> {
@@ -186,24 +181,14 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts a new document; `Ok(false)` when its `_id` exists already.
-    #[tracing::instrument(
-        name = "mongodb insert",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            db.system.name = "mongodb",
-            db.operation.name = "insert",
-            db.collection.name = %self.messages.name(),
-            message.id = %message.id,
-        )
-    )]
-    pub async fn insert(&self, message: &StoredMessage) -> Result<bool, StoreError> {
-        match self.messages.insert_one(message).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+    /// The committer of creates on the messages collection (see `group_commit`).
+    pub fn group_commit(
+        &self,
+        max_batch: usize,
+        in_flight: usize,
+        sizes: Histogram,
+    ) -> GroupCommit {
+        GroupCommit::start(self.messages.clone(), max_batch, in_flight, sizes)
     }
 
     /// The tenant's document with this id, tombstones included.

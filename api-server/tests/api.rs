@@ -482,6 +482,123 @@ async fn idempotent_creates_return_the_original_and_refuse_another_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_are_written_together_and_each_gets_its_own_answer() {
+    let setup = Setup::new("api-group").await;
+    let server = Server::start(&setup).await;
+    let a = server.client(KEY_A);
+    let body = |i: usize, content: &str| json!({"conversationId": Uuid::from_u128(i as u128 % 7 + 1), "senderId": Uuid::new_v4(), "content": content, "metadata": {"i": i}});
+    // Twenty messages made earlier, one at a time, each with its own Idempotency-Key.
+    let mut originals = vec![];
+    for i in 0..20 {
+        let key = format!("earlier-{i}");
+        let original = body(i, "earlier");
+        let reply = a
+            .send(
+                Method::POST,
+                "/v1/messages",
+                Some(&original),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        originals.push((key, original, reply.body));
+    }
+    // At once (within the tenant's 64 in flight): 40 new messages, retries of the first ten with their body, and the other ten's
+    // keys with another body. Each must get its own outcome, whatever batch it went in.
+    let fresh = (0..40).map(|i| {
+        let a = a.clone();
+        async move {
+            (
+                "new",
+                a.send(Method::POST, "/v1/messages", Some(&body(i, "fresh")), &[])
+                    .await,
+            )
+        }
+    });
+    let retries = originals.iter().enumerate().map(|(i, (key, original, _))| {
+        let (a, key) = (a.clone(), key.clone());
+        let sent = if i < 10 {
+            original.clone()
+        } else {
+            body(i, "another body")
+        };
+        async move {
+            let kind = if i < 10 { "replay" } else { "reused" };
+            (
+                kind,
+                a.send(
+                    Method::POST,
+                    "/v1/messages",
+                    Some(&sent),
+                    &[("idempotency-key", &key)],
+                )
+                .await,
+            )
+        }
+    });
+    let replies: Vec<(&str, common::Reply)> = futures::future::join_all(
+        fresh
+            .map(futures::future::Either::Left)
+            .chain(retries.map(futures::future::Either::Right)),
+    )
+    .await;
+    let mut new_ids = std::collections::HashSet::new();
+    for (kind, reply) in &replies {
+        match *kind {
+            "new" => {
+                assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+                assert_eq!(reply.header("idempotent-replayed"), None, "{reply:?}");
+                assert_eq!(reply.body["content"], json!("fresh"));
+                assert!(new_ids.insert(reply.body["id"].clone()), "{reply:?}");
+            }
+            "replay" => {
+                assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+                assert_eq!(
+                    reply.header("idempotent-replayed"),
+                    Some("true"),
+                    "{reply:?}"
+                );
+                assert!(
+                    originals.iter().any(|(_, _, first)| *first == reply.body),
+                    "{reply:?}"
+                );
+            }
+            _ => assert!(
+                reply.problem(422)["type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("idempotency-key-reused"),
+                "{reply:?}"
+            ),
+        }
+    }
+    assert_eq!(new_ids.len(), 40);
+
+    // MongoDB holds exactly the twenty and the forty, each at version 1.
+    let stored = setup.stored().await;
+    assert_eq!(stored.len(), 60, "{stored:?}");
+    assert!(stored.values().all(|v| v.0 == 1), "{stored:?}");
+    // The 60 concurrent inserts went in fewer commands than documents.
+    let batches = common::metric(&server, "api_mongodb_insert_batch_size_count")
+        .await
+        .unwrap();
+    let documents = common::metric(&server, "api_mongodb_insert_batch_size_sum")
+        .await
+        .unwrap();
+    assert_eq!(
+        documents, 80.0,
+        "every create reached the group commit once"
+    );
+    assert!(
+        batches < documents,
+        "{batches} batches for {documents} documents"
+    );
+    // And the relay published each new message once, as version 1.
+    let published = common::converged(&setup, std::time::Duration::from_secs(30)).await;
+    assert_eq!(published, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_if_match_is_412() {
     let setup = Setup::new("api-ifmatch").await;
     let server = Server::start(&setup).await;
