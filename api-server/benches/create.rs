@@ -11,7 +11,7 @@
 //!    `mongodb` crate (`insert_one`, one per request) into a collection with the same indexes;
 //!    then the new ceiling, the same documents in unordered `insert_many`s of the mean size the
 //!    API's group commit used in that round (its `api_mongodb_insert_batch_size` histogram),
-//!    BENCH_RAW_MANY_IN_FLIGHT (default 2, the API's default) at once. Prints medians and the
+//!    BENCH_RAW_MANY_IN_FLIGHT (default 1, the API's default) at once. Prints medians and the
 //!    medians of per-round ratios (API / raw `insert_one`, API / raw `insert_many`, traced /
 //!    untraced). Tenant limits are off in both servers: this measures the server.
 //! 4. The api-server's peak RSS (VmHWM), and how long the relay took to put the last change on
@@ -257,7 +257,7 @@ async fn main() {
             }
         }
     };
-    let many_in_flight: usize = env_or("BENCH_RAW_MANY_IN_FLIGHT", 2);
+    let many_in_flight: usize = env_or("BENCH_RAW_MANY_IN_FLIGHT", 1);
     let port = |base: &str| base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     let (api_port, traced_port) = (port(&base), port(&traced_base));
     // (batches, documents) the API's group commit wrote so far.

@@ -42,8 +42,9 @@ pub struct Config {
     pub insert_batch_max: NonZeroUsize,
 
     /// `insert_many` commands in flight at once; creates arriving meanwhile wait for a free one
-    /// and go together. No timer: a create that finds one free goes at once.
-    #[arg(long, env = "API_INSERT_BATCHES_IN_FLIGHT", default_value_t = NonZeroUsize::new(2).unwrap())]
+    /// and go together. No timer: a create that finds one free goes at once. One served the
+    /// most on the rig (README, `make bench-api`: 1.72 of raw `insert_one`, 2: 1.59, 4: 1.40).
+    #[arg(long, env = "API_INSERT_BATCHES_IN_FLIGHT", default_value_t = NonZeroUsize::new(1).unwrap())]
     pub insert_batches_in_flight: NonZeroUsize,
 
     #[command(flatten)]
