@@ -431,13 +431,38 @@ pub async fn outdated_indices(
     Ok(outdated)
 }
 
-/// Deletes a concrete index (a previous generation); one already gone is not an error.
+/// Every generation of the pipeline's index (`<alias>-NNNNNN`, sorted), whether the alias points
+/// at it or not; another pipeline's indices that the pattern also matches (`<alias>-x-000001`)
+/// are not among them.
+pub async fn generations(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+) -> Result<Vec<String>, InstallError> {
+    let engine = Engine { client, endpoint };
+    let path = format!("{}/_alias", layout.index_pattern());
+    let found = engine
+        .expect_ok("list the index generations", Method::GET, &path, None)
+        .await?;
+    let mut names: Vec<String> = found
+        .as_object()
+        .into_iter()
+        .flat_map(|indices| indices.keys())
+        .filter(|name| layout.generation_of(name).is_some())
+        .cloned()
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Deletes a concrete index (a previous generation, or every one of a pipeline deleted with
+/// `deletionPolicy: Delete`); one already gone is not an error.
 pub async fn delete_index(
     client: &reqwest::Client,
     endpoint: &SearchEndpoint,
     index: &str,
 ) -> Result<(), InstallError> {
-    let step = "delete a previous index";
+    let step = "delete an index";
     match (Engine { client, endpoint })
         .send(step, Method::DELETE, index, None)
         .await?

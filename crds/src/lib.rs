@@ -111,8 +111,9 @@ pub struct MessagePipelineSpec {
     pub mongodb: MongoSpec,
     pub kafka: KafkaSpec,
     pub elasticsearch: SearchSpec,
-    /// What deleting the resource does to the topics and the index template: `Retain` (the
-    /// default) leaves them, `Delete` removes them.
+    /// What deleting the resource does to what the operator made outside Kubernetes: the topics,
+    /// the index template and the index (every generation; it is derived from MongoDB, which
+    /// is never touched). `Retain` (the default) leaves them, `Delete` removes them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
     /// A periodic audit of the index against MongoDB (`indexer audit`, a CronJob); none when

@@ -209,7 +209,7 @@ async fn installed_with_helm_it_becomes_ready_serves_through_its_service_and_run
     acked.insert(id.parse().unwrap(), (1, false));
     let documents = pipeline.verify(&acked, CONVERGE_WITHIN).await;
 
-    // Deleted with deletionPolicy Delete: the workers, the topics and the index template go.
+    // Deleted with deletionPolicy Delete: the workers, the topics, the index template and the index go.
     install
         .api::<messagepipeline_crd::MessagePipeline>()
         .delete("chat", &Default::default())
@@ -251,8 +251,7 @@ async fn installed_with_helm_it_becomes_ready_serves_through_its_service_and_run
         !kafka::topic_exists(&format!("{}.dlq", pipeline.topic)),
         "DLQ deleted"
     );
-    // The index template goes; the index and its documents stay (deletionPolicy is about the
-    // topics and the template, as the CRD documents).
+    // The index template and the index go (the index is derived from MongoDB, which stays).
     let template = reqwest::get(format!(
         "{}/_index_template/{}-template",
         rig().search_url(),
@@ -261,6 +260,10 @@ async fn installed_with_helm_it_becomes_ready_serves_through_its_service_and_run
     .await
     .unwrap();
     assert_eq!(template.status(), 404, "index template deleted");
+    let index = reqwest::get(format!("{}/{}-000001", rig().search_url(), pipeline.alias))
+        .await
+        .unwrap();
+    assert_eq!(index.status(), 404, "index deleted");
     eprintln!(
         "cluster install: Ready after {ready_after:?} (install + pipeline {:?}); {writes} writes at {rate:.0}/s, {documents} documents equal in MongoDB and the index; deleted cleanly",
         started.elapsed()

@@ -1,10 +1,13 @@
-//! The operator managing many pipelines: BENCH_PIPELINES (default 50) MessagePipelines with
-//! distinct topics, groups and aliases, applied at once to the rig's API server; the time until
-//! every one has converged (observedGeneration current, TopicsReady and IndexTemplateReady True),
-//! the operator's peak RSS (VmHWM) after a further BENCH_STEADY_SECS (default 60) of periodic
-//! reconciles, and the time to delete them all (deletionPolicy Delete: topics and templates go).
+//! The operator managing many pipelines: BENCH_PIPELINES (default 200) MessagePipelines with
+//! distinct topics, groups and aliases and no pods (`replicas: 0`), applied at once to the rig's
+//! API server; the time until every one has converged (observedGeneration current, TopicsReady
+//! and IndexTemplateReady True: every child applied, topics and index in place, status current),
+//! how many reconciles that took, the operator's peak RSS (VmHWM) then and after a further
+//! BENCH_STEADY_SECS (default 60) of periodic reconciles, and the time to delete them all
+//! (deletionPolicy Delete: topics, templates and indices go). BENCH_OPERATOR_CONCURRENCY sets the
+//! operator's `OPERATOR_CONCURRENCY`; BENCH_OPERATOR_LOG its `RUST_LOG`.
 //!
-//! Run with `make bench-operator` (= `cargo bench -p operator --bench fifty`) while the rig is up.
+//! Run with `make bench-operator` (= `cargo bench -p operator --bench pipelines`) while the rig is up.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,7 +45,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let count: usize = env_or("BENCH_PIPELINES", 50);
+    let count: usize = env_or("BENCH_PIPELINES", 200);
     let steady: u64 = env_or("BENCH_STEADY_SECS", 60);
     let client = rig().kube_client().await;
     let kubeconfig = rig().kubeconfig().to_owned();
@@ -80,13 +83,37 @@ async fn main() {
             .unwrap();
     }
     let log = std::env::temp_dir().join(format!("{namespace}-operator.log"));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = reqwest::Client::new();
+    // (reconciles started, their total seconds) so far.
+    let reconciles = || {
+        let http = http.clone();
+        async move {
+            let m = e2e::prometheus::scrape(&http, metrics_port)
+                .await
+                .unwrap_or_default();
+            let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+            (
+                get("operator_reconciles_total"),
+                get("operator_reconcile_duration_seconds_sum"),
+            )
+        }
+    };
     let mut operator = Command::new(env!("CARGO_BIN_EXE_operator"))
         .env("KUBECONFIG", &kubeconfig)
         .env("WATCH_NAMESPACE", &namespace)
         .env("POD_NAMESPACE", &namespace)
         .env("POD_NAME", "bench-operator")
-        .env("OPERATOR_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .envs(std::env::var("BENCH_OPERATOR_CONCURRENCY").map(|c| ("OPERATOR_CONCURRENCY", c)))
+        .env("OPERATOR_HTTP_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
         .stderr(Stdio::null())
         .spawn()
@@ -129,10 +156,13 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let (runs, seconds) = reconciles().await;
     println!(
-        "{count} pipelines applied in {:.1} s, all converged {:.1} s after the first was applied",
+        "{count} pipelines applied in {:.1} s, all converged {:.1} s after the first was applied ({runs} reconciles, {:.2} per pipeline, {:.0} ms each on average)",
         created.as_secs_f64(),
-        converge.as_secs_f64()
+        converge.as_secs_f64(),
+        runs / count as f64,
+        seconds / runs * 1000.0
     );
     println!(
         "operator peak RSS after converging: {:.1} MiB",
@@ -165,7 +195,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
-        "all {count} deleted (topics and templates removed) in {:.1} s",
+        "all {count} deleted (topics, templates and indices removed) in {:.1} s",
         deleting.elapsed().as_secs_f64()
     );
     let _ = Command::new("kill")

@@ -151,21 +151,31 @@ fn refusals(config: &ClientConfig) -> Refusals {
 }
 
 fn admin(config: &ClientConfig) -> Result<AdminClient<Refusals>, KafkaError> {
-    Ok(config.create_with_context(refusals(config))?)
+    let mut config = config.clone();
+    // Asking for a topic's metadata must never create it (librdkafka's producer default, on a
+    // broker with `auto.create.topics.enable`, would, with the broker's default settings).
+    config.set("allow.auto.create.topics", "false");
+    Ok(config.create_with_context(refusals(&config))?)
 }
 
-/// Partition counts of existing topics among `names`.
+/// Partition counts of existing topics among `names`: the metadata of these topics only (a
+/// cluster's whole metadata grows with every topic of every pipeline and more).
 fn partition_counts(
     admin: &AdminClient<Refusals>,
     names: &[&str],
 ) -> Result<HashMap<String, i32>, KafkaError> {
-    let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| names.contains(&t.name()) && t.error().is_none())
-        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect())
+    let mut counts = HashMap::new();
+    for name in names {
+        let metadata = admin.inner().fetch_metadata(Some(name), TIMEOUT)?;
+        counts.extend(
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == *name && t.error().is_none())
+                .map(|t| (t.name().to_owned(), t.partitions().len() as i32)),
+        );
+    }
+    Ok(counts)
 }
 
 /// Creates, grows and re-configures the pipeline's topics.
@@ -316,19 +326,21 @@ pub fn lag_and_depth(
 ) -> Result<(Option<i64>, Option<i64>), KafkaError> {
     let mut c = config.clone();
     // Only OffsetFetch and ListOffsets: this consumer never subscribes or joins the group.
-    c.set("group.id", group).set("enable.auto.commit", "false");
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false");
     let consumer: BaseConsumer = c.create()?;
     let result = (|| {
-        let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
-        let partitions = |name: &str| -> Vec<i32> {
-            metadata
+        let partitions = |name: &str| -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+            let metadata = consumer.fetch_metadata(Some(name), TIMEOUT)?;
+            Ok(metadata
                 .topics()
                 .iter()
-                .find(|t| t.name() == name)
+                .find(|t| t.name() == name && t.error().is_none())
                 .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default()
+                .unwrap_or_default())
         };
-        let (events, dead) = (partitions(topic), partitions(dlq));
+        let (events, dead) = (partitions(topic)?, partitions(dlq)?);
         let lag = if events.is_empty() {
             None
         } else {

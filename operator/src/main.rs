@@ -34,6 +34,10 @@ struct Cli {
     /// Address of `/live`, `/ready` and `/metrics`.
     #[arg(long, env = "OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Reconciles running at once. Each holds Kafka and HTTP clients while it runs, so this
+    /// bounds the operator's memory whatever the number of pipelines.
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = controller::CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -84,7 +88,9 @@ async fn main() -> ExitCode {
     }
     tracing::info!("leading: reconciling MessagePipelines");
     metrics.leader.set(1);
-    let ctx = Arc::new(Context::new(client, metrics.clone(), Some(cli.pod_name)));
+    let ctx = Arc::new(
+        Context::new(client, metrics.clone(), Some(cli.pod_name)).with_concurrency(cli.concurrency),
+    );
     // An empty WATCH_NAMESPACE means every namespace, like an absent one.
     let namespace = cli.namespace.filter(|n| !n.is_empty());
     let stop = CancellationToken::new();

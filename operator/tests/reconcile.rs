@@ -720,7 +720,7 @@ async fn lag_is_what_the_kafka_admin_api_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deletion_policy_delete_removes_topics_and_template_and_retain_keeps_them() {
+async fn deletion_policy_delete_removes_topics_template_and_index_and_retain_keeps_them() {
     let env = Env::new("op-delete").await;
     env.create("gone", env.spec(json!({"deletionPolicy": "Delete"})))
         .await;
@@ -755,10 +755,24 @@ async fn deletion_policy_delete_removes_topics_and_template_and_retain_keeps_the
     )
     .await;
     assert_eq!(status, 404);
+    let (status, _) = search(
+        reqwest::Method::GET,
+        &format!("/{}-000001", gone.spec.elasticsearch.alias),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "Delete removed the index");
     assert!(
         topic(&kept.spec.kafka.topic.name).await.is_some(),
         "Retain kept the topic"
     );
+    let (status, _) = search(
+        reqwest::Method::GET,
+        &format!("/{}-000001", kept.spec.elasticsearch.alias),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "Retain kept the index");
     let (status, _) = search(
         reqwest::Method::GET,
         &format!(
