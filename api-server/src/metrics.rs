@@ -90,73 +90,84 @@ impl Metrics {
             refusals: RefusalLog::default(),
             registry: Registry::with_prefix("api"),
         };
-        let r = &mut m.registry;
+        m.register_requests();
+        m.register_relay();
+        m
+    }
+
+    /// Requests, their latency, tenant refusals and create batches.
+    fn register_requests(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "http_requests",
             "HTTP requests answered, by method, route and status",
-            m.requests.clone(),
+            self.requests.clone(),
         );
         r.register(
             "http_request_duration_seconds",
             "Time to answer an HTTP request, by method and route",
-            m.request_seconds.clone(),
+            self.request_seconds.clone(),
         );
         r.register(
             "tenant_throttled_requests",
             "Requests answered 429 because their tenant was over a limit, by tenant and limit (rate, concurrency)",
-            m.tenant_throttled.clone(),
+            self.tenant_throttled.clone(),
         );
         r.register(
             "mongodb_insert_batch_size",
             "Creates written by one insert_many (group commit)",
-            m.insert_batch.clone(),
+            self.insert_batch.clone(),
         );
+    }
+
+    /// The relay: published, failures, scans, backlog, lag, peers.
+    fn register_relay(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "relay_published",
             "Change records Kafka acknowledged",
-            m.relay_published.clone(),
+            self.relay_published.clone(),
         );
         r.register(
             "relay_publish_failures",
             "Sends that failed and will be retried",
-            m.relay_failures.clone(),
+            self.relay_failures.clone(),
         );
         r.register(
             "relay_recovered",
             "Unpublished changes found by scanning MongoDB (unknown outcome, overflow, adoption of a dead peer)",
-            m.relay_recovered.clone(),
+            self.relay_recovered.clone(),
         );
         r.register(
             "relay_corrupt_documents",
             "Message documents the relay could not turn into an event (need a human)",
-            m.relay_corrupt.clone(),
+            self.relay_corrupt.clone(),
         );
         r.register(
             "relay_pending",
             "Changes held in memory, not yet acknowledged by Kafka",
-            m.relay_pending.clone(),
+            self.relay_pending.clone(),
         );
         r.register(
             "relay_unpublished",
             "Changes MongoDB acknowledged that this process holds and Kafka has not, by age (clear: under 10 s)",
-            m.relay_unpublished.clone(),
+            self.relay_unpublished.clone(),
         );
         r.register(
             "relay_lag_seconds",
             "Age of the oldest change not yet acknowledged by Kafka, a dead peer's included (0 when none)",
-            m.relay_lag_seconds.clone(),
+            self.relay_lag_seconds.clone(),
         );
         r.register(
             "relay_orphaned_replicas",
             "Registrations of api-servers presumed dead whose changes are not adopted yet",
-            m.relay_orphans.clone(),
+            self.relay_orphans.clone(),
         );
         r.register(
             "relay_adopted_replicas",
             "Registrations of dead api-servers this process adopted (their changes published)",
-            m.relay_adopted.clone(),
+            self.relay_adopted.clone(),
         );
-        m
     }
 
     /// The OpenMetrics text of every metric.
