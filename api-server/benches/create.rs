@@ -437,11 +437,7 @@ async fn start_server(
     keys: &std::path::Path,
     collector: Option<&str>,
 ) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = e2e::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log: PathBuf = keys.with_file_name(format!("api-server-{port}.log"));
     let mut command = Command::new(binary);

@@ -10,7 +10,7 @@ pub mod cluster;
 pub mod forward;
 /// Creating topics and reading them back whole, without a consumer group.
 pub mod kafka;
-/// A process's peak resident memory (`VmHWM`), for the benchmarks.
+/// A process's peak resident memory (`VmHWM`) and CPU time, for the benchmarks.
 pub mod memory;
 /// A CA the rig does not trust, for certificate-verification failures.
 pub mod pki;
@@ -26,6 +26,15 @@ pub mod state;
 pub mod traffic;
 /// Waiting on a condition with a deadline instead of sleeping and hoping.
 pub mod wait;
+
+/// A loopback port free at the time of asking, for a process under test to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// A name no other test run uses: `<prefix>-<8 hex digits>`.
 pub fn unique(prefix: &str) -> String {

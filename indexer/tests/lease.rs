@@ -17,11 +17,7 @@ async fn the_indexer_holds_its_lease_while_it_runs() {
     let client = rig().kube_client().await;
     let namespace = rig().create_namespace(&client, "lease-indexer").await;
     let kubeconfig = rig().kubeconfig().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = e2e::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_indexer"))
         .arg("run")
         .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())

@@ -18,11 +18,7 @@ use pipeline_contract::worker::lease;
 /// The indexer binary for `fixture` in `namespace` as pod `pod`, with `env` over the plaintext
 /// defaults; (child, its `/ready` URL).
 fn spawn(fixture: &Fixture, namespace: &str, pod: &str, env: &[(&str, &str)]) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = e2e::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_indexer"));
     command
         .arg("run")

@@ -83,11 +83,7 @@ async fn main() {
             .unwrap();
     }
     let log = std::env::temp_dir().join(format!("{namespace}-operator.log"));
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = e2e::free_port();
     let http = reqwest::Client::new();
     // (reconciles started, their total seconds) so far.
     let reconciles = || {

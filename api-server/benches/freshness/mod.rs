@@ -47,14 +47,6 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What the processes under test share.
 pub struct Setup {
     /// The index's refresh interval, in seconds: what freshness is compared with.
@@ -146,7 +138,7 @@ impl Setup {
             "no indexer at {} (cargo build --release -p indexer, or BENCH_INDEXER_BIN)",
             binary.display()
         );
-        let port = free_port();
+        let port = e2e::free_port();
         let child = self.spawn(
             &binary,
             &["run"],
@@ -165,7 +157,7 @@ impl Setup {
         http: &reqwest::Client,
         limits: &[(&str, String)],
     ) -> (Child, String) {
-        let port = free_port();
+        let port = e2e::free_port();
         let mut env = vec![
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("API_KEYS_FILE", self.keys.display().to_string()),

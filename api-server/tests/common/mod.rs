@@ -107,14 +107,6 @@ pub struct Server {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Server {
     pub async fn start(setup: &Setup) -> Self {
         Self::start_with(setup, &[]).await
@@ -129,7 +121,7 @@ impl Server {
 
     /// Starts the binary with the setup's settings plus `extra` env vars, without waiting.
     pub fn launch(setup: &Setup, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        let port = e2e::free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("api-server")));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_api-server"));
