@@ -6,7 +6,7 @@ SHELL := bash
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
 
-.PHONY: deps up down status image test test-opensearch3 unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator demo
+.PHONY: deps up down status image test test-opensearch3 unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator bench-peers demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
@@ -100,10 +100,17 @@ bench-e2e: up
 	cargo build --release -p indexer
 	cargo bench -p api-server --bench e2e
 
-## The operator managing 50 MessagePipelines: time to converge, peak RSS, time to delete.
-## BENCH_PIPELINES (50), BENCH_STEADY_SECS (60) tune it.
+## The operator managing 200 MessagePipelines: time to converge, peak RSS, time to delete.
+## BENCH_PIPELINES (200), BENCH_STEADY_SECS (60), BENCH_OPERATOR_CONCURRENCY tune it.
 bench-operator: up
 	cargo bench -p operator --bench pipelines
+
+## The indexer beside Benthos v4 (built by devstack/up) on the same 200,000 changes (creates,
+## edits, deletes) from the same topic into the same engine: events/s, peak RSS, CPU seconds,
+## and the index checked against the changes after one pass and after a replay of the first half.
+## BENCH_EVENTS (200000), BENCH_ROUNDS (3), BENTHOS_BATCH, BENTHOS_MAX_IN_FLIGHT tune it.
+bench-peers: up
+	cargo bench -p indexer --bench peers
 
 ## Static checks only (no rig needed; the build's packages are).
 check: deps fmt lint

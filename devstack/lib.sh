@@ -94,7 +94,7 @@ export MP_RIG_BRIDGE MP_RIG_ADDRESS MP_RIG_SERVICE_CIDR
 # Start order; `down` stops in reverse order.
 SERVICES=(kafka ferretdb ferretdb_secure opensearch opensearch_secure opensearch3 jaeger kube node)
 # Client tools (see "Tools" above).
-TOOLS=(helm schemathesis)
+TOOLS=(helm schemathesis benthos)
 
 mp_log() { printf 'devstack: %s\n' "$*" >&2; }
 mp_die() {

@@ -69,6 +69,7 @@ impl Rig {
             "KUBECTL",
             "HELM",
             "SCHEMATHESIS",
+            "BENTHOS",
             "RIG_ADDRESS",
             "WORKER_IMAGE",
             "WORKER_IMAGE_NEXT",
@@ -381,6 +382,12 @@ impl Rig {
             "schemathesis is not installed",
             "it installs schemathesis once",
         )
+    }
+
+    /// `benthos` (Benthos v4, built from the Go module proxy by `devstack/up`), the peer of
+    /// `make bench-peers`.
+    pub fn benthos(&self) -> std::process::Command {
+        self.tool("BENTHOS", "benthos is not built", "it builds benthos once")
     }
 
     /// The client tool whose path `devstack/up` wrote as `key`; panics saying how to get it.
