@@ -13,6 +13,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// What a `Debug` of settings shows for a secret: that one is set, never its value.
+pub fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
 /// The services a worker or the operator connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Service {
@@ -245,6 +250,12 @@ pub fn search_error_cause(error: &reqwest::Error) -> Option<Cause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_secret_says_only_whether_it_is_set() {
+        assert_eq!(redacted(&Some("hunter2".into())), Some("<redacted>"));
+        assert_eq!(redacted(&None), None);
+    }
 
     #[test]
     fn every_reason_names_its_service_and_cause_and_parses_back() {

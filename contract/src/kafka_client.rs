@@ -21,8 +21,8 @@ use crate::access::{RefusalLog, Refused, Service, kafka_cause};
 use crate::worker::env;
 
 /// Where Kafka is and how to authenticate: the part of a worker's configuration every one of
-/// its Kafka clients shares.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+/// its Kafka clients shares. Its `Debug` says whether a password is set, never the password.
+#[derive(Clone, Default, PartialEq, Eq, Args)]
 pub struct Connection {
     /// Kafka bootstrap servers.
     #[arg(long, env = env::KAFKA_BOOTSTRAP_SERVERS)]
@@ -38,6 +38,22 @@ pub struct Connection {
     pub sasl_password: Option<String>,
     #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
     pub ssl_ca_location: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &crate::access::redacted(&self.sasl_password),
+            )
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .finish()
+    }
 }
 
 impl Connection {
@@ -195,6 +211,21 @@ mod tests {
     use rdkafka::message::Headers;
 
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_sasl_password() {
+        let c = Connection {
+            sasl_username: Some("mp-indexer".into()),
+            sasl_password: Some("s3cret-sasl".into()),
+            ..Connection::plaintext("kafka:9093")
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-sasl"), "{shown}");
+        assert!(
+            shown.contains("mp-indexer") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_connection_sets_what_it_has_and_nothing_else() {

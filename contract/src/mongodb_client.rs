@@ -12,8 +12,9 @@ use crate::access::{Refused, Service, mongodb_cause};
 use crate::document::endpoint;
 use crate::worker::env;
 
-/// Where the messages are and how to reach them.
-#[derive(Debug, Clone, Args)]
+/// Where the messages are and how to reach them. Its `Debug` shows the URI's hosts, never its
+/// credentials or options.
+#[derive(Clone, Args)]
 pub struct MongoArgs {
     /// MongoDB connection string.
     #[arg(long, env = env::MONGODB_URI, hide_env_values = true)]
@@ -27,6 +28,17 @@ pub struct MongoArgs {
     /// The messages collection; the relay keeps its registrations in `<collection>_relay`.
     #[arg(long, env = env::MONGODB_COLLECTION, default_value = "messages")]
     pub mongodb_collection: String,
+}
+
+impl std::fmt::Debug for MongoArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoArgs")
+            .field("mongodb_uri", &self.endpoint())
+            .field("mongodb_ca_file", &self.mongodb_ca_file)
+            .field("mongodb_database", &self.mongodb_database)
+            .field("mongodb_collection", &self.mongodb_collection)
+            .finish()
+    }
 }
 
 impl MongoArgs {
@@ -61,4 +73,25 @@ pub fn refusal(error: &Error, endpoint: &str) -> Option<Refused> {
     let text = format!("{error} {error:?}");
     mongodb_cause(code, &text)
         .map(|cause| Refused::new(Service::MongoDb, cause, endpoint, error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_hosts_and_never_the_credentials() {
+        let args = MongoArgs {
+            mongodb_uri: "mongodb://mp-api:s3cret-mongo@db-0:27017,db-1:27017/?tls=true".into(),
+            mongodb_ca_file: None,
+            mongodb_database: "message_pipeline".into(),
+            mongodb_collection: "messages".into(),
+        };
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("s3cret-mongo") && !shown.contains("mp-api"),
+            "{shown}"
+        );
+        assert!(shown.contains("db-0:27017,db-1:27017"), "{shown}");
+    }
 }

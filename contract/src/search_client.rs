@@ -11,8 +11,9 @@ use clap::Args;
 use crate::install::SearchEndpoint;
 use crate::worker::env;
 
-/// How to authenticate to the search engine and which CA its certificate must chain to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+/// How to authenticate to the search engine and which CA its certificate must chain to. Its
+/// `Debug` says whether a password is set, never the password.
+#[derive(Clone, Default, PartialEq, Eq, Args)]
 pub struct SearchAccess {
     /// User of HTTP basic authentication.
     #[arg(long, env = env::ELASTICSEARCH_USERNAME)]
@@ -23,6 +24,19 @@ pub struct SearchAccess {
     /// the public roots (a private CA, as the Elastic and OpenSearch operators make).
     #[arg(long, env = env::ELASTICSEARCH_CA_CERT)]
     pub search_ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SearchAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchAccess")
+            .field("search_username", &self.search_username)
+            .field(
+                "search_password",
+                &crate::access::redacted(&self.search_password),
+            )
+            .field("search_ca_cert", &self.search_ca_cert)
+            .finish()
+    }
 }
 
 /// A search client that cannot be built; says which file and why.
@@ -94,6 +108,21 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, SearchAcces
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_search_password() {
+        let a = SearchAccess {
+            search_username: Some("mp-indexer".into()),
+            search_password: Some("s3cret-search".into()),
+            search_ca_cert: None,
+        };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("s3cret-search"), "{shown}");
+        assert!(
+            shown.contains("mp-indexer") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_missing_or_empty_ca_file_is_an_error_naming_it() {
