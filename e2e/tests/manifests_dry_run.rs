@@ -278,8 +278,8 @@ fn expected(entries: &[(&str, &str, usize)]) -> BTreeMap<(String, String), usize
         .collect()
 }
 
-/// The value of WATCH_NAMESPACE in the operator's Deployment, if set.
-fn watch_namespace_env(objects: &[Value]) -> Option<String> {
+/// The value of `name` in the env of the operator's Deployment, if set.
+fn operator_env(objects: &[Value], name: &str) -> Option<String> {
     let deployments: Vec<&Value> = objects
         .iter()
         .filter(|o| o["kind"] == "Deployment")
@@ -288,7 +288,7 @@ fn watch_namespace_env(objects: &[Value]) -> Option<String> {
     let env = &deployments[0]["spec"]["template"]["spec"]["containers"][0]["env"];
     env.as_array()?
         .iter()
-        .find(|v| v["name"] == "WATCH_NAMESPACE")
+        .find(|v| v["name"] == name)
         .map(|v| v["value"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -323,9 +323,14 @@ fn chart_lints_renders_and_every_object_is_accepted() {
         "objects of the chart with default values"
     );
     assert_eq!(
-        watch_namespace_env(&rendered),
+        operator_env(&rendered, "WATCH_NAMESPACE"),
         None,
         "WATCH_NAMESPACE must be unset (not empty) to watch every namespace"
+    );
+    assert_eq!(
+        operator_env(&rendered, "OPERATOR_CONCURRENCY").as_deref(),
+        Some("8"),
+        "the operator's default concurrency"
     );
     failures.extend(dry_run("helm template (default values)", &rendered));
 
@@ -354,9 +359,19 @@ fn chart_lints_renders_and_every_object_is_accepted() {
         "objects of the chart with watchNamespace set"
     );
     assert_eq!(
-        watch_namespace_env(&rendered),
+        operator_env(&rendered, "WATCH_NAMESPACE"),
         Some(watched_ns.clone()),
         "the operator's WATCH_NAMESPACE with watchNamespace set"
+    );
+    let concurrency = objects(
+        "helm template (concurrency=16)",
+        &render_chart(&release_ns, &["concurrency=16".to_owned()]),
+        None,
+    );
+    assert_eq!(
+        operator_env(&concurrency, "OPERATOR_CONCURRENCY").as_deref(),
+        Some("16"),
+        "the operator's OPERATOR_CONCURRENCY with concurrency set"
     );
     failures.extend(dry_run(&origin, &rendered));
 
