@@ -3,6 +3,8 @@
 //! Every test here talks to the real servers `devstack/up` starts. When one is not there, the
 //! test fails (never skips) with one line saying how to start the rig.
 
+/// Removing what a passed test made on the rig's engine and Kafka.
+pub mod cleanup;
 /// The operator installed with its chart, pipelines whose workers run as pods, and the checks
 /// every cluster scenario ends with.
 pub mod cluster;

@@ -19,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use messagepipeline_crd::MessagePipeline;
+use pipeline_contract::search::IndexLayout;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -783,6 +784,13 @@ async fn deletion_policy_delete_removes_topics_template_and_index_and_retain_kee
     )
     .await;
     assert_eq!(status, 200);
+    // What Retain kept is this test's to remove (the pipeline is gone, so Env's drop cannot).
+    let kept_topics = vec![
+        kept.spec.kafka.topic.name.clone(),
+        kept.spec.kafka.dlq_name(),
+    ];
+    let kept_layout = IndexLayout::new(kept.spec.elasticsearch.alias.clone()).unwrap();
+    e2e::cleanup::remove(&kept.spec.elasticsearch.url, &kept_layout, &kept_topics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

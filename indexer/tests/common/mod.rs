@@ -149,6 +149,17 @@ impl Fixture {
     }
 }
 
+/// A passed test's topics and index go with it (a failed one's stay, to show why).
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        e2e::cleanup::remove_after_test(
+            rig().search_url().to_owned(),
+            self.layout.clone(),
+            vec![self.topic.clone(), self.dlq.clone()],
+        );
+    }
+}
+
 pub fn event_record(event: &MessageEvent) -> (Option<String>, Vec<u8>, OwnedHeaders) {
     let headers = EventHeaders {
         correlation_id: "test".into(),

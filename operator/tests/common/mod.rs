@@ -17,6 +17,7 @@ use kube::{Client, ResourceExt};
 use messagepipeline_crd::{Condition, MessagePipeline};
 use operator::controller::{self, Context};
 use operator::metrics::Metrics;
+use pipeline_contract::search::IndexLayout;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -224,8 +225,10 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop.cancel();
-        // The namespace (and what is in it) goes; external state is per-test unique anyway.
+        // The namespace (and what is in it) goes; so do a passed test's topics and index (a
+        // failed one's stay, to show why).
         let (client, namespace) = (self.client.clone(), self.namespace.clone());
+        let passed = !std::thread::panicking();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -236,6 +239,13 @@ impl Drop for Env {
                 let api: Api<MessagePipeline> = Api::namespaced(client.clone(), &namespace);
                 if let Ok(list) = api.list(&Default::default()).await {
                     for mp in list {
+                        if passed {
+                            let (kafka, search) = (&mp.spec.kafka, &mp.spec.elasticsearch);
+                            if let Ok(layout) = IndexLayout::new(search.alias.clone()) {
+                                let topics = vec![kafka.topic.name.clone(), kafka.dlq_name()];
+                                e2e::cleanup::remove(&search.url, &layout, &topics).await;
+                            }
+                        }
                         let _ = api
                             .patch(
                                 &mp.name_any(),
