@@ -339,7 +339,9 @@ impl Pipeline {
         install.api()
     }
 
-    /// Waits until `check` holds for the resource (at most `timeout`); returns it.
+    /// Waits until `check` holds for the resource (at most `timeout`); returns it. On timeout the
+    /// panic shows what was last seen: the pipeline's conditions, and the install namespace's
+    /// pods with the end of their logs.
     pub async fn until(
         &self,
         install: &Install,
@@ -348,15 +350,23 @@ impl Pipeline {
         check: impl Fn(&MessagePipeline) -> bool,
     ) -> MessagePipeline {
         let api = self.mps(install);
-        wait::until(what, timeout, || {
-            let api = api.clone();
-            let check = &check;
-            async move {
-                let mp = api.get(&self.name).await.ok()?;
-                check(&mp).then_some(mp)
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Ok(mp) = api.get(&self.name).await {
+                if check(&mp) {
+                    return mp;
+                }
+                last = Some(mp);
             }
-        })
-        .await
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    diagnosis(install, last.as_ref()).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The api-server's Service as this machine reaches it ([`Rig::service_access`]): its
@@ -594,4 +604,49 @@ pub fn pod_ready(p: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What a timed-out wait shows: the pipeline's conditions as last seen, and each pod of the
+/// install's namespace with its phase, readiness and the last lines of its log.
+async fn diagnosis(install: &Install, mp: Option<&MessagePipeline>) -> String {
+    let mut out = String::new();
+    match mp.and_then(|mp| mp.status.as_ref()) {
+        Some(status) => {
+            for c in &status.conditions {
+                out += &format!("  {}={} {}: {}\n", c.type_, c.status, c.reason, c.message);
+            }
+        }
+        None => out += "  the pipeline has no status\n",
+    }
+    let pods: Api<Pod> = install.api();
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let ready: Vec<String> = status
+            .container_statuses
+            .unwrap_or_default()
+            .iter()
+            .map(|c| format!("{} ready={} restarts={}", c.name, c.ready, c.restart_count))
+            .collect();
+        out += &format!(
+            "  pod {name}: {} [{}]\n",
+            status.phase.unwrap_or_default(),
+            ready.join(", ")
+        );
+        let params = kube::api::LogParams {
+            tail_lines: Some(15),
+            ..Default::default()
+        };
+        if let Ok(log) = pods.logs(&name, &params).await {
+            for line in log.lines() {
+                out += &format!("    {line}\n");
+            }
+        }
+    }
+    out
 }
