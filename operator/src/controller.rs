@@ -1014,13 +1014,20 @@ pub async fn apply_children(
             }
         }
     };
-    // All at once: none needs another to exist first (a Deployment's pods wait for their
+    // The RoleBinding after its Role: binding a Role the operator may not `bind` is checked
+    // against the Role's rules, and the API server answers 404 while the Role is not there.
+    // Applied side by side, the binding's 404 ended the join and dropped the Role's apply with
+    // it, reconcile after reconcile, so the workers never got their permissions.
+    let rbac = async {
+        ssa::<Role>(client, namespace, &c.role).await?;
+        ssa::<RoleBinding>(client, namespace, &c.role_binding).await
+    };
+    // The rest at once: none needs another to exist first (a Deployment's pods wait for their
     // ServiceAccount, which is there a moment later), and one round trip after another was
     // most of a reconcile's time.
-    let (.., api, indexer, _, _, _, _, ()) = futures::try_join!(
+    let (_, _, api, indexer, _, _, _, _, ()) = futures::try_join!(
         ssa::<ServiceAccount>(client, namespace, &c.service_account),
-        ssa::<Role>(client, namespace, &c.role),
-        ssa::<RoleBinding>(client, namespace, &c.role_binding),
+        rbac,
         ssa::<Deployment>(client, namespace, &c.deployments.api),
         ssa::<Deployment>(client, namespace, &c.deployments.indexer),
         ssa::<Service>(client, namespace, &c.services.api),
