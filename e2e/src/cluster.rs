@@ -371,7 +371,9 @@ impl Pipeline {
 
     /// The api-server's Service as this machine reaches it ([`Rig::service_access`]): its
     /// ClusterIP through kube-proxy's rules where this machine is the node, else
-    /// [`Pipeline::api_forwarded`].
+    /// [`Pipeline::api_forwarded`]. A ClusterIP is returned once it answers `/live`: pods being
+    /// ready does not mean that kube-proxy has programmed their endpoints yet (until it has,
+    /// connections are refused).
     ///
     /// [`Rig::service_access`]: crate::rig::Rig::service_access
     pub async fn api_base(&self, install: &Install) -> String {
@@ -383,7 +385,22 @@ impl Pipeline {
                     .await
                     .unwrap();
                 let ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
-                format!("http://{ip}")
+                let base = format!("http://{ip}");
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap();
+                let live = format!("{base}/live");
+                wait::until(
+                    &format!("the api-server's Service at {base} to answer"),
+                    Duration::from_secs(60),
+                    || async {
+                        let answer = http.get(&live).send().await.ok()?;
+                        answer.status().is_success().then_some(())
+                    },
+                )
+                .await;
+                base
             }
             ServiceAccess::PortForward => self.api_forwarded(install).await,
         }
