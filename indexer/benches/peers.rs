@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::prometheus::scrape;
+use e2e::state::{Versions, newest};
 use e2e::{rig::rig, unique};
 use pipeline_contract::search::{IndexLayout, SearchDocument};
 use rdkafka::producer::FutureProducer;
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 mod changes;
 mod support;
-use changes::{Mix, events, final_state, produce_all};
+use changes::{Mix, events, produce_all};
 use support::{drop_layout, env_or, fresh_layout, median, raw_bulk};
 
 const BENTHOS_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer/benthos.yaml");
@@ -176,6 +177,12 @@ struct Check {
     resurrected: usize,
 }
 
+impl Check {
+    fn wrong(&self) -> usize {
+        self.stale + self.missing + self.resurrected
+    }
+}
+
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -188,11 +195,7 @@ impl std::fmt::Display for Check {
 
 /// Reads every document of `layout` (version and `deleted`; a delete either removed the
 /// document or left a tombstone) and compares them with `expected`.
-async fn check(
-    http: &reqwest::Client,
-    layout: &IndexLayout,
-    expected: &HashMap<Uuid, (u64, bool)>,
-) -> Check {
+async fn check(http: &reqwest::Client, layout: &IndexLayout, expected: &Versions) -> Check {
     let base = rig().search_url();
     let alias = layout.alias();
     http.post(format!("{base}/{alias}/_refresh"))
@@ -201,7 +204,7 @@ async fn check(
         .unwrap()
         .error_for_status()
         .unwrap();
-    let mut found: HashMap<Uuid, (u64, bool)> = HashMap::with_capacity(expected.len());
+    let mut found = Versions::with_capacity(expected.len());
     let first = http
         .post(format!("{base}/{alias}/_search?scroll=1m"))
         .json(&serde_json::json!({
@@ -279,7 +282,7 @@ async fn main() {
     e2e::kafka::create_topics(&[(&topic, 3), (&dlq, 3), (&replay, 3), (&replay_dlq, 3)]).await;
     let conversations: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
     let events = events(total, &conversations, Mix::WithDeletes);
-    let expected = final_state(&events);
+    let expected = newest(&events);
     let half = total / 2;
     let producer: FutureProducer = e2e::kafka::producer_config()
         .set("linger.ms", "20")
@@ -338,9 +341,7 @@ async fn main() {
             t.of_ceiling.push(rate / ceilings[round]);
             t.cpu.push(p.cpu_secs);
             t.rss_mib = t.rss_mib.max(p.rss_mib);
-            if c.stale + c.missing + c.resurrected
-                > t.worst.stale + t.worst.missing + t.worst.resurrected
-            {
+            if c.wrong() > t.worst.wrong() {
                 t.worst = c;
             }
             if round + 1 == rounds {

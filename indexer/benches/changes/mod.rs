@@ -3,7 +3,6 @@
 //! relay produces them (key, headers, JSON value).
 #![allow(dead_code)] // Each benchmark uses its own part of it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -67,16 +66,6 @@ pub fn events(total: usize, conversations: &[Uuid], mix: Mix) -> Vec<MessageEven
         }
     }
     out
-}
-
-/// Where each message ends after `events`: its last version, and whether that was a delete.
-pub fn final_state(events: &[MessageEvent]) -> HashMap<Uuid, (u64, bool)> {
-    let mut state = HashMap::new();
-    for e in events {
-        let id = MessageId::of(e).unwrap();
-        state.insert(id.id, (id.version, matches!(e, MessageEvent::Deleted(_))));
-    }
-    state
 }
 
 /// The relay's headers for `event`, stamped `at`.
