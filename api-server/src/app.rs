@@ -45,6 +45,9 @@ pub enum RunError {
     TenantLimits(String),
 }
 
+/// Longest wait on shutdown for the writes under way to finish.
+const FINISH_WRITES: Duration = Duration::from_secs(10);
+
 /// Every minute, the rate state of tenants back at their full allowance is dropped.
 async fn forget_idle_tenants(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -64,7 +67,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let Some(store) = open_store(&config, &metrics, &shutdown).await? else {
         return Ok(());
     };
-    let outbox = Outbox::new(config.relay.relay_max_pending);
+    let outbox = Outbox::new(config.relay.relay_max_pending, config.relay.overlap());
     // Fails early on bad Kafka settings; a down broker is fine (the relay waits for it).
     drop(crate::relay::producer(
         &config.kafka,
@@ -120,8 +123,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         shutdown.clone(),
     ));
 
-    let served = serve(config.http_addr, state, &shutdown).await;
-    // Requests are done: every acknowledged change is in the outbox or in MongoDB.
+    let served = serve(config.http_addr, Arc::clone(&state), &shutdown).await;
+    // Requests are done; the writes they started may not be (a client that hung up does not
+    // wait for its write). Once they are, every change is in the outbox, or in doubt there.
+    if !state.messages.finish_writes(FINISH_WRITES).await {
+        tracing::warn!(
+            "writes still under way after {FINISH_WRITES:?}: the relay's registration keeps them owed"
+        );
+    }
     relay_stop.cancel();
     let _ = purge_task.await;
     let _ = lease.await;

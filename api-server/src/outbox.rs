@@ -5,13 +5,21 @@
 //!   the write is in flight;
 //! - when the write is acknowledged by MongoDB the ticket becomes a pending record (the event of
 //!   the document's new state); when MongoDB answered "not matched" the ticket is simply dropped;
-//! - when the outcome is unknown (an error after the request left), or memory is full, the change
-//!   is not held in memory: the outbox asks for a *recovery scan* of MongoDB from its stamp.
+//! - when the outcome is unknown (an error after the request may have left, a task that never
+//!   finished), the change is *in doubt*: the server may still apply it. A doubt keeps holding
+//!   the watermark at its stamp for the settle time (the relay's overlap), and only then becomes
+//!   a *recovery scan* of MongoDB from its stamp, which finds the write if it landed;
+//! - when memory is full the change is not held in memory: the outbox asks for a scan from its
+//!   stamp at once (MongoDB acknowledged it, so it is there to be found).
 //!
 //! The **watermark** `W` is the time before which every change is published: the smallest of the
-//! stamps of writes in flight, of pending records, and of the recovery scan's cursor (or the
+//! stamps of writes in flight, of doubts, of pending records, and of the scans wanted (or the
 //! clock when there is none of these). It only moves forward, and it is what the relay persists:
 //! after a crash, scanning from `W − overlap` finds every change that might not be on Kafka.
+//!
+//! A scan asked for while a page of the scan is being read is kept apart ([`State::requested`])
+//! until the next page starts: that page's read may have begun before the change it looks for
+//! landed, so its end must not clear the request.
 //!
 //! The watermark is this process's own: with several replicas each registers its own (module
 //! `replicas`). Writes begin only while the relay vouches for this process's registration
@@ -19,20 +27,24 @@
 //! write it might fail to publish.
 //!
 //! It does no I/O: the relay task (module `relay`) sends, scans and persists; this module only
-//! decides what to send and how far the watermark may go, which makes it table-testable.
+//! decides what to send and how far the watermark may go, which makes it table-testable, and
+//! the model test (`model`) drives it through random interleavings against a simulated
+//! MongoDB and Kafka.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pipeline_contract::kafka::{EventHeaders, MessageId};
-use pipeline_contract::telemetry;
 use pipeline_contract::time::Timestamp;
 use pipeline_contract::worker::lease::RelayBacklog;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::store::{After, CorruptDocument, StoredMessage};
+
+#[cfg(test)]
+mod model;
 
 /// One change ready to go to Kafka: key, value and headers per the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +90,20 @@ pub struct PendingKey {
     pub version: u64,
 }
 
+/// The time in milliseconds since the epoch, as the outbox reads it (the wall clock in
+/// production, a simulated one in the model test).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn wall_clock() -> i64 {
+    Timestamp::now().timestamp_millis()
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Writes in flight: (stamp, ticket number).
     writing: BTreeMap<(i64, u64), ()>,
+    /// Writes whose outcome is unknown: (stamp, ticket number) → when they become a scan.
+    doubts: BTreeMap<(i64, u64), i64>,
     next_ticket: u64,
     /// The largest stamp handed out: stamps never go backwards, even if the clock does.
     last_stamp: i64,
@@ -92,8 +114,11 @@ struct State {
     /// The newest version of each message this process has queued or published, with its stamp:
     /// a scan skips what is already covered. Pruned behind the watermark.
     known: HashMap<Uuid, (u64, i64)>,
-    /// Where the recovery scan continues; `None` when none is needed.
+    /// Where the recovery scan continues; `None` when none is under way.
     recovery: Option<After>,
+    /// The earliest scan asked for since the current page began: merged into `recovery` when
+    /// the next page starts (see the module documentation).
+    requested: Option<After>,
     /// Watermark last reported (never decreases).
     watermark: i64,
     /// Changes left to the scan because memory was full.
@@ -109,19 +134,31 @@ struct State {
 pub struct Unvouched;
 
 /// The shared outbox (see the module documentation).
-#[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     max_pending: usize,
+    /// How long a write in doubt holds the watermark before the scan looks for it.
+    settle_ms: i64,
+    clock: Clock,
     /// Woken after every committed write and every scan request.
     pub wake: Notify,
     /// Notified when the relay vouches for this process (start-up waits for the first time).
     pub vouched: Notify,
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("max_pending", &self.max_pending)
+            .field("settle_ms", &self.settle_ms)
+            .field("snapshot", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A write in flight. Dropping it without [`Outbox::committed`] or [`Ticket::not_written`] means
-/// the outcome is unknown: the outbox then asks for a scan from its stamp, so a write that did
-/// reach MongoDB is never skipped.
+/// the outcome is unknown: the change is then in doubt (see the module documentation), so a
+/// write that did reach MongoDB, even after its caller gave up on it, is never skipped.
 #[derive(Debug)]
 pub struct Ticket {
     outbox: Arc<Outbox>,
@@ -149,9 +186,12 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.settled {
+            let now = (self.outbox.clock)();
             let mut state = self.outbox.lock();
-            state.writing.remove(&(self.stamp, self.number));
-            request_scan(&mut state, self.stamp);
+            let key = (self.stamp, self.number);
+            state.writing.remove(&key);
+            let settles_at = now.max(self.stamp).saturating_add(self.outbox.settle_ms);
+            state.doubts.insert(key, settles_at);
             drop(state);
             self.outbox.wake.notify_one();
         }
@@ -163,10 +203,33 @@ fn request_scan(state: &mut State, from_millis: i64) {
         millis: from_millis,
         id: String::new(),
     };
-    match &state.recovery {
-        Some(current) if (current.millis, current.id.as_str()) <= (from.millis, "") => {}
-        _ => state.recovery = Some(from),
+    if state
+        .requested
+        .as_ref()
+        .is_none_or(|r| r.millis > from_millis)
+    {
+        state.requested = Some(from);
     }
+}
+
+/// Doubts whose settle time has come become scan requests from their stamps.
+fn settle_doubts(state: &mut State, now: i64) {
+    // Ordered by stamp, not by settle time: look at every one.
+    let due: Vec<(i64, u64)> = state
+        .doubts
+        .iter()
+        .filter(|&(_, &at)| at <= now)
+        .map(|(&key, _)| key)
+        .collect();
+    for key in due {
+        state.doubts.remove(&key);
+        request_scan(state, key.0);
+    }
+}
+
+/// Whether the cursor `(millis, id)` is at or before `other`.
+fn at_or_before(cursor: &After, other: &After) -> bool {
+    (cursor.millis, cursor.id.as_str()) <= (other.millis, other.id.as_str())
 }
 
 /// What the relay's gauges show.
@@ -175,15 +238,31 @@ pub struct Snapshot {
     pub watermark: i64,
     pub pending: usize,
     pub writing: usize,
+    /// Writes whose outcome is unknown, not yet looked for.
+    pub doubtful: usize,
+    /// A scan is under way or wanted.
     pub recovering: bool,
     pub overflowed: u64,
 }
 
 impl Outbox {
-    pub fn new(max_pending: usize) -> Arc<Self> {
+    /// An outbox on the wall clock; a write in doubt is looked for `settle` after its outcome
+    /// became unknown.
+    pub fn new(max_pending: usize, settle: Duration) -> Arc<Self> {
+        Self::with_clock(
+            max_pending,
+            i64::try_from(settle.as_millis()).unwrap_or(i64::MAX),
+            Arc::new(wall_clock),
+        )
+    }
+
+    /// An outbox reading the time from `clock` (the model test's simulated time).
+    pub fn with_clock(max_pending: usize, settle_ms: i64, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             max_pending: max_pending.max(1),
+            settle_ms: settle_ms.max(0),
+            clock,
             wake: Notify::new(),
             vouched: Notify::new(),
         })
@@ -200,7 +279,7 @@ impl Outbox {
         if !self.is_vouched(Instant::now()) {
             return Err(Unvouched);
         }
-        Ok(self.begin_at(Timestamp::now().timestamp_millis()))
+        Ok(self.begin_at((self.clock)()))
     }
 
     /// The relay persisted this process's registration: writes may begin until `until`.
@@ -229,11 +308,11 @@ impl Outbox {
     }
 
     /// MongoDB acknowledged the write of `doc` (whose `updatedAt` is the ticket's stamp): its
-    /// event becomes pending.
-    pub fn committed(&self, mut ticket: Ticket, doc: &StoredMessage) {
+    /// event becomes pending. `origin` is the `traceparent` of the request that made it.
+    pub fn committed(&self, mut ticket: Ticket, doc: &StoredMessage, origin: Option<String>) {
         ticket.settled = true;
         let record = OutboundRecord::of(doc).map(|mut record| {
-            record.origin = telemetry::traceparent(&tracing::Span::current());
+            record.origin = origin;
             record
         });
         let mut state = self.lock();
@@ -313,7 +392,7 @@ impl Outbox {
         self.lock().sending.remove(&key);
     }
 
-    /// Asks for a scan from `from_millis` (tests: production asks through a ticket's drop and
+    /// Asks for a scan from `from_millis` (tests: production asks through a settled doubt and
     /// a full outbox).
     #[cfg(test)]
     fn request_scan(&self, from_millis: i64) {
@@ -321,11 +400,23 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Where the scan should continue, if one is needed and memory has room for what it finds.
+    /// Where the next page of the scan starts, if a scan is wanted and memory has room for what
+    /// it finds. Scans asked for until now join it here; the relay reads the page and then
+    /// calls [`Self::scanned`] with this cursor.
     pub fn scan_cursor(&self) -> Option<After> {
-        let state = self.lock();
+        let now = (self.clock)();
+        let mut state = self.lock();
+        settle_doubts(&mut state, now);
         if !self.has_room(&state) {
             return None;
+        }
+        if let Some(asked) = state.requested.take()
+            && !state
+                .recovery
+                .as_ref()
+                .is_some_and(|current| at_or_before(current, &asked))
+        {
+            state.recovery = Some(asked);
         }
         state.recovery.clone()
     }
@@ -344,8 +435,9 @@ impl Outbox {
         self.lock().pending.first_key_value().map(|(k, _)| k.stamp)
     }
 
-    /// The scan from `from` read a page ending at `last` (`None`: nothing found); `complete`
-    /// when the page was not full. A cursor moved meanwhile by another request is kept.
+    /// The page from `from` (a cursor [`Self::scan_cursor`] gave) was read and ended at `last`
+    /// (`None`: nothing found); `complete` when the page was not full. A cursor moved meanwhile
+    /// by another request is kept.
     pub fn scanned(&self, from: &After, last: Option<After>, complete: bool) {
         let mut state = self.lock();
         if state.recovery.as_ref() != Some(from) {
@@ -355,16 +447,20 @@ impl Outbox {
     }
 
     /// Whether everything held in memory is published (shutdown waits for this; a scan still
-    /// wanted is left to whoever adopts this process's registration).
+    /// wanted, a doubt included, is left to whoever adopts this process's registration).
     pub fn is_drained(&self) -> bool {
         let state = self.lock();
         state.writing.is_empty() && state.pending.is_empty()
     }
 
-    /// Whether nothing at all is owed: drained, and no scan wanted.
+    /// Whether nothing at all is owed: drained, no write in doubt and no scan wanted.
     pub fn owes_nothing(&self) -> bool {
         let state = self.lock();
-        state.writing.is_empty() && state.pending.is_empty() && state.recovery.is_none()
+        state.writing.is_empty()
+            && state.doubts.is_empty()
+            && state.pending.is_empty()
+            && state.recovery.is_none()
+            && state.requested.is_none()
     }
 
     /// The changes held in memory and not yet on Kafka, counted by age bucket at `now`
@@ -379,20 +475,25 @@ impl Outbox {
 
     /// The watermark now; forgets known versions that fell behind it by more than `keep_ms`.
     pub fn watermark(&self, keep_ms: i64) -> i64 {
-        self.watermark_at(Timestamp::now().timestamp_millis(), keep_ms)
+        self.watermark_at((self.clock)(), keep_ms)
     }
 
     fn watermark_at(&self, now: i64, keep_ms: i64) -> i64 {
         let mut state = self.lock();
+        settle_doubts(&mut state, now);
         let mut w = now.max(state.last_stamp);
-        if let Some((&(stamp, _), _)) = state.writing.first_key_value() {
-            w = w.min(stamp);
-        }
-        if let Some((key, _)) = state.pending.first_key_value() {
-            w = w.min(key.stamp);
-        }
-        if let Some(cursor) = &state.recovery {
-            w = w.min(cursor.millis);
+        let bounds = [
+            state
+                .writing
+                .first_key_value()
+                .map(|(&(stamp, _), _)| stamp),
+            state.doubts.first_key_value().map(|(&(stamp, _), _)| stamp),
+            state.pending.first_key_value().map(|(key, _)| key.stamp),
+            state.recovery.as_ref().map(|c| c.millis),
+            state.requested.as_ref().map(|c| c.millis),
+        ];
+        for bound in bounds.into_iter().flatten() {
+            w = w.min(bound);
         }
         // A scan requested below the reported watermark does not move it back.
         w = w.max(state.watermark);
@@ -408,23 +509,27 @@ impl Outbox {
             watermark: state.watermark,
             pending: state.pending.len(),
             writing: state.writing.len(),
-            recovering: state.recovery.is_some(),
+            doubtful: state.doubts.len(),
+            recovering: state.recovery.is_some() || state.requested.is_some(),
             overflowed: state.overflowed,
         }
     }
 
     /// Age in milliseconds of the oldest change not yet on Kafka (0 when there is none).
     pub fn lag_millis(&self) -> i64 {
-        let now = Timestamp::now().timestamp_millis();
+        let now = (self.clock)();
         let state = self.lock();
         let oldest = [
             state.writing.first_key_value().map(|(&(s, _), _)| s),
+            state.doubts.first_key_value().map(|(&(s, _), _)| s),
             state.pending.first_key_value().map(|(k, _)| k.stamp),
             // A scan re-reading below the watermark is not lag by itself.
             state
                 .recovery
-                .as_ref()
-                .map(|c| c.millis.max(state.watermark)),
+                .iter()
+                .chain(state.requested.iter())
+                .map(|c| c.millis.max(state.watermark))
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -444,7 +549,15 @@ fn remember(state: &mut State, key: PendingKey) {
 mod tests {
     use mongodb::bson::DateTime;
 
+    use std::sync::atomic::{AtomicI64, Ordering};
+
     use super::*;
+
+    /// An outbox whose doubts settle at once, on a clock standing at zero (the tests pass the
+    /// time to `begin_at` and `watermark_at`).
+    fn outbox(max_pending: usize) -> Arc<Outbox> {
+        Outbox::with_clock(max_pending, 0, Arc::new(|| 0))
+    }
 
     fn doc(id: u128, version: i64, stamp: i64) -> StoredMessage {
         StoredMessage {
@@ -479,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_watermark_waits_for_writes_in_flight_and_unpublished_records() {
-        let outbox = Outbox::new(100);
+        let outbox = outbox(100);
         assert_eq!(outbox.watermark_at(1_000, 0), 1_000);
         let a = outbox.begin_at(1_010);
         let b = outbox.begin_at(1_020);
@@ -488,9 +601,10 @@ mod tests {
         assert_eq!(c.stamp().timestamp_millis(), 1_020);
         assert_eq!(outbox.watermark_at(1_030, 0), 1_010);
         // B commits first: still bounded by A, in flight.
-        outbox.committed(b, &doc(2, 1, 1_020));
+        outbox.committed(b, &doc(2, 1, 1_020), None);
         assert_eq!(outbox.watermark_at(1_040, 0), 1_010);
-        // A wrote nothing; C's outcome is unknown (dropped): a scan from its stamp is needed.
+        // A wrote nothing; C's outcome is unknown (dropped): a scan from its stamp is needed
+        // (at once here: this outbox's doubts settle at once).
         a.not_written();
         drop(c);
         assert_eq!(outbox.watermark_at(1_050, 0), 1_020);
@@ -514,11 +628,11 @@ mod tests {
 
     #[test]
     fn a_full_outbox_leaves_changes_to_the_scan() {
-        let outbox = Outbox::new(1);
+        let outbox = outbox(1);
         let t1 = outbox.begin_at(10);
         let t2 = outbox.begin_at(20);
-        outbox.committed(t1, &doc(1, 1, 10));
-        outbox.committed(t2, &doc(2, 1, 20));
+        outbox.committed(t1, &doc(1, 1, 10), None);
+        outbox.committed(t2, &doc(2, 1, 20), None);
         let snap = outbox.snapshot();
         assert_eq!((snap.pending, snap.overflowed), (1, 1));
         assert_eq!(outbox.watermark_at(30, 1_000), 10);
@@ -551,9 +665,9 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_not_skipped_and_an_older_one_is() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         let t = outbox.begin_at(100);
-        outbox.committed(t, &doc(1, 3, 100));
+        outbox.committed(t, &doc(1, 3, 100), None);
         assert!(!outbox.recovered(&doc(1, 2, 90)).unwrap());
         assert!(!outbox.recovered(&doc(1, 3, 100)).unwrap());
         assert!(outbox.recovered(&doc(1, 4, 110)).unwrap());
@@ -561,7 +675,7 @@ mod tests {
 
     #[test]
     fn an_earlier_scan_request_wins_and_a_scan_below_the_watermark_does_not_lower_it() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         assert_eq!(outbox.watermark_at(1_000, 0), 1_000);
         outbox.request_scan(500);
         outbox.request_scan(700);
@@ -576,9 +690,9 @@ mod tests {
 
     #[test]
     fn known_versions_are_forgotten_behind_the_watermark() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         let t = outbox.begin_at(100);
-        outbox.committed(t, &doc(1, 1, 100));
+        outbox.committed(t, &doc(1, 1, 100), None);
         let sent = outbox.take_unsent(1);
         outbox.published(sent[0].0);
         outbox.watermark_at(120, 50);
@@ -589,7 +703,7 @@ mod tests {
 
     #[test]
     fn writes_begin_only_while_the_relay_vouches_for_this_process() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         assert_eq!(outbox.begin().unwrap_err(), Unvouched, "not registered yet");
         let now = Instant::now();
         outbox.vouch(now + std::time::Duration::from_secs(15));
@@ -599,11 +713,11 @@ mod tests {
 
     #[test]
     fn the_backlog_counts_unpublished_changes_by_age() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         assert_eq!(outbox.oldest_pending_stamp(), None);
         for (id, stamp) in [(1, 1_000), (2, 50_000), (3, 95_000), (4, 99_000)] {
             let t = outbox.begin_at(stamp);
-            outbox.committed(t, &doc(id, 1, stamp));
+            outbox.committed(t, &doc(id, 1, stamp), None);
         }
         // At 100 s: 99 s old (over 1m), 50 s (over 10s), 5 s and 1 s (clear).
         assert_eq!(outbox.pending_by_age(100_000), [2, 1, 1, 0]);
@@ -614,5 +728,69 @@ mod tests {
         }
         assert_eq!(outbox.pending_by_age(100_000), [0; 4]);
         assert!(outbox.owes_nothing());
+    }
+
+    /// An outbox whose doubts settle after 100 ms, on a clock the test moves.
+    fn clocked(max_pending: usize) -> (Arc<Outbox>, Arc<AtomicI64>) {
+        let now = Arc::new(AtomicI64::new(0));
+        let clock = Arc::clone(&now);
+        let outbox = Outbox::with_clock(
+            max_pending,
+            100,
+            Arc::new(move || clock.load(Ordering::SeqCst)),
+        );
+        (outbox, now)
+    }
+
+    #[test]
+    fn a_write_in_doubt_holds_the_watermark_until_it_settles_then_is_scanned_for() {
+        let (outbox, now) = clocked(10);
+        now.store(1_000, Ordering::SeqCst);
+        let t = outbox.begin_at(1_000);
+        // The outcome became unknown at 1 050 (an error, a task that never finished): the server
+        // may still apply the write, so no scan yet, and the watermark stays at its stamp.
+        now.store(1_050, Ordering::SeqCst);
+        drop(t);
+        assert_eq!(outbox.snapshot().doubtful, 1);
+        assert_eq!(outbox.scan_cursor(), None, "not before it settles");
+        assert_eq!(outbox.watermark_at(1_149, 0), 1_000);
+        assert!(!outbox.owes_nothing());
+        assert_eq!(outbox.lag_millis(), 50);
+        // 100 ms after the outcome became unknown: the scan looks for it from its stamp.
+        now.store(1_150, Ordering::SeqCst);
+        let cursor = outbox.scan_cursor().expect("a scan from the stamp");
+        assert_eq!((cursor.millis, cursor.id.as_str()), (1_000, ""));
+        assert_eq!(outbox.snapshot().doubtful, 0);
+        assert_eq!(outbox.watermark_at(1_200, 0), 1_000);
+        // The scan finds it: published, the watermark moves on.
+        assert!(outbox.recovered(&doc(1, 1, 1_000)).unwrap());
+        outbox.scanned(&cursor, None, true);
+        for (key, _) in outbox.take_unsent(10) {
+            outbox.published(key);
+        }
+        assert!(outbox.owes_nothing());
+        assert_eq!(outbox.watermark_at(1_300, 0), 1_300);
+    }
+
+    #[test]
+    fn a_scan_asked_for_while_a_page_is_read_is_not_cleared_by_that_page() {
+        let (outbox, now) = clocked(10);
+        now.store(1_000, Ordering::SeqCst);
+        outbox.request_scan(500);
+        let page = outbox.scan_cursor().unwrap();
+        assert_eq!(page.millis, 500);
+        // While the page is read (from before the write at 800 landed), a scan from 800 is
+        // asked for: the page's end must not clear it.
+        outbox.request_scan(800);
+        outbox.scanned(&page, None, true);
+        assert!(!outbox.owes_nothing());
+        assert_eq!(outbox.watermark_at(1_000, 0), 800);
+        let next = outbox
+            .scan_cursor()
+            .expect("the later request, on its own page");
+        assert_eq!(next.millis, 800);
+        outbox.scanned(&next, None, true);
+        assert!(outbox.owes_nothing());
+        assert_eq!(outbox.watermark_at(1_100, 0), 1_100);
     }
 }

@@ -7,14 +7,25 @@
 //! takes an outbox ticket before it stamps the time, and settles it with what MongoDB answered,
 //! so the relay can never skip an acknowledged change.
 //!
+//! **A write belongs to no request.** Each create, update and delete runs as a task of its own
+//! that the request only waits for: a client that hangs up, times out or retries drops its
+//! request, never the write, its per-id lock or its ticket, so the ticket is settled with what
+//! MongoDB really answered (ARCHITECTURE.md, Relay: "the obligation to publish belongs to the
+//! write"). A stop waits for these tasks ([`Messages::finish_writes`]) before the relay drains.
+//!
 //! It knows nothing of HTTP beyond answering with [`Problem`]s; handlers parse and render.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mongodb::error::ErrorKind;
+use pipeline_contract::telemetry;
 use pipeline_contract::time::Timestamp;
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, MutexGuard};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::etag::IfMatch;
@@ -48,8 +59,17 @@ pub struct Page {
     pub next: Option<After>,
 }
 
-#[derive(Debug)]
+/// The message service; cheap to clone (its state is shared).
+#[derive(Debug, Clone)]
 pub struct Messages {
+    inner: Arc<Writer>,
+    /// The write tasks under way (see the module documentation).
+    writes: TaskTracker,
+}
+
+/// What the write tasks share.
+#[derive(Debug)]
+struct Writer {
     store: Store,
     inserts: GroupCommit,
     outbox: Arc<Outbox>,
@@ -117,6 +137,12 @@ fn unvouched(error: Unvouched) -> Problem {
     Problem::unavailable(error.to_string())
 }
 
+/// The `traceparent` of the request this write serves, when traced (its task runs in the
+/// request's span).
+fn origin() -> Option<String> {
+    telemetry::traceparent(&tracing::Span::current())
+}
+
 fn not_found(id: Uuid) -> Problem {
     Problem::not_found(format!("no message {id}"))
 }
@@ -124,30 +150,178 @@ fn not_found(id: Uuid) -> Problem {
 impl Messages {
     pub fn new(store: Store, inserts: GroupCommit, outbox: Arc<Outbox>) -> Self {
         Self {
-            store,
-            inserts,
-            outbox,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            inner: Arc::new(Writer {
+                store,
+                inserts,
+                outbox,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            }),
+            writes: TaskTracker::new(),
         }
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
     /// Whether writes are taken (the relay vouches for this process's registration).
     pub fn accepts_writes(&self) -> bool {
-        self.outbox.is_vouched(std::time::Instant::now())
+        self.inner.outbox.is_vouched(std::time::Instant::now())
     }
 
+    /// Runs `work` as a task of its own, in the caller's span, and waits for its answer; the
+    /// task goes on if the caller stops waiting.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, Problem>> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let task = self.writes.spawn(work.in_current_span());
+        task.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "a write task failed");
+            Err(Problem::internal())
+        })
+    }
+
+    /// Stops taking writes and waits, at most `within`, for those under way; `false` when some
+    /// are still running (their tickets hold the watermark that the relay persists).
+    pub async fn finish_writes(&self, within: Duration) -> bool {
+        self.writes.close();
+        tokio::time::timeout(within, self.writes.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Creates a message; with an idempotency key, a retry gets the original.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        new: NewMessage,
+        key: Option<&IdempotencyKey>,
+        correlation_id: &str,
+    ) -> Result<(Message, Created), Problem> {
+        let (writer, tenant, key) = (Arc::clone(&self.inner), tenant.to_owned(), key.cloned());
+        let correlation_id = correlation_id.to_owned();
+        self.detached(async move {
+            writer
+                .create(&tenant, new, key.as_ref(), &correlation_id)
+                .await
+        })
+        .await
+    }
+
+    /// The tenant's live message.
+    pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Message, Problem> {
+        let doc = self
+            .inner
+            .store
+            .get(tenant, &id.to_string())
+            .await
+            .map_err(store_problem)?;
+        match doc {
+            Some(doc) if !doc.deleted => doc.to_message().map_err(|e| store_problem(e.into())),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Applies a patch (content and/or metadata); `If-Match` must name the current version.
+    pub async fn update(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        patch: MessagePatch,
+        if_match: Option<&IfMatch>,
+        correlation_id: &str,
+    ) -> Result<Message, Problem> {
+        let (writer, tenant, if_match) = (
+            Arc::clone(&self.inner),
+            tenant.to_owned(),
+            if_match.cloned(),
+        );
+        let correlation_id = correlation_id.to_owned();
+        self.detached(async move {
+            writer
+                .update(&tenant, id, patch, if_match.as_ref(), &correlation_id)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes a message: it becomes a hidden tombstone until the purge.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        if_match: Option<&IfMatch>,
+        correlation_id: &str,
+    ) -> Result<(), Problem> {
+        let (writer, tenant, if_match) = (
+            Arc::clone(&self.inner),
+            tenant.to_owned(),
+            if_match.cloned(),
+        );
+        let correlation_id = correlation_id.to_owned();
+        self.detached(async move {
+            writer
+                .change(&tenant, id, if_match.as_ref(), &correlation_id, |_| {
+                    Change::Delete
+                })
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// A page of a conversation's live messages, newest first.
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conversation: Uuid,
+        after: Option<&After>,
+        limit: usize,
+    ) -> Result<Page, Problem> {
+        let want = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut docs = self
+            .inner
+            .store
+            .conversation_page(tenant, &conversation.to_string(), after, want + 1)
+            .await
+            .map_err(store_problem)?;
+        let more = docs.len() > limit;
+        docs.truncate(limit);
+        let next = more.then(|| docs.last()).flatten().map(|d| After {
+            millis: d.timestamp.timestamp_millis(),
+            id: d.id.clone(),
+        });
+        let items = docs
+            .iter()
+            .map(StoredMessage::to_message)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| store_problem(e.into()))?;
+        Ok(Page { items, next })
+    }
+
+    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka: older than
+    /// every replica's watermark, this process's included.
+    pub async fn purge(&self, deleted_before: Timestamp) -> Result<u64, StoreError> {
+        let own = self.inner.outbox.snapshot().watermark;
+        let store = &self.inner.store;
+        let lowest = store.lowest_watermark().await?.map_or(own, |w| w.min(own));
+        let published_before = Timestamp::from_millis(lowest)
+            .unwrap_or_else(|| Timestamp::from_millis(0).expect("epoch"));
+        store
+            .purge_tombstones(deleted_before, published_before)
+            .await
+    }
+}
+
+impl Writer {
     async fn lock(&self, id: Uuid) -> MutexGuard<'_, ()> {
         let (hi, lo) = id.as_u64_pair();
         let stripe = usize::try_from((hi ^ lo) % STRIPES as u64).unwrap_or(0);
         self.stripes[stripe].lock().await
     }
 
-    /// Creates a message; with an idempotency key, a retry gets the original.
-    pub async fn create(
+    async fn create(
         &self,
         tenant: &str,
         new: NewMessage,
@@ -181,7 +355,7 @@ impl Messages {
         let doc = committed.doc;
         match committed.outcome {
             Outcome::Inserted => {
-                self.outbox.committed(ticket, &doc);
+                self.outbox.committed(ticket, &doc, origin());
                 let message = doc.to_message().map_err(|e| store_problem(e.into()))?;
                 return Ok((message, Created::New));
             }
@@ -190,8 +364,8 @@ impl Messages {
                 ticket.not_written();
                 return Err(refused_problem(code, &message));
             }
-            // An insert that failed may still have been applied: the ticket's drop asks the
-            // relay to look (see `outbox::Ticket`).
+            // An insert that failed may still have been applied: the ticket's drop puts it in
+            // doubt, and the relay looks for it once it settles (see `outbox::Ticket`).
             Outcome::Failed(error) => return Err(write_problem(error.into())),
         }
         let existing = self
@@ -213,21 +387,7 @@ impl Messages {
         }
     }
 
-    /// The tenant's live message.
-    pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Message, Problem> {
-        let doc = self
-            .store
-            .get(tenant, &id.to_string())
-            .await
-            .map_err(store_problem)?;
-        match doc {
-            Some(doc) if !doc.deleted => doc.to_message().map_err(|e| store_problem(e.into())),
-            _ => Err(not_found(id)),
-        }
-    }
-
-    /// Applies a patch (content and/or metadata); `If-Match` must name the current version.
-    pub async fn update(
+    async fn update(
         &self,
         tenant: &str,
         id: Uuid,
@@ -252,19 +412,6 @@ impl Messages {
             })
             .await?;
         doc.to_message().map_err(|e| store_problem(e.into()))
-    }
-
-    /// Deletes a message: it becomes a hidden tombstone until the purge.
-    pub async fn delete(
-        &self,
-        tenant: &str,
-        id: Uuid,
-        if_match: Option<&IfMatch>,
-        correlation_id: &str,
-    ) -> Result<(), Problem> {
-        self.change(tenant, id, if_match, correlation_id, |_| Change::Delete)
-            .await
-            .map(drop)
     }
 
     async fn change(
@@ -297,7 +444,7 @@ impl Messages {
                 .map_err(write_problem)?;
             if applied {
                 let next = changed(current, &change, at, correlation_id);
-                self.outbox.committed(ticket, &next);
+                self.outbox.committed(ticket, &next, origin());
                 return Ok(next);
             }
             // Another process changed it between our read and write: with `If-Match` the
@@ -314,50 +461,6 @@ impl Messages {
         Err(Problem::conflict(
             "the message kept changing under this request; retry",
         ))
-    }
-
-    /// A page of a conversation's live messages, newest first.
-    pub async fn conversation(
-        &self,
-        tenant: &str,
-        conversation: Uuid,
-        after: Option<&After>,
-        limit: usize,
-    ) -> Result<Page, Problem> {
-        let want = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut docs = self
-            .store
-            .conversation_page(tenant, &conversation.to_string(), after, want + 1)
-            .await
-            .map_err(store_problem)?;
-        let more = docs.len() > limit;
-        docs.truncate(limit);
-        let next = more.then(|| docs.last()).flatten().map(|d| After {
-            millis: d.timestamp.timestamp_millis(),
-            id: d.id.clone(),
-        });
-        let items = docs
-            .iter()
-            .map(StoredMessage::to_message)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| store_problem(e.into()))?;
-        Ok(Page { items, next })
-    }
-
-    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka: older than
-    /// every replica's watermark, this process's included.
-    pub async fn purge(&self, deleted_before: Timestamp) -> Result<u64, StoreError> {
-        let own = self.outbox.snapshot().watermark;
-        let lowest = self
-            .store
-            .lowest_watermark()
-            .await?
-            .map_or(own, |w| w.min(own));
-        let published_before = Timestamp::from_millis(lowest)
-            .unwrap_or_else(|| Timestamp::from_millis(0).expect("epoch"));
-        self.store
-            .purge_tombstones(deleted_before, published_before)
-            .await
     }
 }
 

@@ -10,6 +10,8 @@ pub mod cleanup;
 pub mod cluster;
 /// A Service reached through the API server's port-forward, where this machine is not the node.
 pub mod forward;
+/// Clients that hang up mid-request, and their retries with the same key.
+pub mod hangup;
 /// Creating topics and reading them back whole, without a consumer group.
 pub mod kafka;
 /// A process's peak resident memory (`VmHWM`) and CPU time, for the benchmarks.
