@@ -455,6 +455,101 @@ pub async fn generations(
     Ok(names)
 }
 
+/// The search cluster's uuid, which names it whatever address reaches it: from `GET /`, or
+/// from the cluster state where `GET /` is not served. `None` when the engine reports none.
+pub async fn cluster_uuid(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+) -> Result<Option<String>, InstallError> {
+    let engine = Engine { client, endpoint };
+    let step = "read the cluster uuid";
+    let uuid = |v: &Value, pointer: &str| {
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty() && *u != "_na_")
+            .map(str::to_owned)
+    };
+    match engine.send(step, Method::GET, "/", None).await? {
+        (status, body) if status.is_success() => Ok(uuid(&body, "/cluster_uuid")),
+        _ => {
+            let path = "_cluster/state/metadata?filter_path=metadata.cluster_uuid";
+            let body = engine.expect_ok(step, Method::GET, path, None).await?;
+            Ok(uuid(&body, "/metadata/cluster_uuid"))
+        }
+    }
+}
+
+/// The owner uid `layout`'s template records in its `_meta`: `None` when there is no template,
+/// `Some(None)` for a template without one.
+pub async fn template_owner(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+) -> Result<Option<Option<String>>, InstallError> {
+    let engine = Engine { client, endpoint };
+    let step = "read the template's owner";
+    let path = format!("_index_template/{}", layout.template_name());
+    match engine.send(step, Method::GET, &path, None).await? {
+        (StatusCode::NOT_FOUND, _) => Ok(None),
+        (status, body) if status.is_success() => Ok(Some(
+            crate::search::owner_uid(&body["index_templates"][0]["index_template"]["_meta"])
+                .map(str::to_owned),
+        )),
+        (status, body) => Err(InstallError::Status {
+            step,
+            status,
+            body: body.to_string(),
+        }),
+    }
+}
+
+/// Deletes `layout`'s template; one already gone is not an error.
+pub async fn delete_template(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+) -> Result<(), InstallError> {
+    let step = "delete the index template";
+    let path = format!("_index_template/{}", layout.template_name());
+    match (Engine { client, endpoint })
+        .send(step, Method::DELETE, &path, None)
+        .await?
+    {
+        (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
+        (status, body) => Err(InstallError::Status {
+            step,
+            status,
+            body: body.to_string(),
+        }),
+    }
+}
+
+/// Every generation of `layout`'s index (as [`generations`]) with the owner uid its mappings'
+/// `_meta` records (`None`: none, an index made before marks or by hand).
+pub async fn generation_owners(
+    client: &reqwest::Client,
+    endpoint: &SearchEndpoint,
+    layout: &IndexLayout,
+) -> Result<Vec<(String, Option<String>)>, InstallError> {
+    let engine = Engine { client, endpoint };
+    let path = format!("{}/_mapping", layout.index_pattern());
+    let found = engine
+        .expect_ok("read the index owners", Method::GET, &path, None)
+        .await?;
+    let mut owners: Vec<(String, Option<String>)> = found
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| layout.generation_of(name).is_some())
+        .map(|(name, index)| {
+            let owner = crate::search::owner_uid(&index["mappings"]["_meta"]).map(str::to_owned);
+            (name.clone(), owner)
+        })
+        .collect();
+    owners.sort();
+    Ok(owners)
+}
+
 /// Deletes a concrete index (a previous generation, or every one of a pipeline deleted with
 /// `deletionPolicy: Delete`); one already gone is not an error.
 pub async fn delete_index(

@@ -320,6 +320,9 @@ pub struct IndexSettings {
     pub refresh_interval: String,
     /// `index.gc_deletes`; `None` keeps the engine's default (60 s). Tests set it low.
     pub gc_deletes: Option<String>,
+    /// Who installs the layout: recorded in the template's `_meta` and, through the template's
+    /// mappings, in every index made from it, so that only its owner ever deletes them.
+    pub owner: Option<Owner>,
 }
 
 impl Default for IndexSettings {
@@ -329,8 +332,27 @@ impl Default for IndexSettings {
             replicas: 1,
             refresh_interval: "1s".into(),
             gc_deletes: None,
+            owner: None,
         }
     }
+}
+
+/// The owner of an index layout: a MessagePipeline, by uid (what is compared) and by
+/// `namespace/name` (for the humans reading `_meta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: String,
+    pub name: String,
+}
+
+/// The `_meta` key that holds the owner's uid, in the template and in each index's mappings.
+pub const OWNER_UID: &str = "owner-uid";
+/// The `_meta` key that holds the owner's `namespace/name`.
+pub const OWNER_NAME: &str = "owner";
+
+/// The owner uid an index's mappings or a template's `_meta` records (`None`: none recorded).
+pub fn owner_uid(meta: &Value) -> Option<&str> {
+    meta.get(OWNER_UID).and_then(Value::as_str)
 }
 
 /// The composable index template body for `PUT _index_template/<layout.template_name()>`.
@@ -352,13 +374,13 @@ pub fn index_template(
     }
     let keyword = json!({"type": "keyword"});
     let date = json!({"type": "date"});
-    json!({
+    let mut meta = json!({
+        "managed-by": "message-pipeline",
+        "schema-version": TEMPLATE_SCHEMA_VERSION,
+    });
+    let mut template = json!({
         "index_patterns": [layout.index_pattern()],
         "priority": 200,
-        "_meta": {
-            "managed-by": "message-pipeline",
-            "schema-version": TEMPLATE_SCHEMA_VERSION,
-        },
         "template": {
             "settings": {"index": index},
             "mappings": {
@@ -378,7 +400,16 @@ pub fn index_template(
                 }
             }
         }
-    })
+    });
+    if let Some(owner) = &settings.owner {
+        let mark = json!({OWNER_UID: owner.uid, OWNER_NAME: owner.name});
+        template["template"]["mappings"]["_meta"] = mark.clone();
+        if let (Some(meta), Value::Object(mark)) = (meta.as_object_mut(), mark) {
+            meta.extend(mark);
+        }
+    }
+    template["_meta"] = meta;
+    template
 }
 
 /// Whether an installed template (the `index_template` object of `GET _index_template/<name>`)
@@ -388,8 +419,18 @@ pub fn index_template(
 /// Whether an index's mappings are what the template's say (key order aside): an index created
 /// from an older template (a release that changed it) has other mappings, and only a rebuild
 /// gives it the new ones.
+///
+/// The mappings' `_meta` (the owner's mark) is not a mapping: an index made before the mark
+/// existed is not outdated for lacking it.
 pub fn mapping_matches(template_mappings: &Value, index_mappings: &Value) -> bool {
-    normalized(template_mappings) == normalized(index_mappings)
+    let without_meta = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("_meta");
+        }
+        normalized(&v)
+    };
+    without_meta(template_mappings) == without_meta(index_mappings)
 }
 
 pub fn template_matches(installed: &Value, wanted: &Value) -> bool {

@@ -124,6 +124,16 @@ pub struct MessagePipelineSpec {
     /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
+    /// Seconds a worker rollout may go without progress (the Deployments'
+    /// `progressDeadlineSeconds`) before the pipeline says `RolloutStuck`; while it is under
+    /// way, `Ready` is False with `RollingOut`.
+    #[serde(default = "progress_deadline")]
+    #[schemars(range(min = 10, max = 86_400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn progress_deadline() -> i32 {
+    600
 }
 
 /// Where the workers send their traces, and how many.
@@ -727,6 +737,70 @@ pub struct MessagePipelineStatus {
     /// The last audit of the index against MongoDB, as its Job reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditStatus>,
+    /// The clusters the pipeline uses, by identity, and what of theirs it made.
+    #[serde(default, skip_serializing_if = "ExternalStatus::is_empty")]
+    pub external: ExternalStatus,
+}
+
+/// Where the pipeline's state outside Kubernetes lives and what of it this pipeline made. Claims
+/// are compared by these identities (two addresses of one cluster are one cluster), and
+/// `deletionPolicy: Delete` removes only the topics listed here as created by this pipeline
+/// (and only the index template and indices whose `_meta` names it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalStatus {
+    /// The Kafka cluster: its `cluster.id` as the brokers report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<ClusterIdentity>,
+    /// The search engine's cluster: its `cluster_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<ClusterIdentity>,
+    /// MongoDB's hosts as the URI names them (sorted, lower case; no credentials): the
+    /// operator does not connect to MongoDB, so the hosts are all it can compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongodb: Option<String>,
+    /// The topics this pipeline has seen in place (a seen topic found missing was lost).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicRecord>,
+    /// Topics that were lost and made again, empty: the index may miss what they held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics_lost: Option<TopicsLost>,
+}
+
+impl ExternalStatus {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A cluster's identity, read at an address.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIdentity {
+    /// The address the spec gave when the identity was read (read again when it changes).
+    pub address: String,
+    pub id: String,
+}
+
+/// A topic of the pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRecord {
+    pub name: String,
+    /// The operator created it for this pipeline (`deletionPolicy: Delete` removes it);
+    /// false for a topic that existed before.
+    pub created: bool,
+}
+
+/// Topics deleted outside the operator and created again.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsLost {
+    pub topics: Vec<String>,
+    /// The index generation then: a rebuild to a higher one brings back what they held.
+    pub index_generation: u32,
+    /// RFC 3339.
+    pub time: String,
 }
 
 /// The last audit.

@@ -126,7 +126,8 @@ async fn main() {
                 // No pods: this measures the operator, and 200 workers would not fit the rig's node.
                 "api": {"replicas": 0, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
                 "indexer": {"replicas": 0},
-                "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
+                // A collection is one pipeline's claim.
+                "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}, "database": format!("{namespace}-d{i:03}").replace('-', "_")},
                 "kafka": {"bootstrapServers": rig().kafka(),
                           "topic": {"name": format!("{namespace}-t{i:03}"), "partitions": 3, "replicationFactor": 1},
                           "consumerGroup": format!("{namespace}-g{i:03}")},

@@ -667,6 +667,7 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
                 }),
             }),
             template,
+            progress_deadline_seconds: Some(mp.spec.progress_deadline_seconds),
             ..DeploymentSpec::default()
         }),
         status: None,

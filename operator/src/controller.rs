@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
@@ -27,22 +25,22 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use messagepipeline_crd::{
-    AuditStatus, DeletionPolicy, FIELD_MANAGER, FINALIZER, IndexStatus, MessagePipeline,
-    MessagePipelineStatus, PAUSED_ANNOTATION, PreviousIndexPolicy, condition,
+    AuditStatus, FIELD_MANAGER, FINALIZER, IndexStatus, MessagePipeline, MessagePipelineStatus,
+    PAUSED_ANNOTATION, PreviousIndexPolicy, condition,
 };
 use pipeline_contract::access::{self, Refused};
 use pipeline_contract::install::{self, InstallError, SearchEndpoint, install};
 use pipeline_contract::lease::AuditSummary;
 use pipeline_contract::retry;
-use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias};
+use pipeline_contract::search::{IndexLayout, IndexSettings, InvalidAlias, Owner};
 use pipeline_contract::worker::{Role as WorkerRole, lease};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::apply;
 use crate::audit;
-use crate::build::{self, Children, PerRole, children};
+use crate::build::{self, PerRole, children};
+use crate::external;
 use crate::kafka::{self, Credentials};
 use crate::metrics::Metrics;
 use crate::rebuild;
@@ -75,6 +73,10 @@ pub enum Error {
     TemplateDelete(#[source] reqwest::Error),
     #[error("deleting the index template: the search engine answered {0}")]
     TemplateDeleteStatus(reqwest::StatusCode),
+    /// The search engine's client could not be made (its Secret, its CA): said again for each
+    /// step that needs it.
+    #[error("{0}")]
+    SearchAccess(String),
     #[error("secret {name}: {problem}")]
     Secret {
         name: String,
@@ -106,6 +108,7 @@ impl Error {
             Self::Install(_) => "search-install",
             Self::TemplateDelete(_) | Self::TemplateDeleteStatus(_) => "template-delete",
             Self::Secret { .. } => "secret",
+            Self::SearchAccess(_) => "search-access",
         }
     }
 
@@ -138,6 +141,16 @@ pub struct Context {
     deployments_seen: Fingerprints,
     /// Reconciles running at once ([`CONCURRENCY`] unless [`Context::with_concurrency`]).
     concurrency: u16,
+    /// How each pipeline (by uid) last reached its clusters, for its cleanup when the Secrets
+    /// that said how are gone (deleted with its namespace).
+    reached: Mutex<HashMap<String, Reached>>,
+}
+
+/// How a pipeline's clusters were last reached.
+#[derive(Clone, Default)]
+pub(crate) struct Reached {
+    pub kafka: Option<rdkafka::ClientConfig>,
+    pub search: Option<Search>,
 }
 
 /// Fingerprints of objects by (namespace, name) (see [`relevant`]).
@@ -169,6 +182,7 @@ impl Context {
             pipelines_writer: Mutex::new(Some(writer)),
             deployments_seen: Fingerprints::default(),
             concurrency: CONCURRENCY,
+            reached: Mutex::default(),
         }
     }
 
@@ -179,10 +193,53 @@ impl Context {
         self
     }
 
+    /// Notes how `mp` reached its clusters (what could be made of its Secrets).
+    fn remember(
+        &self,
+        mp: &MessagePipeline,
+        kafka: Option<&rdkafka::ClientConfig>,
+        search: Option<&Search>,
+    ) {
+        let Some(uid) = mp.uid() else { return };
+        let mut reached = self.reached.lock().expect("reached");
+        let entry = reached.entry(uid).or_default();
+        if let Some(kafka) = kafka {
+            entry.kafka = Some(kafka.clone());
+        }
+        if let Some(search) = search {
+            entry.search = Some(search.clone());
+        }
+    }
+
+    /// How `mp` last reached its clusters, forgotten (its cleanup is the last use).
+    pub(crate) fn reached(&self, mp: &MessagePipeline) -> Reached {
+        mp.uid()
+            .and_then(|uid| self.reached.lock().expect("reached").get(&uid).cloned())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn forget_reached(&self, mp: &MessagePipeline) {
+        if let Some(uid) = mp.uid() {
+            self.reached.lock().expect("reached").remove(&uid);
+        }
+    }
+
+    /// Every MessagePipeline of the cluster as the claims cache has it.
+    pub(crate) async fn pipelines(&self) -> Vec<MessagePipeline> {
+        // Until its first list is complete the cache may miss the very pipeline that holds a
+        // claim.
+        let _ = self.pipelines.wait_until_ready().await;
+        self.pipelines
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().cloned())
+            .collect()
+    }
+
     /// Notes the Deployments as the API server answered this operator's apply of them.
-    fn saw_deployments(&self, applied: &PerRole<Deployment>) {
+    fn saw_deployments(&self, applied: &PerRole<Option<Deployment>>) {
         let mut seen = self.deployments_seen.lock().expect("deployments seen");
-        for d in [&applied.api, &applied.indexer] {
+        for d in [&applied.api, &applied.indexer].into_iter().flatten() {
             seen.insert(
                 (d.metadata.namespace.clone(), d.name_any()),
                 deployment_fingerprint(d),
@@ -209,7 +266,7 @@ impl Context {
             .remove(&Self::key(obj));
     }
 
-    async fn event(
+    pub(crate) async fn event(
         &self,
         mp: &MessagePipeline,
         type_: EventType,
@@ -371,18 +428,25 @@ fn pipeline_fingerprint(mp: &DeserializeGuard<MessagePipeline>) -> u64 {
     ))
 }
 
-/// What of a worker Deployment a reconcile acts on or reports: its spec (generation, replicas)
-/// and its replica counts.
+/// What of a worker Deployment a reconcile acts on or reports: its spec (generation, replicas),
+/// how far its controller has taken it up (observed generation, replica counts) and whether
+/// its rollout passed the progress deadline.
 fn deployment_fingerprint(d: &Deployment) -> u64 {
     let status = d.status.as_ref();
+    let progressing = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Progressing"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
     hash_of(&(
         d.metadata.generation,
         d.spec.as_ref().and_then(|s| s.replicas),
+        status.and_then(|s| s.observed_generation),
         status.and_then(|s| s.replicas),
         status.and_then(|s| s.ready_replicas),
         status.and_then(|s| s.available_replicas),
         status.and_then(|s| s.updated_replicas),
         status.and_then(|s| s.unavailable_replicas),
+        progressing,
     ))
 }
 
@@ -498,7 +562,7 @@ async fn reconcile_guarded(
     finalizer(&api, FINALIZER, mp, |event| async {
         match event {
             Finalizer::Apply(mp) => apply(&mp, &ctx).await,
-            Finalizer::Cleanup(mp) => cleanup(&mp, &ctx).await,
+            Finalizer::Cleanup(mp) => crate::cleanup::cleanup(&mp, &ctx).await,
         }
     })
     .await
@@ -548,79 +612,148 @@ async fn stored_status(
         .unwrap_or_default())
 }
 
+/// The search engine as the operator reaches it: a client (with the spec's CA) and the endpoint
+/// (with the operator's credentials).
+pub(crate) type Search = (reqwest::Client, SearchEndpoint);
+
 /// One reconcile of a live pipeline, in its steps: refuse what is invalid or claimed, apply the
 /// children, reconcile the topics and the index, read lag and DLQ depth, report the status.
 async fn apply(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let previous = stored_status(ctx, mp).await?;
-    if let Some(action) = refuse(mp, ctx, &previous, now).await? {
-        return Ok(action);
-    }
+    let Admitted {
+        kafka_config,
+        search,
+        mut external,
+    } = match admit(mp, ctx, &previous, now).await? {
+        Ok(admitted) => admitted,
+        Err(action) => return Ok(action),
+    };
     let namespace = mp.namespace().unwrap_or_default();
     // A pipeline that had an index does not get an empty one when it is lost: a rebuild fills it.
     let had_index = previous.index.as_ref().and_then(|i| i.generation).is_some();
-    // The children, the topics and the index are independent: they are reconciled together.
-    let kafka = async {
-        let creds = kafka_credentials(ctx, mp).await?;
-        let config = kafka::client_config(&mp.spec.kafka, &creds);
-        let topics = reconcile_topics(ctx, mp, &config).await;
-        Ok::<_, Error>((config, topics))
-    };
-    let children = async {
-        let applied = apply_children(&ctx.client, &namespace, children(mp)).await?;
-        // At once: the watch's events of these Deployments are on their way.
-        ctx.saw_deployments(&applied);
-        Ok::<_, Error>(applied)
-    };
-    let (applied, kafka, template) =
-        tokio::join!(children, kafka, reconcile_index(ctx, mp, had_index));
-    let (applied, (config, topics)) = (applied?, kafka?);
+    let wanted = children(mp);
+    let config = kafka_config?;
+    // The supporting children, the topics and the index are independent: reconciled together.
+    let (support, topics, template) = tokio::join!(
+        apply::support(&ctx.client, &namespace, &wanted),
+        reconcile_topics(ctx, mp, &config),
+        reconcile_index(ctx, mp, had_index, &search)
+    );
+    support?;
+    if let Ok(report) = &topics {
+        (external.topics, external.topics_lost) =
+            external::topics_of(mp, &previous, &report.created, &now.to_string());
+    }
+    // The workers once what they need exists (module `apply`).
+    let prerequisites = topics.is_ok() && template.is_ok();
+    let applied =
+        apply::deployments(&ctx.client, &namespace, &wanted.deployments, prerequisites).await?;
+    // At once: the watch's events of these Deployments are on their way.
+    ctx.saw_deployments(&applied);
     let (lag, workers) = tokio::join!(lag_and_depth(mp, config), live_workers(ctx, mp, now));
     let ((consumer_lag, dlq_depth), (workers, audit_summary)) = (lag, workers?);
-    let index = match &template {
-        Ok(()) => reconcile_rebuild(ctx, mp, &previous, &workers, now).await,
-        Err(_) => None,
+    let index = match (&template, &search) {
+        (Ok(()), Ok(search)) => reconcile_rebuild(ctx, mp, search, &previous, &workers, now).await,
+        _ => None,
     };
     let audit = reconcile_audit(ctx, mp, &previous, audit_summary).await;
     let observed = Observed {
         generation: mp.metadata.generation,
-        topics,
+        topics: topics.map(|report| report.notes),
         template,
-        api_available: availability(&applied.api),
-        indexer_available: availability(&applied.indexer),
+        api_available: applied.api.as_ref().and_then(availability),
+        indexer_available: applied.indexer.as_ref().and_then(availability),
         workers,
         consumer_lag,
         dlq_depth,
         index,
         audit,
+        external,
     };
     report(ctx, mp, &previous, &observed, now).await?;
     Ok(Action::requeue(REQUEUE))
 }
 
-/// A spec that is invalid, or claims what another pipeline holds, gets a refusal in its status
-/// and an Event; `Some` is then what the reconcile returns.
-async fn refuse(
+/// What a reconcile that may touch the clusters starts from.
+struct Admitted {
+    kafka_config: Result<rdkafka::ClientConfig, Error>,
+    search: Result<Search, Error>,
+    /// The status's record of the clusters, with the identities at the spec's addresses.
+    external: messagepipeline_crd::ExternalStatus,
+}
+
+/// Before anything is touched: the spec's rules, the connections its Secrets make, the
+/// clusters' identities, and the claims; `Err` is the action of a refused pipeline (its status
+/// written).
+async fn admit(
     mp: &MessagePipeline,
     ctx: &Context,
     previous: &MessagePipelineStatus,
     now: Timestamp,
-) -> Result<Option<Action>, Error> {
+) -> Result<Result<Admitted, Action>, Error> {
     let problems = validate::validate(mp);
-    let (reason, problems, action) = if problems.is_empty() {
-        // Until its first list is complete the cache may miss the very pipeline that holds a
-        // claim.
-        let _ = ctx.pipelines.wait_until_ready().await;
-        let all = ctx.pipelines.state();
-        let conflicts = validate::conflicts(mp, all.iter().filter_map(|g| g.0.as_ref().ok()));
-        if conflicts.is_empty() {
-            return Ok(None);
-        }
-        // Another pipeline may let go of its claim: look again.
-        ("ResourceConflict", conflicts, Action::requeue(REQUEUE))
+    if !problems.is_empty() {
+        let refusal = ("InvalidSpec", problems);
+        let external = previous.external.clone();
+        let action = Action::await_change();
+        return refuse(mp, ctx, previous, external, refusal, action, now)
+            .await
+            .map(Err);
+    }
+    let kafka_config = kafka_credentials(ctx, mp)
+        .await
+        .map(|creds| kafka::client_config(&mp.spec.kafka, &creds));
+    let search = search_endpoint(ctx, mp).await;
+    ctx.remember(mp, kafka_config.as_ref().ok(), search.as_ref().ok());
+    let external = external::identified(ctx, mp, &previous.external, &kafka_config, &search).await;
+    if let Some(refusal) = claims(mp, ctx, &external).await {
+        // Another pipeline may let go of its claim, or its identity be read: look again.
+        let action = Action::requeue(REQUEUE);
+        return refuse(mp, ctx, previous, external, refusal, action, now)
+            .await
+            .map(Err);
+    }
+    Ok(Ok(Admitted {
+        kafka_config,
+        search,
+        external,
+    }))
+}
+
+/// The refusal of a pipeline that claims what an older one holds on the same cluster (or on
+/// one that may be the same: decided once both identities are read): its reason and problems.
+async fn claims(
+    mp: &MessagePipeline,
+    ctx: &Context,
+    external: &messagepipeline_crd::ExternalStatus,
+) -> Option<(&'static str, Vec<String>)> {
+    let all = ctx.pipelines().await;
+    let mine = validate::Clusters::recorded(mp, Some(external));
+    let conflicts = validate::conflicts(mp, &mine, &all);
+    if conflicts.is_empty() {
+        None
+    } else if conflicts.held.is_empty() {
+        Some(("ClaimUndecided", conflicts.undecided))
     } else {
-        ("InvalidSpec", problems, Action::await_change())
-    };
+        Some((
+            "ResourceConflict",
+            [conflicts.held, conflicts.undecided].concat(),
+        ))
+    }
+}
+
+/// A spec that is invalid, or claims what another pipeline holds, gets a refusal in its status
+/// (with the clusters' identities as read) and an Event; the reconcile then returns `action`.
+async fn refuse(
+    mp: &MessagePipeline,
+    ctx: &Context,
+    previous: &MessagePipelineStatus,
+    external: messagepipeline_crd::ExternalStatus,
+    (reason, problems): (&str, Vec<String>),
+    action: Action,
+    now: Timestamp,
+) -> Result<Action, Error> {
     ctx.event(
         mp,
         EventType::Warning,
@@ -629,9 +762,10 @@ async fn refuse(
         "Validate",
     )
     .await;
-    let refused = status::refused(reason, &problems, previous, mp.metadata.generation, now);
+    let mut refused = status::refused(reason, &problems, previous, mp.metadata.generation, now);
+    refused.external = external;
     write_status(ctx, mp, previous, refused).await?;
-    Ok(Some(action))
+    Ok(action)
 }
 
 /// The topics as the spec says, each change an Event; `Err` is the condition's
@@ -640,7 +774,7 @@ async fn reconcile_topics(
     ctx: &Context,
     mp: &MessagePipeline,
     config: &rdkafka::ClientConfig,
-) -> Result<Vec<String>, Failure> {
+) -> Result<kafka::TopicReport, Failure> {
     match kafka::ensure_topics(config, &kafka::wanted(&mp.spec)).await {
         Ok(report) => {
             for (what, list) in [
@@ -659,7 +793,7 @@ async fn reconcile_topics(
                     .await;
                 }
             }
-            Ok(report.notes)
+            Ok(report)
         }
         Err(error) => {
             let failure = match error.refusal() {
@@ -685,8 +819,13 @@ async fn reconcile_index(
     ctx: &Context,
     mp: &MessagePipeline,
     had_index: bool,
+    search: &Result<Search, Error>,
 ) -> Result<(), Failure> {
-    match install_index(ctx, mp, had_index).await {
+    let installed = match search {
+        Ok(search) => install_index(mp, had_index, search).await,
+        Err(error) => Err(Error::SearchAccess(error.to_string())),
+    };
+    match installed {
         Ok(changed) => {
             if changed {
                 let note = "index template, first index or alias installed or reverted";
@@ -732,14 +871,14 @@ async fn reconcile_index(
 async fn reconcile_rebuild(
     ctx: &Context,
     mp: &MessagePipeline,
+    (http, endpoint): &Search,
     previous: &MessagePipelineStatus,
     workers: &[status::LiveWorker],
     now: Timestamp,
 ) -> Option<(IndexStatus, rebuild::Verdict)> {
     let es = &mp.spec.elasticsearch;
     let layout = IndexLayout::new(es.alias.clone()).ok()?;
-    let (http, endpoint) = search_endpoint(ctx, mp).await.ok()?;
-    let alias = match install::read_alias(&http, &endpoint, &layout).await {
+    let alias = match install::read_alias(http, endpoint, &layout).await {
         Ok(alias) => alias.unwrap_or_default(),
         Err(error) => {
             tracing::warn!(%error, "reading the alias for the rebuild status");
@@ -755,7 +894,7 @@ async fn reconcile_rebuild(
     let now_text = now.to_string();
     // Only a settled index can be outdated: a rebuild in flight makes the new mapping.
     let outdated = if job.is_none() && !alias.is_empty() {
-        install::outdated_indices(&http, &endpoint, &layout, &alias)
+        install::outdated_indices(http, endpoint, &layout, &alias)
             .await
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, "comparing the index mappings with the template");
@@ -780,7 +919,7 @@ async fn reconcile_rebuild(
         now: &now_text,
     });
     let (index, mut verdict) = (decision.index, decision.verdict);
-    let engine = (&http, &endpoint, &layout);
+    let engine = (http, endpoint, &layout);
     for step in decision.steps {
         let (reason, done) = rebuild_step(mp, engine, &jobs, wanted, &step).await;
         match done {
@@ -930,15 +1069,24 @@ async fn lag_and_depth(
         .unwrap_or((None, None))
 }
 
-/// (available replicas, desired) of a Deployment as the API server answered the apply.
-fn availability(d: &Deployment) -> Option<(i32, i32)> {
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let available = d
-        .status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
-    Some((available, desired))
+/// A Deployment's rollout as the API server answered the apply of its current spec.
+fn availability(d: &Deployment) -> Option<status::Rollout> {
+    let status = d.status.clone().unwrap_or_default();
+    let stalled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing" && c.status == "False")
+        .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .map(|c| c.message.clone().unwrap_or_default());
+    Some(status::Rollout {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        replicas: status.replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        observed: status.observed_generation >= d.metadata.generation,
+        stalled,
+    })
 }
 
 /// Writes the status `observed` means, with an Event when readiness flips.
@@ -977,69 +1125,7 @@ async fn report(
     write_status(ctx, mp, previous, new_status).await
 }
 
-/// Server-side applies every child; returns the two Deployments as the API server has them.
-pub async fn apply_children(
-    client: &Client,
-    namespace: &str,
-    c: Children,
-) -> Result<PerRole<Deployment>, Error> {
-    async fn ssa<K>(client: &Client, namespace: &str, obj: &K) -> Result<K, Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + Serialize
-            + DeserializeOwned,
-    {
-        let api: Api<K> = Api::namespaced(client.clone(), namespace);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        Ok(api
-            .patch(&obj.name_any(), &params, &Patch::Apply(obj))
-            .await?)
-    }
-    let audit = async {
-        match &c.audit {
-            Some(cron) => ssa::<CronJob>(client, namespace, cron).await.map(drop),
-            // No audit in the spec: one scheduled before goes (a run in flight finishes).
-            None => {
-                let api: Api<CronJob> = Api::namespaced(client.clone(), namespace);
-                match api.delete(&c.audit_name, &DeleteParams::background()).await {
-                    Ok(_) => {
-                        tracing::info!(cronjob = %c.audit_name, "no audit in the spec: deleted");
-                        Ok(())
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
-    };
-    // The RoleBinding after its Role: binding a Role the operator may not `bind` is checked
-    // against the Role's rules, and the API server answers 404 while the Role is not there.
-    // Applied side by side, the binding's 404 ended the join and dropped the Role's apply with
-    // it, reconcile after reconcile, so the workers never got their permissions.
-    let rbac = async {
-        ssa::<Role>(client, namespace, &c.role).await?;
-        ssa::<RoleBinding>(client, namespace, &c.role_binding).await
-    };
-    // The rest at once: none needs another to exist first (a Deployment's pods wait for their
-    // ServiceAccount, which is there a moment later), and one round trip after another was
-    // most of a reconcile's time.
-    let (_, _, api, indexer, _, _, _, _, ()) = futures::try_join!(
-        ssa::<ServiceAccount>(client, namespace, &c.service_account),
-        rbac,
-        ssa::<Deployment>(client, namespace, &c.deployments.api),
-        ssa::<Deployment>(client, namespace, &c.deployments.indexer),
-        ssa::<Service>(client, namespace, &c.services.api),
-        ssa::<Service>(client, namespace, &c.services.indexer),
-        ssa::<PodDisruptionBudget>(client, namespace, &c.pdbs.api),
-        ssa::<PodDisruptionBudget>(client, namespace, &c.pdbs.indexer),
-        audit,
-    )?;
-    Ok(PerRole { api, indexer })
-}
-
-async fn secret_value(
+pub(crate) async fn secret_value(
     ctx: &Context,
     namespace: &str,
     name: &str,
@@ -1065,7 +1151,10 @@ async fn secret_value(
     })
 }
 
-async fn kafka_credentials(ctx: &Context, mp: &MessagePipeline) -> Result<Credentials, Error> {
+pub(crate) async fn kafka_credentials(
+    ctx: &Context,
+    mp: &MessagePipeline,
+) -> Result<Credentials, Error> {
     let ns = mp.namespace().unwrap_or_default();
     let mut creds = Credentials::default();
     if let Some(sasl) = &mp.spec.kafka.sasl {
@@ -1082,10 +1171,7 @@ async fn kafka_credentials(ctx: &Context, mp: &MessagePipeline) -> Result<Creden
     Ok(creds)
 }
 
-async fn search_endpoint(
-    ctx: &Context,
-    mp: &MessagePipeline,
-) -> Result<(reqwest::Client, SearchEndpoint), Error> {
+pub(crate) async fn search_endpoint(ctx: &Context, mp: &MessagePipeline) -> Result<Search, Error> {
     let ns = mp.namespace().unwrap_or_default();
     let es = &mp.spec.elasticsearch;
     let mut endpoint = SearchEndpoint::new(es.url.clone());
@@ -1110,11 +1196,12 @@ async fn search_endpoint(
     Ok((http, endpoint))
 }
 
-/// Installs template, first index and alias; `Ok(true)` when anything changed.
+/// Installs template, first index and alias, marked as `mp`'s; `Ok(true)` when anything
+/// changed.
 async fn install_index(
-    ctx: &Context,
     mp: &MessagePipeline,
     had_index: bool,
+    (http, endpoint): &Search,
 ) -> Result<bool, Error> {
     let es = &mp.spec.elasticsearch;
     let layout = IndexLayout::new(es.alias.clone())?;
@@ -1123,12 +1210,15 @@ async fn install_index(
         replicas: u32::try_from(es.replicas).unwrap_or(1),
         refresh_interval: es.refresh_interval.clone(),
         gc_deletes: None,
+        owner: mp.uid().map(|uid| Owner {
+            uid,
+            name: format!("{}/{}", mp.namespace().unwrap_or_default(), mp.name_any()),
+        }),
     };
-    let (http, endpoint) = search_endpoint(ctx, mp).await?;
     let report = if had_index {
-        install::install_template(&http, &endpoint, &layout, &settings).await?
+        install::install_template(http, endpoint, &layout, &settings).await?
     } else {
-        install(&http, &endpoint, &layout, &settings).await?
+        install(http, endpoint, &layout, &settings).await?
     };
     Ok(report.changed())
 }
@@ -1178,62 +1268,6 @@ async fn live_workers(
         }
     }
     Ok((live, audit))
-}
-
-/// The finalizer's work: with `Delete`, remove the topics and the template; with `Retain`,
-/// nothing. Children go with the resource through their owner references.
-async fn cleanup(mp: &MessagePipeline, ctx: &Context) -> Result<Action, Error> {
-    ctx.metrics
-        .forget(&mp.namespace().unwrap_or_default(), &mp.name_any());
-    match mp.spec.deletion_policy {
-        DeletionPolicy::Retain => {
-            ctx.event(
-                mp,
-                EventType::Normal,
-                "ExternalStateRetained",
-                "deletionPolicy Retain: topics, index and template are left in place".into(),
-                "Delete",
-            )
-            .await;
-        }
-        DeletionPolicy::Delete => {
-            let creds = kafka_credentials(ctx, mp).await?;
-            let config = kafka::client_config(&mp.spec.kafka, &creds);
-            let names = vec![mp.spec.kafka.topic.name.clone(), mp.spec.kafka.dlq_name()];
-            kafka::delete_topics(&config, &names).await?;
-            let (http, endpoint) = search_endpoint(ctx, mp).await?;
-            let layout = IndexLayout::new(mp.spec.elasticsearch.alias.clone())?;
-            let path = format!("/_index_template/{}", layout.template_name());
-            let response = endpoint
-                .request(&http, reqwest::Method::DELETE, &path)
-                .send()
-                .await
-                .map_err(Error::TemplateDelete)?;
-            if !(response.status().is_success()
-                || response.status() == reqwest::StatusCode::NOT_FOUND)
-            {
-                return Err(Error::TemplateDeleteStatus(response.status()));
-            }
-            // Then the indices: with the template gone, nothing makes them again.
-            let indices = install::generations(&http, &endpoint, &layout).await?;
-            for index in &indices {
-                install::delete_index(&http, &endpoint, index).await?;
-            }
-            ctx.event(
-                mp,
-                EventType::Normal,
-                "ExternalStateDeleted",
-                format!(
-                    "deletionPolicy Delete: topics {}, the index template and the indices [{}] removed",
-                    names.join(", "),
-                    indices.join(", ")
-                ),
-                "Delete",
-            )
-            .await;
-        }
-    }
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

@@ -295,6 +295,16 @@ async fn reconcile_topics(
     Ok(report)
 }
 
+/// The cluster's id as its brokers report it, whatever address reached them; `None` when no
+/// broker answered in time.
+pub async fn cluster_id(config: &ClientConfig) -> Option<String> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || admin(&config).ok()?.inner().fetch_cluster_id(TIMEOUT))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Deletes the pipeline's topics (`deletionPolicy: Delete`); missing ones are fine.
 pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<(), KafkaError> {
     let admin = admin(config)?;

@@ -221,7 +221,9 @@ pub const INDEX_LOST: &str = "IndexLost";
 
 fn index_lost(o: &Observed<'_>, f: &Facts) -> Verdict {
     let message = format!(
-        "the alias {} points at no index (it pointed at generation {}): searches fail and the          indexers wait; raise spec.elasticsearch.indexGeneration to {} to rebuild the index from          MongoDB",
+        "the alias {} points at no index (it pointed at generation {}): searches fail and the \
+         indexers wait; raise spec.elasticsearch.indexGeneration to {} to rebuild the index from \
+         MongoDB",
         o.layout.alias(),
         f.current,
         f.current + 1

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use messagepipeline_crd::{
-    AuditStatus, Condition, IndexStatus, MessagePipelineStatus, RoleStatus, Workers, condition,
+    AuditStatus, Condition, ExternalStatus, IndexStatus, MessagePipelineStatus, RoleStatus,
+    Workers, condition,
 };
 use pipeline_contract::access::Refused;
 use pipeline_contract::lease::{RebuildProgress, expired};
@@ -103,6 +104,34 @@ impl Failure {
     }
 }
 
+/// A worker Deployment's rollout as the API server answered the apply of its current spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// Pods of every revision (`status.replicas`): above `updated` while old pods remain.
+    pub replicas: i32,
+    /// Pods of the current template (`status.updatedReplicas`).
+    pub updated: i32,
+    pub available: i32,
+    /// The Deployment controller has seen the current spec (`status.observedGeneration` ≥
+    /// `metadata.generation`): until then its counts describe an older one.
+    pub observed: bool,
+    /// The rollout passed its progress deadline: the Deployment's `Progressing` message.
+    pub stalled: Option<String>,
+}
+
+impl Rollout {
+    /// Every replica runs the current spec and is available, and no older pod is left: what
+    /// `kubectl rollout status` waits for.
+    pub fn complete(&self) -> bool {
+        self.observed
+            && self.updated >= self.desired
+            && self.available >= self.desired
+            && self.replicas <= self.updated
+    }
+}
+
 /// What the external steps found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
@@ -110,9 +139,9 @@ pub struct Observed {
     /// `Ok(notes)` when the topics are as the spec says (notes: what needs a human), or why not.
     pub topics: Result<Vec<String>, Failure>,
     pub template: Result<(), Failure>,
-    /// (available replicas, desired) per Deployment; `None` when not readable.
-    pub api_available: Option<(i32, i32)>,
-    pub indexer_available: Option<(i32, i32)>,
+    /// Each worker Deployment's rollout; `None` when not readable (or not applied yet).
+    pub api_available: Option<Rollout>,
+    pub indexer_available: Option<Rollout>,
     pub workers: Vec<LiveWorker>,
     pub consumer_lag: Option<i64>,
     pub dlq_depth: Option<i64>,
@@ -121,6 +150,8 @@ pub struct Observed {
     pub index: Option<(IndexStatus, Verdict)>,
     /// The last audit that finished, and what it says of the index.
     pub audit: (Option<AuditStatus>, InSync),
+    /// The clusters by identity, the topics seen and made, topics lost.
+    pub external: ExternalStatus,
 }
 
 fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Condition {
@@ -139,13 +170,15 @@ fn cond(type_: &str, ok: Option<bool>, reason: &str, message: String) -> Conditi
     }
 }
 
-/// Whether the role's Deployment has its replicas, unless a live worker of it reports that a
-/// service refuses it: a worker refused its credentials, CA or permissions cannot do its job
-/// whatever its pod says, and the refusal is the reason.
+/// Whether the role's Deployment runs the current spec on all its replicas, unless a live
+/// worker of it reports that a service refuses it: a worker refused its credentials, CA or
+/// permissions cannot do its job whatever its pod says, and the refusal is the reason. A rollout
+/// under way is not available yet (old pods serve, but the spec asked for does not run); one past
+/// its progress deadline is stuck.
 fn availability(
     type_: &str,
     what: &str,
-    available: Option<(i32, i32)>,
+    rollout: Option<&Rollout>,
     workers: &[&LiveWorker],
 ) -> Condition {
     let refused: Vec<&(String, String)> =
@@ -162,32 +195,59 @@ fn availability(
             ),
         );
     }
-    match available {
-        None => cond(
+    let Some(r) = rollout else {
+        return cond(
             type_,
             None,
             "DeploymentUnknown",
             format!("the {what} Deployment's status is not known yet"),
-        ),
-        Some((_, 0)) => cond(
+        );
+    };
+    let (a, u, d) = (r.available, r.updated, r.desired);
+    if let Some(message) = &r.stalled {
+        return cond(
+            type_,
+            Some(false),
+            "RolloutStuck",
+            format!(
+                "the {what} rollout made no progress within its deadline ({u}/{d} replicas run the current spec, {a} available): {message}"
+            ),
+        );
+    }
+    if !r.observed {
+        return cond(
+            type_,
+            Some(false),
+            "RollingOut",
+            format!("the {what} Deployment has not yet taken up the current spec"),
+        );
+    }
+    match (a, u, d) {
+        (_, _, 0) if r.replicas == 0 => cond(
             type_,
             Some(true),
             "ScaledToZero",
             format!("the {what} is scaled to zero"),
         ),
-        Some((a, d)) if a >= d => cond(
+        _ if r.complete() => cond(
             type_,
             Some(true),
             "MinimumReplicasAvailable",
-            format!("{a}/{d} {what} replicas available"),
+            format!("{a}/{d} {what} replicas available, all on the current spec"),
         ),
-        Some((a, d)) if a > 0 => cond(
+        _ if u < d || r.replicas > u => cond(
+            type_,
+            Some(false),
+            "RollingOut",
+            format!("{u}/{d} {what} replicas run the current spec ({a} available)"),
+        ),
+        (a, _, d) if a > 0 => cond(
             type_,
             Some(false),
             "ReplicasUnavailable",
             format!("only {a}/{d} {what} replicas available"),
         ),
-        Some((_, d)) => cond(
+        (_, _, d) => cond(
             type_,
             Some(false),
             "NoReplicasAvailable",
@@ -220,8 +280,8 @@ pub fn status(
     previous: &[Condition],
     now: Timestamp,
 ) -> MessagePipelineStatus {
-    let api_desired = observed.api_available.map_or(0, |(_, d)| d);
-    let indexer_desired = observed.indexer_available.map_or(0, |(_, d)| d);
+    let api_desired = observed.api_available.as_ref().map_or(0, |r| r.desired);
+    let indexer_desired = observed.indexer_available.as_ref().map_or(0, |r| r.desired);
     let workers = Workers {
         api: role_status(&observed.workers, Role::Api, api_desired),
         indexer: role_status(&observed.workers, Role::Indexer, indexer_desired),
@@ -240,13 +300,13 @@ pub fn status(
     let api = availability(
         condition::API_SERVER_AVAILABLE,
         "api-server",
-        observed.api_available,
+        observed.api_available.as_ref(),
         &of(Role::Api),
     );
     let indexer = availability(
         condition::INDEXER_AVAILABLE,
         "indexer",
-        observed.indexer_available,
+        observed.indexer_available.as_ref(),
         &of(Role::Indexer),
     );
     let healthy = indexer_healthy(worst, &workers.indexer);
@@ -273,6 +333,7 @@ pub fn status(
         relay_backlog: relay_backlog.map(|b| b.as_str().to_owned()),
         index: observed.index.as_ref().map(|(i, _)| i.clone()),
         audit: observed.audit.0.clone(),
+        external: observed.external.clone(),
     }
 }
 
@@ -315,15 +376,23 @@ fn index_conditions(observed: &Observed, previous: &[Condition], now: Timestamp)
     conditions
 }
 
+/// The topics in place as the spec says; topics lost since (made again, empty) are not ready
+/// until a rebuild is asked for.
 fn topics_ready(observed: &Observed) -> Condition {
-    match &observed.topics {
-        Ok(_) => cond(
+    match (&observed.topics, &observed.external.topics_lost) {
+        (Ok(_), Some(lost)) => cond(
+            condition::TOPICS_READY,
+            Some(false),
+            crate::external::TOPIC_LOST,
+            crate::external::lost_message(lost),
+        ),
+        (Ok(_), None) => cond(
             condition::TOPICS_READY,
             Some(true),
             "TopicsReconciled",
             "the events topic and its DLQ exist with the spec's settings".into(),
         ),
-        Err(f) => cond(
+        (Err(f), _) => cond(
             condition::TOPICS_READY,
             Some(false),
             &f.reason,
@@ -332,15 +401,32 @@ fn topics_ready(observed: &Observed) -> Condition {
     }
 }
 
+/// The template in place and the alias pointing at an index. A pipeline that had its index and
+/// lost it is not ready, whatever the template: searches fail until a rebuild fills the next
+/// generation (the verdict says which to ask for), and during that rebuild too.
 fn template_ready(observed: &Observed) -> Condition {
-    match &observed.template {
-        Ok(()) => cond(
+    let lost = observed
+        .index
+        .as_ref()
+        .filter(|(i, _)| i.generation.is_some() && i.indices.is_empty());
+    match (&observed.template, lost) {
+        (Ok(()), Some((_, v))) => cond(
+            condition::INDEX_TEMPLATE_READY,
+            Some(false),
+            if v.reason == crate::rebuild::INDEX_LOST {
+                crate::rebuild::INDEX_LOST
+            } else {
+                "IndexRebuilding"
+            },
+            v.message.clone(),
+        ),
+        (Ok(()), None) => cond(
             condition::INDEX_TEMPLATE_READY,
             Some(true),
             "TemplateInstalled",
             "index template, first index and write alias are in place".into(),
         ),
-        Err(f) => cond(
+        (Err(f), _) => cond(
             condition::INDEX_TEMPLATE_READY,
             Some(false),
             &f.reason,
@@ -536,13 +622,25 @@ mod tests {
         }
     }
 
+    /// A Deployment of `n` replicas, all on the current spec and available.
+    fn rolled(n: i32) -> Rollout {
+        Rollout {
+            desired: n,
+            replicas: n,
+            updated: n,
+            available: n,
+            observed: true,
+            stalled: None,
+        }
+    }
+
     fn healthy() -> Observed {
         Observed {
             generation: Some(3),
             topics: Ok(vec![]),
             template: Ok(()),
-            api_available: Some((2, 2)),
-            indexer_available: Some((2, 2)),
+            api_available: Some(rolled(2)),
+            indexer_available: Some(rolled(2)),
             workers: vec![
                 worker(Role::Api, true, None),
                 worker(Role::Api, true, None),
@@ -553,6 +651,7 @@ mod tests {
             index: None,
             dlq_depth: Some(0),
             audit: (None, crate::audit::in_sync(None, None)),
+            external: ExternalStatus::default(),
         }
     }
 
@@ -601,7 +700,7 @@ mod tests {
             ),
             (
                 "api short",
-                Box::new(|o| o.api_available = Some((1, 2))),
+                Box::new(|o| o.api_available.as_mut().unwrap().available = 1),
                 "False",
                 "ReplicasUnavailable",
                 "False",
@@ -609,7 +708,7 @@ mod tests {
             ),
             (
                 "indexer none",
-                Box::new(|o| o.indexer_available = Some((0, 2))),
+                Box::new(|o| o.indexer_available.as_mut().unwrap().available = 0),
                 "False",
                 "NoReplicasAvailable",
                 "False",
@@ -701,6 +800,90 @@ mod tests {
                 Some("closed"),
             ),
             (
+                // A new image: old pods still serve, but the spec asked for does not run yet.
+                "rolling out",
+                Box::new(|o| {
+                    let r = o.api_available.as_mut().unwrap();
+                    (r.replicas, r.updated, r.available) = (3, 1, 2);
+                }),
+                "False",
+                "RollingOut",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "every pod updated, an old one still terminating",
+                Box::new(|o| o.indexer_available.as_mut().unwrap().replicas = 3),
+                "False",
+                "RollingOut",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "new spec not yet taken up by the Deployment controller",
+                Box::new(|o| o.api_available.as_mut().unwrap().observed = false),
+                "False",
+                "RollingOut",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "rollout past its deadline",
+                Box::new(|o| {
+                    let r = o.indexer_available.as_mut().unwrap();
+                    (r.replicas, r.updated) = (3, 1);
+                    r.stalled =
+                        Some("ReplicaSet \"chat-indexer-7d\" has timed out progressing.".into());
+                }),
+                "False",
+                "RolloutStuck",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "scaled to zero",
+                Box::new(|o| o.api_available = Some(rolled(0))),
+                "True",
+                "PipelineReady",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "events topic deleted behind the operator, made again",
+                Box::new(|o| {
+                    o.external.topics_lost = Some(messagepipeline_crd::TopicsLost {
+                        topics: vec!["t".into()],
+                        index_generation: 1,
+                        time: "2026-12-07T00:00:00Z".into(),
+                    });
+                }),
+                "False",
+                "TopicLost",
+                "False",
+                Some("closed"),
+            ),
+            (
+                "index deleted behind the operator",
+                Box::new(|o| {
+                    o.index = Some((
+                        IndexStatus {
+                            generation: Some(1),
+                            indices: vec![],
+                            rebuild: None,
+                        },
+                        Verdict {
+                            running: Some(false),
+                            reason: crate::rebuild::INDEX_LOST.into(),
+                            message: "the alias points at no index".into(),
+                        },
+                    ));
+                }),
+                "False",
+                "IndexLost",
+                "True",
+                Some("closed"),
+            ),
+            (
                 "unknown deployment",
                 Box::new(|o| o.api_available = None),
                 "False",
@@ -721,7 +904,12 @@ mod tests {
             );
             assert_eq!(get(&s, "Degraded").status, degraded, "{name}");
             assert_eq!(s.breaker.as_deref(), breaker, "{name}");
-            assert_eq!(s.conditions.len(), 8, "seven and IndexInSync");
+            let rebuilding = usize::from(o.index.is_some());
+            assert_eq!(
+                s.conditions.len(),
+                8 + rebuilding,
+                "seven, IndexInSync (and Rebuilding)"
+            );
             assert!(
                 s.conditions
                     .iter()

@@ -851,3 +851,130 @@ async fn the_paused_annotation_stops_changes() {
     })
     .await;
 }
+
+/// `url` with the host written as `localhost` where it says `127.0.0.1`: another spelling of
+/// the same server.
+fn respelled(url: &str) -> String {
+    let other = url.replace("127.0.0.1", "localhost");
+    assert_ne!(other, url, "{url} names 127.0.0.1");
+    other
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_on_respelled_addresses_is_refused_and_deleting_it_under_delete_touches_nothing() {
+    let env = Env::new("op-copy").await;
+    let first_spec = env.spec(json!({"deletionPolicy": "Delete"}));
+    env.create("chat", first_spec.clone()).await;
+    let chat = template_ready(&env, "chat").await;
+    // The same topic, alias and collection, on the same Kafka and engine spelled otherwise.
+    let mut copy_spec = first_spec.clone();
+    copy_spec["kafka"]["bootstrapServers"] = json!(respelled(rig().kafka()));
+    copy_spec["elasticsearch"]["url"] = json!(respelled(rig().search_url()));
+    env.create("chat-copy", copy_spec).await;
+    let copy = env
+        .until("chat-copy", "ResourceConflict", |mp| {
+            condition(mp, "Ready").is_some_and(|c| c.reason == "ResourceConflict")
+        })
+        .await;
+    let message = &condition(&copy, "Ready").unwrap().message;
+    for claim in ["topic", "alias", "collection"] {
+        assert!(message.contains(claim), "{claim}: {message}");
+    }
+    let external = copy.status.clone().unwrap().external;
+    assert!(
+        external.topics.is_empty(),
+        "a refused pipeline made nothing: {external:?}"
+    );
+    assert_eq!(
+        external.kafka.map(|k| k.id),
+        chat.status.clone().unwrap().external.kafka.map(|k| k.id),
+        "one cluster, one id"
+    );
+    env.api::<MessagePipeline>()
+        .delete("chat-copy", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("chat-copy gone", Duration::from_secs(60), || async {
+        env.api::<MessagePipeline>()
+            .get_opt("chat-copy")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // chat's topics, template and index are all still there, and chat still says so.
+    let topic_name = &chat.spec.kafka.topic.name;
+    assert!(topic(topic_name).await.is_some(), "chat's topic survived");
+    assert!(
+        topic(&chat.spec.kafka.dlq_name()).await.is_some(),
+        "and its DLQ"
+    );
+    let alias = &chat.spec.elasticsearch.alias;
+    let (status, _) = search(
+        reqwest::Method::GET,
+        &format!("/_index_template/{alias}-template"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "chat's template survived");
+    let (status, _) = search(reqwest::Method::GET, &format!("/{alias}-000001"), None).await;
+    assert_eq!(status, 200, "chat's index survived");
+    nudge(&env, "chat").await;
+    let chat = template_ready(&env, "chat").await;
+    assert!(is(&chat, "TopicsReady", "True"), "{:?}", chat.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_or_index_deleted_behind_the_operator_makes_the_pipeline_not_ready_with_what_to_do()
+{
+    let env = Env::new("op-lost").await;
+    env.create("p", env.spec(json!({}))).await;
+    let p = template_ready(&env, "p").await;
+    env.until("p", "Ready", |mp| is(mp, "Ready", "True")).await;
+
+    // The events topic deleted by hand: made again (so the pipeline flows) and said.
+    let name = p.spec.kafka.topic.name.clone();
+    admin()
+        .delete_topics(&[name.as_str()], &AdminOptions::new())
+        .await
+        .unwrap();
+    wait::until("the topic gone", Duration::from_secs(30), || async {
+        topic(&name).await.is_none().then_some(())
+    })
+    .await;
+    nudge(&env, "p").await;
+    let lost = env
+        .until("p", "TopicsReady=False TopicLost", |mp| {
+            condition(mp, "TopicsReady").is_some_and(|c| c.reason == "TopicLost")
+        })
+        .await;
+    assert!(is(&lost, "Ready", "False"));
+    assert_eq!(condition(&lost, "Ready").unwrap().reason, "TopicLost");
+    assert!(
+        condition(&lost, "TopicsReady")
+            .unwrap()
+            .message
+            .contains("indexGeneration to 2"),
+        "{:?}",
+        condition(&lost, "TopicsReady")
+    );
+    assert!(topic(&name).await.is_some(), "made again");
+
+    // The index deleted by hand: not made again empty, and every condition says so.
+    let alias = p.spec.elasticsearch.alias.clone();
+    let (status, _) = search(reqwest::Method::DELETE, &format!("/{alias}-000001"), None).await;
+    assert_eq!(status, 200);
+    nudge(&env, "p").await;
+    let gone = env
+        .until("p", "IndexTemplateReady=False IndexLost", |mp| {
+            condition(mp, "IndexTemplateReady").is_some_and(|c| c.reason == "IndexLost")
+        })
+        .await;
+    assert!(is(&gone, "Ready", "False"));
+    let (status, _) = search(reqwest::Method::GET, &format!("/{alias}-000001"), None).await;
+    assert_eq!(status, 404, "no empty index in its place");
+    for c in &gone.status.as_ref().unwrap().conditions {
+        assert_eq!(c.observed_generation, gone.metadata.generation, "{c:?}");
+    }
+}

@@ -96,6 +96,15 @@ MessagePipelines, only `update` on finalizers.
 {{ include "mpo.eventRules" . }}
 {{- end }}
 
+{{/* Cluster-scoped reads, granted cluster-wide in both modes. */}}
+{{- define "mpo.namespaceRules" -}}
+# Whether a pipeline's namespace is being deleted: its cleanup then leaves what the Secrets
+# deleted with it gave access to, instead of holding the namespace forever.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+{{- end }}
+
 {{- define "mpo.eventRules" -}}
 - apiGroups: [""]
   resources: ["events"]

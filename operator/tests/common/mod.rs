@@ -133,7 +133,8 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// A pipeline spec on the rig with a unique topic, group and alias; `patch` is merged in.
+    /// A pipeline spec on the rig with a unique topic, group, alias and database (a collection
+    /// is one pipeline's claim); `patch` is merged in.
     /// Both Deployments have 0 replicas: these tests are about what the operator writes, and the
     /// rig's controllers would otherwise start pods (of an image that is not there); workers
     /// running as pods are the cluster e2e's (e2e/tests/cluster.rs).
@@ -142,7 +143,7 @@ impl Env {
             "image": "registry.example/message-pipeline:0.1.0",
             "api": {"replicas": 0, "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}},
             "indexer": {"replicas": 0},
-            "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}},
+            "mongodb": {"uriSecretRef": {"name": "mongodb", "key": "uri"}, "database": unique("op").replace('-', "_")},
             "kafka": {
                 "bootstrapServers": rig().kafka(),
                 "topic": {"name": unique("op-events"), "partitions": 3, "replicationFactor": 1, "retentionMs": 3_600_000},
