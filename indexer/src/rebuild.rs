@@ -22,7 +22,11 @@
 //!
 //! Until the swap nothing the live pipeline reads changes, so a rebuild that fails or is
 //! interrupted leaves the old index serving; running it again fills the same generation again
-//! (external versions make that idempotent). A generation not above the current one is refused.
+//! (external versions make that idempotent). A generation not above the current one is refused,
+//! but for the operator's Job finding the alias already on its generation alone: its previous
+//! pod said `AwaitingSwap`, the operator swapped, and that pod died before the last events, which
+//! reached only the old index. The replacement then fills the index again through the alias
+//! itself (scan, catch-up, the last events), so the swapped-in index misses nothing.
 
 use pipeline_contract::MessageEvent;
 use pipeline_contract::document::StoredMessage;
@@ -126,6 +130,8 @@ struct Rebuild<'a> {
     args: &'a RebuildArgs,
     engine: Indexed,
     layout: IndexLayout,
+    /// Where the scan and the catch-up write: the staging alias, or the alias itself when
+    /// resuming after the swap.
     staging: IndexLayout,
     previous: Vec<String>,
     generation: u32,
@@ -152,14 +158,26 @@ impl<'a> Rebuild<'a> {
             .max()
             .unwrap_or(0);
         let generation = args.generation.unwrap_or(current + 1);
-        if generation <= current {
+        let index = layout.index_of(generation);
+        let swapped = args.operator_swaps
+            && generation == current
+            && previous.as_slice() == std::slice::from_ref(&index);
+        if generation <= current && !swapped {
             return Err(RebuildError::NotNewer {
                 asked: generation,
                 current,
                 next: current + 1,
             });
         }
-        let index = layout.index_of(generation);
+        let staging = if swapped {
+            tracing::warn!(
+                index,
+                "rebuild: the alias points at this generation already (an earlier pod of the Job died after the swap): filling it again through the alias"
+            );
+            layout.clone()
+        } else {
+            staging
+        };
         if args.operator_swaps {
             tracing::info!(
                 index,
@@ -188,7 +206,7 @@ impl<'a> Rebuild<'a> {
         })
     }
 
-    /// Writes every MongoDB document to the new index through the staging alias.
+    /// Writes every MongoDB document to the new index through the staging alias (or the alias).
     async fn scan(
         &self,
         report: &mut RebuildReport,

@@ -283,3 +283,80 @@ async fn a_lost_index_is_rebuilt_and_the_indexer_resumes_with_nothing_missing() 
     stop_indexer.cancel();
     indexer.await.unwrap();
 }
+
+/// The operator's rebuild Job killed after it said `AwaitingSwap`: the operator swaps the alias
+/// (the Lease said so), the pod never applies the events that reached only the old index between
+/// its catch-up and the swap, and the Job starts a replacement pod for the same generation. The
+/// replacement must finish, and the swapped-in index must miss nothing.
+#[tokio::test]
+async fn a_rebuild_pod_killed_after_awaiting_swap_is_finished_by_its_replacement() {
+    use pipeline_contract::install::{SearchEndpoint, create_generation, swap_alias};
+    let start: Vec<StoredMessage> = (0..200).map(|_| stored_message(1, false)).collect();
+    let stack = Arc::new(Stack::new(&start).await);
+    let (_metrics, stop_indexer, indexer) = stack.fixture.start(&stack.group);
+    converge_to(&stack, "the indexer applies the first messages").await;
+    let (stop, writes) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let writer = writer(
+        Arc::clone(&stack),
+        start,
+        Arc::clone(&writes),
+        Arc::clone(&stop),
+    );
+    // What the operator does first: the generation, with its staging alias.
+    let (http, endpoint) = (
+        reqwest::Client::new(),
+        SearchEndpoint::new(rig().search_url()),
+    );
+    let layout = stack.fixture.layout.clone();
+    create_generation(&http, &endpoint, &layout, 2)
+        .await
+        .unwrap();
+    let args = rebuild_args(&stack, &["--operator-swaps", "--generation", "2"]);
+
+    // The first pod, killed once it says AwaitingSwap.
+    let awaiting = Arc::new(AtomicBool::new(false));
+    let said = Arc::clone(&awaiting);
+    let first_args = args.clone();
+    let first = tokio::spawn(async move {
+        let _ = rebuild::rebuild(&first_args, |p| {
+            if p.phase == Phase::AwaitingSwap {
+                said.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+    });
+    wait::until(
+        "the first pod awaits the swap",
+        Duration::from_secs(120),
+        || async { awaiting.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    first.abort();
+    let _ = first.await;
+    // Changes between its catch-up and the swap reach only the old index.
+    let at_kill = writes.load(Ordering::Relaxed);
+    wait::until(
+        "writes before the swap",
+        Duration::from_secs(30),
+        || async { (writes.load(Ordering::Relaxed) >= at_kill + 30).then_some(()) },
+    )
+    .await;
+    swap_alias(&http, &endpoint, &layout, 2, &[layout.first_index()])
+        .await
+        .unwrap();
+    assert_eq!(alias_indices(&stack).await, [layout.index_of(2)]);
+
+    // The Job's replacement pod, for the same generation.
+    let report = rebuild::rebuild(&args, |_| {})
+        .await
+        .expect("the replacement pod finishes the rebuild");
+    assert_eq!(report.generation, 2);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    converge_to(&stack, "the swapped-in index equals MongoDB").await;
+    stop_indexer.cancel();
+    indexer.await.unwrap();
+}
