@@ -174,14 +174,14 @@ async fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let (mut child, base) =
+    let (mut child, base, metrics_url) =
         start_server(&http, &binary, workers, &database, &topic, &keys, None).await;
     // The same server with every request traced (100 %) to the rig's collector, on a database
     // and topic of its own: the cost of tracing, in the same rounds.
     let traced_database = unique("bench_api_traced").replace('-', "_");
     let traced_topic = unique("bench-api-traced-events");
     kafka::create_topic(&traced_topic, 3).await;
-    let (mut traced_child, traced_base) = start_server(
+    let (mut traced_child, traced_base, traced_metrics) = start_server(
         &http,
         &binary,
         workers,
@@ -258,8 +258,15 @@ async fn main() {
         }
     };
     let many_in_flight: usize = env_or("BENCH_RAW_MANY_IN_FLIGHT", 1);
-    let port = |base: &str| base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    let (api_port, traced_port) = (port(&base), port(&traced_base));
+    let port = |url: &str| {
+        url.trim_end_matches("/metrics")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    let (api_port, traced_port) = (port(&metrics_url), port(&traced_metrics));
     // (batches, documents) the API's group commit wrote so far.
     let batches = |port: u16| {
         let http = http.clone();
@@ -362,7 +369,6 @@ async fn main() {
 
     // The relay: how long until the topic holds every create.
     let stop_load = Instant::now();
-    let metrics_url = format!("{base}/metrics");
     let caught_up = loop {
         let text = http
             .get(&metrics_url)
@@ -427,7 +433,7 @@ async fn main() {
 
 /// Starts the api-server `binary` on `database` and `topic`, tenant limits off (this measures
 /// the server, not a tenant's share of it), exporting every request's trace to `collector`
-/// when given; returns it once ready, with its base URL.
+/// when given; returns it once ready, with its base URL and the URL of its `/metrics`.
 async fn start_server(
     http: &reqwest::Client,
     binary: &str,
@@ -436,8 +442,8 @@ async fn start_server(
     topic: &str,
     keys: &std::path::Path,
     collector: Option<&str>,
-) -> (std::process::Child, String) {
-    let port = e2e::free_port();
+) -> (std::process::Child, String, String) {
+    let (port, metrics_port) = (e2e::free_port(), e2e::free_port());
     let base = format!("http://127.0.0.1:{port}");
     let log: PathBuf = keys.with_file_name(format!("api-server-{port}.log"));
     let mut command = Command::new(binary);
@@ -464,6 +470,7 @@ async fn start_server(
         .env("API_TENANT_CONCURRENCY", "0")
         .env("RUST_LOG", "warn")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("MONGODB_URI", rig().mongodb_uri())
         .env("MONGODB_DATABASE", database)
         .env("KAFKA_BOOTSTRAP_SERVERS", rig().kafka())
@@ -487,5 +494,9 @@ async fn start_server(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (child, base)
+    (
+        child,
+        base,
+        format!("http://127.0.0.1:{metrics_port}/metrics"),
+    )
 }

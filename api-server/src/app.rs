@@ -100,8 +100,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         max_body_bytes: config.limits.max_body_bytes,
         metrics,
         fairness,
+        health: crate::health::Health::default(),
     });
     tokio::spawn(forget_idle_tenants(Arc::clone(&state), shutdown.clone()));
+    // The first answer before serving, then one a second.
+    state.health.probe(&store, &state.metrics).await;
+    let probe = {
+        let (state, store, stop) = (Arc::clone(&state), store.clone(), shutdown.clone());
+        tokio::spawn(async move { state.health.run(store, &state.metrics, stop).await })
+    };
 
     let relay_stop = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
@@ -123,6 +130,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         shutdown.clone(),
     ));
 
+    let metrics_listener = bind(config.metrics_addr).await?;
+    let scraped = tokio::spawn(
+        axum::serve(
+            metrics_listener,
+            crate::routes::metrics_router(Arc::clone(&state)),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future(),
+    );
     let served = serve(config.http_addr, Arc::clone(&state), &shutdown).await;
     // Requests are done; the writes they started may not be (a client that hung up does not
     // wait for its write). Once they are, every change is in the outbox, or in doubt there.
@@ -134,6 +150,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     relay_stop.cancel();
     let _ = purge_task.await;
     let _ = lease.await;
+    let _ = probe.await;
+    let _ = scraped.await;
     match relay_task.await {
         Ok(Err(error)) => tracing::error!(%error, "relay stopped with an error"),
         Err(error) => tracing::error!(%error, "relay task failed"),
@@ -166,9 +184,7 @@ async fn serve(
     state: Arc<AppState>,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })?;
+    let listener = bind(addr).await?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(addr = %local, "api-server listening");
     // Responses go out whole in one write; never hold them back for Nagle.
@@ -181,6 +197,12 @@ async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .map_err(RunError::Serve)
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
 }
 
 async fn purge_loop(
@@ -285,8 +307,7 @@ async fn hold_lease(state: Arc<AppState>, shutdown: CancellationToken) {
             async move {
                 let lag_ms = (state.metrics.relay_lag_seconds.get() * 1000.0) as i64;
                 WorkerState {
-                    ready: state.messages.store().ping().await.is_ok()
-                        && state.messages.accepts_writes(),
+                    ready: state.health.mongodb_answers() && state.messages.accepts_writes(),
                     breaker: None,
                     relay_backlog: Some(RelayBacklog::of_age_millis(lag_ms)),
                     refused: state.metrics.refusals.current(),

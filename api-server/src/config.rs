@@ -26,9 +26,14 @@ pub use pipeline_contract::worker::tenant_limits::{
     about = "Messages on MongoDB per tenant, relayed to Kafka without loss, and searched"
 )]
 pub struct Config {
-    /// Address of the API, `/live`, `/ready`, `/metrics` and `/openapi.json`.
+    /// Address of the API, `/live`, `/ready` and `/openapi.json`.
     #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+
+    /// Address of `/metrics`, apart from the API: its samples name tenants, which the API's
+    /// clients must not learn from each other (scrapers reach this port; clients need not).
+    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
 
     /// Async worker threads; 0 (the default) means one per CPU the process may use (cgroup
     /// quotas included). Where the server shares few cores with busy neighbours, 1 avoids

@@ -22,6 +22,8 @@ pub mod etag;
 pub mod fairness;
 /// Group commit: concurrent creates written by one `insert_many`, each outcome to its request.
 pub mod group_commit;
+/// Whether MongoDB answers, one probe a second for `/ready` and the Lease.
+pub mod health;
 /// `Idempotency-Key`: validation, the UUIDv5 message id per tenant, request fingerprints.
 pub mod idempotency;
 /// Prometheus metrics.

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub tenant_throttled: Family<ThrottleLabels, Counter>,
     /// Documents per `insert_many` of the group commit.
     pub insert_batch: Histogram,
+    /// MongoDB pings of the health probe (one a second, whatever asks `/ready`).
+    pub mongodb_pings: Counter,
     pub relay_published: Counter,
     pub relay_failures: Counter,
     pub relay_recovered: Counter,
@@ -78,6 +80,7 @@ impl Metrics {
             }),
             tenant_throttled: Family::default(),
             insert_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            mongodb_pings: Counter::default(),
             relay_published: Counter::default(),
             relay_failures: Counter::default(),
             relay_recovered: Counter::default(),
@@ -117,6 +120,11 @@ impl Metrics {
             "mongodb_insert_batch_size",
             "Creates written by one insert_many (group commit)",
             self.insert_batch.clone(),
+        );
+        r.register(
+            "mongodb_pings",
+            "MongoDB pings of the health probe that /ready and the Lease read",
+            self.mongodb_pings.clone(),
         );
     }
 

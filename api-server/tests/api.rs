@@ -395,13 +395,22 @@ async fn authentication_is_required_and_decides_the_tenant() {
         .await;
     reply.problem(401);
     anonymous.get("/v1/search?q=x").await.problem(401);
-    // Probes and tooling need no key.
-    for path in ["/live", "/ready", "/metrics", "/openapi.json"] {
+    // Probes and tooling need no key; the metrics, which name tenants, are not on the API's
+    // port but on a port of their own.
+    for path in ["/live", "/ready", "/openapi.json"] {
         let response = reqwest::get(format!("{}{path}", server.base))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+    let on_api = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap();
+    assert_eq!(on_api.status(), StatusCode::NOT_FOUND);
+    let scraped = reqwest::get(format!("{}/metrics", server.metrics))
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
     assert!(setup.stored().await.is_empty());
 }
 
@@ -692,7 +701,7 @@ async fn openapi_metrics_and_health() {
     );
     assert!(openapi["components"]["schemas"]["Problem"].is_object());
 
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
+    let metrics = reqwest::get(format!("{}/metrics", server.metrics))
         .await
         .unwrap()
         .text()
@@ -744,4 +753,55 @@ async fn the_insecure_demo_mode_takes_the_tenant_from_a_header_and_says_so() {
     anonymous.get(&path).await.problem(400);
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
+}
+
+/// `/ready` is unauthenticated and on the API's port: a flood of it must not put a MongoDB ping
+/// on every call (each one a pooled connection tenants' requests wait for). It answers from a
+/// probe that pings once a second, and tenants writing meanwhile are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_ready_calls_costs_mongodb_one_ping_a_second_and_tenants_are_served() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let setup = Setup::new("api-ready-flood").await;
+    let server = Server::start(&setup).await;
+    let pings = || common::metric(&server, "api_mongodb_pings_total");
+    let before = pings().await.expect("the ping counter");
+    let started = std::time::Instant::now();
+    let (stop, calls) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flood: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, calls) = (Arc::clone(&stop), Arc::clone(&calls));
+            let url = format!("{}/ready", server.base);
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = http.get(&url).send().await.unwrap();
+                    assert_eq!(answer.status(), StatusCode::OK);
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let tenant = server.client(KEY_A);
+    for n in 0..50 {
+        tenant
+            .create(Uuid::new_v4(), &format!("during the flood {n}"))
+            .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let pinged = pings().await.unwrap() - before;
+    let calls = calls.load(Ordering::Relaxed);
+    assert!(calls >= 200, "the flood ran: {calls} calls");
+    assert!(
+        pinged <= seconds.ceil() + 2.0,
+        "{pinged} MongoDB pings for {calls} /ready calls in {seconds:.1} s"
+    );
+    assert_eq!(setup.stored().await.len(), 50, "every tenant create served");
 }

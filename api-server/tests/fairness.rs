@@ -109,7 +109,7 @@ async fn a_tenant_over_its_limit_gets_429_while_another_is_never_refused() {
     assert_eq!(stored.len(), created + b_statuses.len(), "{stored:?}");
 
     // Counted by tenant and limit; B not at all.
-    let text = reqwest::get(format!("{}/metrics", server.base))
+    let text = reqwest::get(format!("{}/metrics", server.metrics))
         .await
         .unwrap()
         .text()

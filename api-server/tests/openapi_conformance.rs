@@ -29,7 +29,7 @@ const MAX_EXAMPLES: &str = "25";
 /// Requests per status, from the server's own `api_http_requests_total`, leaving out the
 /// unauthenticated document itself.
 async fn requests_by_status(server: &Server) -> BTreeMap<u16, u64> {
-    let text = reqwest::get(format!("{}/metrics", server.base))
+    let text = reqwest::get(format!("{}/metrics", server.metrics))
         .await
         .expect("metrics")
         .text()

@@ -42,6 +42,8 @@ pub mod env {
     // api-server.
     pub const API_KEYS_FILE: &str = "API_KEYS_FILE";
     pub const HTTP_ADDR: &str = "HTTP_ADDR";
+    /// Where the api-server serves `/metrics`, apart from the API: its samples name tenants.
+    pub const METRICS_ADDR: &str = "METRICS_ADDR";
     /// Per-tenant limits of each api-server process ([`super::tenant_limits`]).
     pub const TENANT_RATE: &str = "API_TENANT_RATE";
     pub const TENANT_BURST: &str = "API_TENANT_BURST";

@@ -54,6 +54,11 @@ pub struct Install {
     pub image_next: String,
     /// Port-forwards to the pipelines' Services ([`Pipeline::api_forwarded`]), closed with it.
     forwards: Mutex<Vec<ServiceForward>>,
+    /// The operator watches every namespace (else only its own).
+    cluster_wide: bool,
+    /// Namespaces made for pipelines beside the install's ([`Install::namespace`]), removed
+    /// with it.
+    namespaces: Mutex<Vec<String>>,
     removed: bool,
 }
 
@@ -69,6 +74,16 @@ impl Install {
     /// CRD, namespace, Secrets, and `helm upgrade --install` of the operator (waits until its
     /// pod is ready).
     pub async fn new(prefix: &str) -> Self {
+        Self::with_scope(prefix, false).await
+    }
+
+    /// [`Install::new`] with an operator watching every namespace (pipelines may then live in
+    /// namespaces of their own, [`Install::namespace`]).
+    pub async fn cluster_wide(prefix: &str) -> Self {
+        Self::with_scope(prefix, true).await
+    }
+
+    async fn with_scope(prefix: &str, cluster_wide: bool) -> Self {
         let client = rig().kube_client().await;
         let mut apply = rig().kubectl();
         apply.args(["apply", "--server-side", "--force-conflicts", "-f", CRD]);
@@ -91,14 +106,29 @@ impl Install {
             image: image.to_owned(),
             image_next: image_next.to_owned(),
             forwards: Mutex::default(),
+            cluster_wide,
+            namespaces: Mutex::default(),
             removed: false,
         };
-        install.secrets().await;
+        install.secrets(&install.namespace).await;
         install.helm_upgrade(&install.image.clone(), &[]);
         install
     }
 
-    async fn secrets(&self) {
+    /// A namespace for pipelines beside the install's, with the same Secrets (the API key and
+    /// the MongoDB URI); deleted with the install unless a scenario deletes it first.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        assert!(
+            self.cluster_wide,
+            "an operator watching one namespace sees no other"
+        );
+        let name = rig().create_namespace(&self.client, prefix).await;
+        self.secrets(&name).await;
+        self.namespaces.lock().unwrap().push(name.clone());
+        name
+    }
+
+    async fn secrets(&self, namespace: &str) {
         use sha2::{Digest, Sha256};
         let digest: String = Sha256::digest(KEY.as_bytes())
             .iter()
@@ -106,7 +136,7 @@ impl Install {
             .collect();
         let keys = format!("- name: cluster-e2e\n  tenant: {TENANT}\n  sha256: {digest}\n");
         let api: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), &self.namespace);
+            Api::namespaced(self.client.clone(), namespace);
         for (name, key, value) in [
             ("api-keys", "keys.yaml", keys.as_str()),
             ("mongodb", "uri", rig().pod_endpoints().mongodb_uri),
@@ -143,8 +173,13 @@ impl Install {
             "--timeout",
             "180s",
         ]);
+        let watch = if self.cluster_wide {
+            String::new()
+        } else {
+            self.namespace.clone()
+        };
         for set in [
-            format!("watchNamespace={}", self.namespace),
+            format!("watchNamespace={watch}"),
             format!("image.repository={repository}"),
             format!("image.tag={tag}"),
             "image.pullPolicy=Never".to_owned(),
@@ -169,16 +204,20 @@ impl Install {
     }
 
     fn teardown(&self) {
-        let mut delete = rig().kubectl();
-        delete.args([
-            "delete",
-            "messagepipelines",
-            "--all",
-            "--namespace",
-            &self.namespace,
-            "--timeout=90s",
-        ]);
-        let _ = delete.output();
+        let others = self.namespaces.lock().unwrap().clone();
+        for namespace in std::iter::once(&self.namespace).chain(&others) {
+            let mut delete = rig().kubectl();
+            delete.args([
+                "delete",
+                "messagepipelines",
+                "--all",
+                "--ignore-not-found",
+                "--namespace",
+                namespace,
+                "--timeout=90s",
+            ]);
+            let _ = delete.output();
+        }
         let mut helm = rig().helm();
         helm.args([
             "uninstall",
@@ -188,16 +227,32 @@ impl Install {
             "--wait",
         ]);
         let _ = helm.output();
-        let mut namespace = rig().kubectl();
-        namespace.args(["delete", "namespace", &self.namespace, "--wait=false"]);
-        let _ = namespace.output();
+        for namespace in std::iter::once(&self.namespace).chain(&others) {
+            let mut delete = rig().kubectl();
+            delete.args([
+                "delete",
+                "namespace",
+                namespace,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+            let _ = delete.output();
+        }
     }
 
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
-        Api::namespaced(self.client.clone(), &self.namespace)
+        self.api_in(&self.namespace)
+    }
+
+    /// Objects of kind `K` in `namespace`.
+    pub fn api_in<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), namespace)
     }
 
     /// Asserts that the install's namespace has an Event of each of `reasons`.
@@ -235,10 +290,22 @@ impl Install {
     /// Applies a MessagePipeline named `name` on the rig's pod-reachable endpoints (unique topic,
     /// group, alias and database), `search_url` for the search engine, `patch` merged in.
     pub async fn apply_pipeline(&self, name: &str, search_url: &str, patch: Value) -> Pipeline {
+        self.apply_pipeline_in(&self.namespace, name, search_url, patch)
+            .await
+    }
+
+    /// [`Install::apply_pipeline`] in `namespace`.
+    pub async fn apply_pipeline_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        search_url: &str,
+        patch: Value,
+    ) -> Pipeline {
         let endpoints = rig().pod_endpoints();
         let pipeline = Pipeline {
             name: name.to_owned(),
-            namespace: self.namespace.clone(),
+            namespace: namespace.to_owned(),
             database: unique("cluster").replace('-', "_"),
             topic: unique("cluster-events"),
             alias: unique("cluster-messages"),
@@ -258,7 +325,7 @@ impl Install {
             "deletionPolicy": "Delete",
         });
         merge(&mut spec, patch);
-        self.patch_pipeline(name, spec).await;
+        self.patch_pipeline_in(namespace, name, spec).await;
         pipeline
     }
 
@@ -294,20 +361,25 @@ impl Install {
 
     /// Server-side apply of a pipeline's whole spec.
     pub async fn patch_pipeline(&self, name: &str, spec: Value) {
+        self.patch_pipeline_in(&self.namespace, name, spec).await;
+    }
+
+    /// [`Install::patch_pipeline`] in `namespace`.
+    pub async fn patch_pipeline_in(&self, namespace: &str, name: &str, spec: Value) {
         let mp = json!({
             "apiVersion": "messagepipeline.io/v1alpha1",
             "kind": "MessagePipeline",
             "metadata": {"name": name},
             "spec": spec,
         });
-        self.api::<MessagePipeline>()
+        self.api_in::<MessagePipeline>(namespace)
             .patch(
                 name,
                 &PatchParams::apply("cluster-e2e").force(),
                 &Patch::Apply(&mp),
             )
             .await
-            .unwrap_or_else(|e| panic!("applying MessagePipeline {name}: {e}"));
+            .unwrap_or_else(|e| panic!("applying MessagePipeline {namespace}/{name}: {e}"));
     }
 }
 
@@ -336,7 +408,7 @@ fn merge(target: &mut Value, patch: Value) {
 
 impl Pipeline {
     pub fn mps(&self, install: &Install) -> Api<MessagePipeline> {
-        install.api()
+        install.api_in(&self.namespace)
     }
 
     /// Waits until `check` holds for the resource (at most `timeout`); returns it. On timeout the
@@ -362,7 +434,7 @@ impl Pipeline {
             if Instant::now() >= deadline {
                 panic!(
                     "timed out after {timeout:?} waiting for {what}\n{}",
-                    diagnosis(install, last.as_ref()).await
+                    diagnosis(install, &self.namespace, last.as_ref()).await
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -380,7 +452,7 @@ impl Pipeline {
         match rig().service_access() {
             ServiceAccess::ClusterIp => {
                 let service = install
-                    .api::<Service>()
+                    .api_in::<Service>(&self.namespace)
                     .get(&self.api_service())
                     .await
                     .unwrap();
@@ -435,7 +507,7 @@ impl Pipeline {
     /// Pods of one role (`api` or `indexer`).
     pub async fn pods(&self, install: &Install, role: &str) -> Vec<Pod> {
         install
-            .api::<Pod>()
+            .api_in::<Pod>(&self.namespace)
             .list(&ListParams::default().labels(&format!(
                 "messagepipeline.io/pipeline={},messagepipeline.io/role={role}",
                 self.name
@@ -625,7 +697,7 @@ pub fn pod_ready(p: &Pod) -> bool {
 
 /// What a timed-out wait shows: the pipeline's conditions as last seen, and each pod of the
 /// install's namespace with its phase, readiness and the last lines of its log.
-async fn diagnosis(install: &Install, mp: Option<&MessagePipeline>) -> String {
+async fn diagnosis(install: &Install, namespace: &str, mp: Option<&MessagePipeline>) -> String {
     let mut out = String::new();
     match mp.and_then(|mp| mp.status.as_ref()) {
         Some(status) => {
@@ -635,33 +707,38 @@ async fn diagnosis(install: &Install, mp: Option<&MessagePipeline>) -> String {
         }
         None => out += "  the pipeline has no status\n",
     }
-    let pods: Api<Pod> = install.api();
-    for pod in pods
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let status = pod.status.unwrap_or_default();
-        let ready: Vec<String> = status
-            .container_statuses
+    let mut pods_in = vec![install.api::<Pod>()];
+    if namespace != install.namespace {
+        pods_in.push(install.api_in(namespace));
+    }
+    for pods in pods_in {
+        for pod in pods
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
             .unwrap_or_default()
-            .iter()
-            .map(|c| format!("{} ready={} restarts={}", c.name, c.ready, c.restart_count))
-            .collect();
-        out += &format!(
-            "  pod {name}: {} [{}]\n",
-            status.phase.unwrap_or_default(),
-            ready.join(", ")
-        );
-        let params = kube::api::LogParams {
-            tail_lines: Some(15),
-            ..Default::default()
-        };
-        if let Ok(log) = pods.logs(&name, &params).await {
-            for line in log.lines() {
-                out += &format!("    {line}\n");
+        {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.unwrap_or_default();
+            let ready: Vec<String> = status
+                .container_statuses
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("{} ready={} restarts={}", c.name, c.ready, c.restart_count))
+                .collect();
+            out += &format!(
+                "  pod {name}: {} [{}]\n",
+                status.phase.unwrap_or_default(),
+                ready.join(", ")
+            );
+            let params = kube::api::LogParams {
+                tail_lines: Some(15),
+                ..Default::default()
+            };
+            if let Ok(log) = pods.logs(&name, &params).await {
+                for line in log.lines() {
+                    out += &format!("    {line}\n");
+                }
             }
         }
     }

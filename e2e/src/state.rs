@@ -81,27 +81,42 @@ pub async fn indexed_at(
         .request(http, reqwest::Method::POST, &format!("/{index}/_refresh"))
         .send()
         .await;
-    let body: Value = endpoint
-        .request(
-            http,
-            reqwest::Method::POST,
-            &format!("/{index}/_search?version=true&size=10000"),
-        )
-        .json(&json!({"query": {"match_all": {}}, "_source": ["deleted"]}))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    body["hits"]["hits"]
-        .as_array()?
-        .iter()
-        .map(|h| {
-            Some((
+    // Pages of 5,000 in `id` order: a cluster scenario's index outgrows one 10,000 window.
+    let mut out = Versions::new();
+    let mut after: Option<Value> = None;
+    loop {
+        let mut query = json!({
+            "query": {"match_all": {}},
+            "_source": ["deleted"],
+            "size": 5000,
+            "sort": [{"id": "asc"}],
+        });
+        if let Some(after) = &after {
+            query["search_after"] = after.clone();
+        }
+        let body: Value = endpoint
+            .request(
+                http,
+                reqwest::Method::POST,
+                &format!("/{index}/_search?version=true"),
+            )
+            .json(&query)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let hits = body["hits"]["hits"].as_array()?;
+        for h in hits {
+            out.insert(
                 Uuid::parse_str(h["_id"].as_str()?).ok()?,
                 (h["_version"].as_u64()?, h["_source"]["deleted"].as_bool()?),
-            ))
-        })
-        .collect()
+            );
+        }
+        match hits.last() {
+            Some(last) if hits.len() == 5000 => after = Some(last["sort"].clone()),
+            _ => return Some(out),
+        }
+    }
 }

@@ -35,6 +35,8 @@ use pipeline_contract::worker::{Role as WorkerRole, env, lease};
 
 /// The HTTP port of both workers (API, probes, metrics).
 pub const HTTP_PORT: i32 = 8080;
+/// The api-server's `/metrics` port, apart from the API (its samples name tenants).
+pub const METRICS_PORT: i32 = 9090;
 /// The non-root user of the workers' image.
 pub const RUN_AS_USER: i64 = 65532;
 /// Where Secret files are mounted.
@@ -505,6 +507,7 @@ fn role_pod<'a>(
             volumes.push(v);
             mounts.push(m);
             env_vars.push(plain(env::API_KEYS_FILE, path));
+            env_vars.push(plain(env::METRICS_ADDR, format!("0.0.0.0:{METRICS_PORT}")));
             env_vars.extend(tenant_limits_env(&spec.api.tenant_limits));
             let uri = &spec.mongodb.uri_secret_ref;
             env_vars.extend(mongodb_env(mp, uri, volumes, mounts));
@@ -642,12 +645,17 @@ fn deployment(mp: &MessagePipeline, role: WorkerRole) -> Deployment {
     let (mut template, replicas) = pod_template(mp, role);
     if let Some(pod) = template.spec.as_mut() {
         let container = &mut pod.containers[0];
-        container.ports = Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
+        let port = |name: &str, container_port| ContainerPort {
+            name: Some(name.into()),
+            container_port,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
-        }]);
+        };
+        let mut ports = vec![port("http", HTTP_PORT)];
+        if role == WorkerRole::Api {
+            ports.push(port("metrics", METRICS_PORT));
+        }
+        container.ports = Some(ports);
         container.liveness_probe = Some(probe("/live", 10));
         container.readiness_probe = Some(probe("/ready", 5));
     }

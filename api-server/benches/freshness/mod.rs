@@ -160,6 +160,7 @@ impl Setup {
         let port = e2e::free_port();
         let mut env = vec![
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("METRICS_ADDR", format!("127.0.0.1:{}", e2e::free_port())),
             ("API_KEYS_FILE", self.keys.display().to_string()),
             ("API_WORKER_THREADS", "1".to_owned()),
         ];

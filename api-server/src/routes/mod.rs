@@ -58,6 +58,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub fairness: Fairness,
+    pub health: crate::health::Health,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -82,7 +83,6 @@ pub fn router(state: SharedState) -> Router {
         .merge(v1)
         .route("/live", get(ops::live))
         .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe));
     api.fallback(|| async { Problem::not_found("no such route") })
@@ -92,6 +92,15 @@ pub fn router(state: SharedState) -> Router {
             p.title = "Method Not Allowed".into();
             p
         })
+        .with_state(state)
+}
+
+/// `/metrics` (and `/live`), served on a port of their own ([`crate::config::Config::metrics_addr`]).
+pub fn metrics_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/live", get(ops::live))
+        .fallback(|| async { Problem::not_found("no such route") })
         .with_state(state)
 }
 

@@ -1,5 +1,5 @@
 //! `/live`, `/ready`, `/metrics` and `/openapi.json`: unauthenticated, for probes, scrapers
-//! and tooling.
+//! and tooling (`/metrics` on its own port: its samples name tenants).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -12,25 +12,25 @@ pub async fn live() -> &'static str {
     "ok"
 }
 
-/// MongoDB answers and the relay has registered this process (writes are taken). Kafka is
-/// deliberately not part of it: a Kafka outage must not stop the API (the relay catches up), or
-/// every pod would turn unready at once.
+/// MongoDB answers (as the health probe last found: a flood of calls costs MongoDB nothing) and
+/// the relay has registered this process (writes are taken). Kafka is deliberately not part of
+/// it: a Kafka outage must not stop the API (the relay catches up), or every pod would turn
+/// unready at once.
 pub async fn ready(State(state): State<SharedState>) -> Response {
-    match state.messages.store().ping().await {
-        Ok(()) if !state.messages.accepts_writes() => (
+    if !state.health.mongodb_answers() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: MongoDB does not answer",
+        )
+            .into_response()
+    } else if !state.messages.accepts_writes() {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the relay has not registered this api-server recently",
         )
-            .into_response(),
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "not ready: MongoDB does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: MongoDB does not answer",
-            )
-                .into_response()
-        }
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
     }
 }
 

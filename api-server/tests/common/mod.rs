@@ -104,6 +104,8 @@ impl Setup {
 pub struct Server {
     child: Child,
     pub base: String,
+    /// Where its `/metrics` is (a port apart from the API's).
+    pub metrics: String,
     pub log: PathBuf,
 }
 
@@ -122,6 +124,7 @@ impl Server {
     /// Starts the binary with the setup's settings plus `extra` env vars, without waiting.
     pub fn launch(setup: &Setup, extra: &[(&str, &str)]) -> Self {
         let port = e2e::free_port();
+        let metrics_port = e2e::free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("api-server")));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_api-server"));
@@ -130,6 +133,7 @@ impl Server {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("MONGODB_URI", rig().mongodb_uri())
             .env("MONGODB_DATABASE", &setup.database)
             // Unchecked: some tests start servers while Kafka is stopped (Setup checked it).
@@ -155,6 +159,7 @@ impl Server {
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
             log,
         }
     }
@@ -391,7 +396,7 @@ impl Drop for KafkaDown {
 
 /// A value of the api-server's `/metrics` (first sample with this name and labels).
 pub async fn metric(server: &Server, sample: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", server.base))
+    let text = reqwest::get(format!("{}/metrics", server.metrics))
         .await
         .ok()?
         .text()
