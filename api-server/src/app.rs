@@ -126,7 +126,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let purge_task = tokio::spawn(purge_loop(
         Arc::clone(&state),
         config.tombstone_horizon_days,
-        Duration::from_secs(config.purge_interval_seconds.max(1)),
+        (
+            Duration::from_secs(config.purge_interval_seconds.max(1)),
+            Duration::from_secs(config.purge_index_grace_seconds),
+        ),
         shutdown.clone(),
     ));
 
@@ -205,22 +208,36 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
+/// Every `every`, a purge of the tombstones past the horizon (see `Messages::purge`).
 async fn purge_loop(
     state: Arc<AppState>,
     horizon_days: u32,
-    every: Duration,
+    (every, index_grace): (Duration, Duration),
     shutdown: CancellationToken,
 ) {
     let horizon = chrono::Duration::days(i64::from(horizon_days));
+    if state.search.is_none() {
+        tracing::warn!(
+            "no search engine configured: tombstones are kept (the api-server purges one only once the index no longer holds it)"
+        );
+    }
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
         let before = Timestamp::from(Timestamp::now().as_datetime() - horizon);
-        match state.messages.purge(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, %before, "tombstones purged"),
+        match state
+            .messages
+            .purge(before, state.search.as_ref(), index_grace)
+            .await
+        {
+            Ok(p) if p.purged == 0 && p.kept == 0 => {}
+            Ok(p) => {
+                state.metrics.tombstones_purged.inc_by(p.purged);
+                state.metrics.tombstones_kept.inc_by(p.kept);
+                tracing::info!(purged = p.purged, kept = p.kept, %before, "tombstones purged (kept: the index still holds them)");
+            }
             Err(error) => tracing::warn!(%error, "tombstone purge failed; will retry"),
         }
     }

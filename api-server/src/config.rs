@@ -81,6 +81,12 @@ pub struct Config {
     /// Seconds between tombstone purges.
     #[arg(long, env = "API_PURGE_INTERVAL_SECONDS", default_value_t = 3600)]
     pub purge_interval_seconds: u64,
+
+    /// Seconds a tombstone past the horizon stays in MongoDB after a purge first found the index
+    /// without it: longer than the engine remembers a deleted version (`index.gc_deletes`, 60 s
+    /// by default), so that a message made again under the same id is not outranked.
+    #[arg(long, env = "API_PURGE_INDEX_GRACE_SECONDS", default_value_t = 300)]
+    pub purge_index_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub insert_batch: Histogram,
     /// MongoDB pings of the health probe (one a second, whatever asks `/ready`).
     pub mongodb_pings: Counter,
+    /// Tombstones purged from MongoDB, and past the horizon but kept because the index still
+    /// holds them (counted at each purge).
+    pub tombstones_purged: Counter,
+    pub tombstones_kept: Counter,
     pub relay_published: Counter,
     pub relay_failures: Counter,
     pub relay_recovered: Counter,
@@ -81,6 +85,8 @@ impl Metrics {
             tenant_throttled: Family::default(),
             insert_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             mongodb_pings: Counter::default(),
+            tombstones_purged: Counter::default(),
+            tombstones_kept: Counter::default(),
             relay_published: Counter::default(),
             relay_failures: Counter::default(),
             relay_recovered: Counter::default(),
@@ -125,6 +131,16 @@ impl Metrics {
             "mongodb_pings",
             "MongoDB pings of the health probe that /ready and the Lease read",
             self.mongodb_pings.clone(),
+        );
+        r.register(
+            "tombstones_purged",
+            "Tombstones purged from MongoDB (past the horizon, published, gone from the index)",
+            self.tombstones_purged.clone(),
+        );
+        r.register(
+            "tombstones_kept",
+            "Tombstones past the horizon kept by a purge because the index still holds them",
+            self.tombstones_kept.clone(),
         );
     }
 

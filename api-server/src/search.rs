@@ -10,6 +10,7 @@
 //! (typically well under a second on the rig; see the README): a message just created may not
 //! be found yet, and one just deleted may still be found until its tombstone is indexed.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use pipeline_contract::install::SearchEndpoint;
@@ -248,6 +249,33 @@ impl SearchClient {
             endpoint: args.access.endpoint(base),
             path: format!("/{}/_search", args.search_alias),
         }))
+    }
+
+    /// Which of `ids` the index holds (a document, live or tombstone, whatever its tenant).
+    pub async fn held(&self, ids: &[String]) -> Result<HashSet<String>, String> {
+        let body = json!({
+            "query": {"ids": {"values": ids}},
+            "_source": false,
+            "size": ids.len(),
+        });
+        let response = self
+            .endpoint
+            .request(&self.http, reqwest::Method::POST, &self.path)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("the search engine answered {status}: {answer}"));
+        }
+        Ok(answer["hits"]["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["_id"].as_str().map(str::to_owned))
+            .collect())
     }
 
     pub async fn search(&self, tenant: &str, query: &SearchQuery) -> Result<Hits, Problem> {

@@ -33,6 +33,7 @@ use crate::group_commit::{GroupCommit, Outcome};
 use crate::idempotency::{IdempotencyKey, request_fingerprint};
 use crate::outbox::{Outbox, Unvouched};
 use crate::problem::{FieldError, Problem};
+use crate::search::SearchClient;
 use crate::store::{
     After, Change, Message, MessageView, Store, StoreError, StoredMessage, to_bson,
 };
@@ -300,18 +301,87 @@ impl Messages {
         Ok(Page { items, next })
     }
 
-    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka: older than
-    /// every replica's watermark, this process's included.
-    pub async fn purge(&self, deleted_before: Timestamp) -> Result<u64, StoreError> {
+    /// Removes tombstones deleted before `deleted_before` whose delete is on Kafka (older than
+    /// every replica's watermark, this process's included) and that the index has not held for
+    /// at least `index_grace`.
+    ///
+    /// The index keeps its own tombstone of a message until the indexer purges it, and the
+    /// engine then remembers the deleted version for a while (`index.gc_deletes`, 60 s by
+    /// default). A tombstone gone from MongoDB before either would hide the next life of its id:
+    /// an `Idempotency-Key` used again makes the same id at version 1, which the older version
+    /// outranks, and the new message would never be searchable. So a purge that finds the index
+    /// without a tombstone notes the time on it, and a later purge, `index_grace` after, removes
+    /// it; without a search engine to ask, none goes.
+    pub async fn purge(
+        &self,
+        deleted_before: Timestamp,
+        search: Option<&SearchClient>,
+        index_grace: Duration,
+    ) -> Result<Purged, StoreError> {
+        let Some(search) = search else {
+            return Ok(Purged::default());
+        };
         let own = self.inner.outbox.snapshot().watermark;
         let store = &self.inner.store;
         let lowest = store.lowest_watermark().await?.map_or(own, |w| w.min(own));
         let published_before = Timestamp::from_millis(lowest)
             .unwrap_or_else(|| Timestamp::from_millis(0).expect("epoch"));
-        store
-            .purge_tombstones(deleted_before, published_before)
-            .await
+        let now = Timestamp::now();
+        let grace = i64::try_from(index_grace.as_millis()).unwrap_or(i64::MAX);
+        let mut purged = Purged::default();
+        let mut after = String::new();
+        loop {
+            let page = store
+                .purgeable(deleted_before, published_before, &after, PURGE_PAGE)
+                .await?;
+            let Some((last, _)) = page.last().cloned() else {
+                return Ok(purged);
+            };
+            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            let held = match search.held(&ids).await {
+                Ok(held) => held,
+                Err(error) => {
+                    tracing::warn!(%error, "asking the index which tombstones it holds; purging none");
+                    return Ok(purged);
+                }
+            };
+            let (mut due, mut newly_gone) = (Vec::new(), Vec::new());
+            for (id, gone_at) in &page {
+                match gone_at {
+                    _ if held.contains(id) => purged.kept += 1,
+                    Some(at) if now.timestamp_millis() - at >= grace => due.push(id.clone()),
+                    Some(_) => purged.kept += 1,
+                    None => {
+                        newly_gone.push(id.clone());
+                        purged.kept += 1;
+                    }
+                }
+            }
+            if !newly_gone.is_empty() {
+                store.note_index_gone(&newly_gone, now).await?;
+            }
+            if !due.is_empty() {
+                purged.purged += store
+                    .purge_tombstones(&due, deleted_before, published_before)
+                    .await?;
+            }
+            if page.len() < usize::try_from(PURGE_PAGE).unwrap_or(usize::MAX) {
+                return Ok(purged);
+            }
+            after = last;
+        }
     }
+}
+
+/// Tombstones looked at per page of a purge.
+const PURGE_PAGE: i64 = 1000;
+
+/// What a purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub purged: u64,
+    /// Past the horizon, kept because the index still holds them, or held them too recently.
+    pub kept: u64,
 }
 
 impl Writer {

@@ -114,6 +114,21 @@ pub struct After {
     pub id: String,
 }
 
+/// On a tombstone: when the purge first found the index without it (the index's own tombstone
+/// purged); MongoDB's goes some time after, once the engine forgot the deleted version too.
+const INDEX_GONE_AT: &str = "indexGoneAt";
+
+/// Tombstones deleted before `deleted_before` and published (changed before `published_before`)
+/// whose `_id` matches `ids`.
+fn purgeable(deleted_before: Timestamp, published_before: Timestamp, ids: Document) -> Document {
+    doc! {
+        "_id": ids,
+        "deleted": true,
+        "deletedAt": {"$lt": to_bson(deleted_before)},
+        "updatedAt": {"$lt": to_bson(published_before)},
+    }
+}
+
 /// The repository: the messages collection and the relay's state collection.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -311,22 +326,71 @@ impl Store {
         Ok(cursor.try_collect().await?)
     }
 
-    /// Deletes tombstones deleted before `deleted_before` whose delete was already published
-    /// (changed before `published_before`, the relay's watermark). Returns how many.
+    /// Up to `limit` tombstones, in `_id` order after `after`, deleted before `deleted_before`
+    /// whose delete was already published (changed before `published_before`, the relay's
+    /// watermark): each id, and since when the purge has found the index without it.
+    pub async fn purgeable(
+        &self,
+        deleted_before: Timestamp,
+        published_before: Timestamp,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        let filter = purgeable(deleted_before, published_before, doc! {"$gt": after});
+        let mut cursor = self
+            .plain()
+            .find(filter)
+            .projection(doc! {"_id": 1, INDEX_GONE_AT: 1})
+            .sort(doc! {"_id": 1})
+            .limit(limit)
+            .await?;
+        let mut found = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            if let Ok(id) = d.get_str("_id") {
+                let gone = d
+                    .get_datetime(INDEX_GONE_AT)
+                    .ok()
+                    .map(|t| t.timestamp_millis());
+                found.push((id.to_owned(), gone));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Notes on the tombstones among `ids` that the purge found the index without them (`at`),
+    /// unless noted before; the change's own fields (`updatedAt`, `version`) stay as they are,
+    /// so the relay sees no change.
+    pub async fn note_index_gone(&self, ids: &[String], at: Timestamp) -> Result<(), StoreError> {
+        self.plain()
+            .update_many(
+                doc! {"_id": {"$in": ids}, "deleted": true, INDEX_GONE_AT: {"$exists": false}},
+                doc! {"$set": {INDEX_GONE_AT: to_bson(at)}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the tombstones among `ids` that are still purgeable; returns how many.
     pub async fn purge_tombstones(
         &self,
+        ids: &[String],
         deleted_before: Timestamp,
         published_before: Timestamp,
     ) -> Result<u64, StoreError> {
         let result = self
             .messages
-            .delete_many(doc! {
-                "deleted": true,
-                "deletedAt": {"$lt": to_bson(deleted_before)},
-                "updatedAt": {"$lt": to_bson(published_before)},
-            })
+            .delete_many(purgeable(
+                deleted_before,
+                published_before,
+                doc! {"$in": ids},
+            ))
             .await?;
         Ok(result.deleted_count)
+    }
+
+    /// The messages collection as plain documents (for reads and writes of a few fields).
+    fn plain(&self) -> Collection<Document> {
+        self.messages.clone_with_type()
     }
 
     /// Writes this process's registration (creating it again if a survivor deleted it): its

@@ -43,13 +43,16 @@ async fn search_until(api: &Api, query: &str, expected: &[&str]) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_finds_the_callers_live_messages_only() {
-    let mut setup = Setup::new("search").await;
-    e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
-    let alias = setup.with_search_index("search-messages").await;
+type Indexer = tokio::task::JoinHandle<Result<(), indexer::run::RunError>>;
 
-    let cli = Cli::try_parse_from([
+/// The real indexer, in this process, from the setup's topic to `alias` as `group`.
+fn start_indexer(
+    setup: &Setup,
+    alias: &str,
+    group: &str,
+    extra: &[&str],
+) -> (CancellationToken, Indexer) {
+    let mut argv = vec![
         "indexer",
         "run",
         "--bootstrap-servers",
@@ -57,18 +60,18 @@ async fn search_finds_the_callers_live_messages_only() {
         "--topic",
         &setup.topic,
         "--group",
-        &unique("search-indexer"),
+        group,
         "--search-url",
         rig().search_url(),
         "--alias",
-        &alias,
+        alias,
         "--batch-linger-ms",
         "20",
         "--http-addr",
         "127.0.0.1:0",
-    ])
-    .unwrap();
-    let Command::Run(args) = cli.command else {
+    ];
+    argv.extend_from_slice(extra);
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
     let stop = CancellationToken::new();
@@ -77,6 +80,16 @@ async fn search_finds_the_callers_live_messages_only() {
         std::sync::Arc::new(Metrics::new()),
         stop.clone(),
     ));
+    (stop, indexer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_the_callers_live_messages_only() {
+    let mut setup = Setup::new("search").await;
+    e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
+    let alias = setup.with_search_index("search-messages").await;
+
+    let (stop, indexer) = start_indexer(&setup, &alias, &unique("search-indexer"), &[]);
 
     let server = Server::start(&setup).await;
     let (a, b) = (server.client(KEY_A), server.client(KEY_B));
@@ -178,4 +191,102 @@ async fn an_unreachable_search_engine_is_503_and_writes_go_on() {
     let a = server.client(KEY_A);
     a.get("/v1/search?q=x").await.problem(503);
     a.create(Uuid::new_v4(), "still accepted").await;
+}
+
+/// An `Idempotency-Key` used again after its message was deleted and its tombstone purged makes
+/// the same id again, at version 1. The index keeps its own tombstone (version 2) until the
+/// indexer purges it, and the engine then remembers the deleted version for `index.gc_deletes`:
+/// either would outrank the new message for good. So the api-server purges a tombstone only a
+/// grace after a purge found the index without it: until then the key is answered 409 (the
+/// message was deleted); after, the new message is created and found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_used_again_after_the_purge_makes_a_message_that_search_finds() {
+    use pipeline_contract::install::{SearchEndpoint, install};
+    use pipeline_contract::search::{IndexLayout, IndexSettings};
+    let mut setup = Setup::new("search-reuse").await;
+    e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
+    // The engine forgets a deleted version after 1 s here (60 s by default).
+    let layout = IndexLayout::new(unique("search-reuse")).unwrap();
+    let settings = IndexSettings {
+        replicas: 0,
+        gc_deletes: Some("1s".into()),
+        ..IndexSettings::default()
+    };
+    install(
+        &reqwest::Client::new(),
+        &SearchEndpoint::new(rig().search_url()),
+        &layout,
+        &settings,
+    )
+    .await
+    .unwrap();
+    let alias = layout.alias().to_owned();
+    setup.search = Some((rig().search_url().to_owned(), alias.clone()));
+    let group = unique("search-reuse-indexer");
+    let (stop, indexer) = start_indexer(&setup, &alias, &group, &[]);
+    // The api-server purges every second whatever is deleted (a horizon of 0 days).
+    let server = Server::start_with(
+        &setup,
+        &[
+            ("INDEXER_TOMBSTONE_HORIZON_DAYS", "0"),
+            ("API_PURGE_INTERVAL_SECONDS", "1"),
+            ("API_PURGE_INDEX_GRACE_SECONDS", "3"),
+        ],
+    )
+    .await;
+    let a = server.client(KEY_A);
+    let create = |content: &'static str| {
+        let a = a.clone();
+        async move {
+            a.send(
+                Method::POST,
+                "/v1/messages",
+                Some(&json!({"conversationId": Uuid::from_u128(1), "senderId": Uuid::from_u128(2), "content": content})),
+                &[("idempotency-key", "order-42")],
+            )
+            .await
+        }
+    };
+    let first = create("first life").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    search_until(&a, "q=life", &["first life"]).await;
+    assert_eq!(a.delete(&id, None).await.status, StatusCode::NO_CONTENT);
+    search_until(&a, "q=life", &[]).await;
+
+    // Purges run and keep the tombstone: the index still holds its own.
+    let kept = || common::metric(&server, "api_tombstones_kept_total");
+    wait::until(
+        "a purge that kept the tombstone",
+        Duration::from_secs(30),
+        || async { (kept().await.unwrap_or(0.0) >= 2.0).then_some(()) },
+    )
+    .await;
+    let uuid = Uuid::parse_str(&id).unwrap();
+    assert_eq!(setup.stored().await.get(&uuid), Some(&(2, true)));
+    create("second life").await.problem(409);
+
+    // The indexer purges the index's tombstone (its horizon 0 days too); then MongoDB's goes.
+    stop.cancel();
+    indexer.await.unwrap().expect("indexer stopped cleanly");
+    let purging = [
+        "--tombstone-horizon-days",
+        "0",
+        "--purge-interval-seconds",
+        "1",
+    ];
+    let (stop, indexer) = start_indexer(&setup, &alias, &group, &purging);
+    wait::until(
+        "the tombstone purged from MongoDB",
+        Duration::from_secs(60),
+        || async { (!setup.stored().await.contains_key(&uuid)).then_some(()) },
+    )
+    .await;
+    let second = create("second life").await;
+    assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
+    assert_eq!(second.header("idempotent-replayed"), None, "a new message");
+    assert_eq!(second.body["id"].as_str(), Some(id.as_str()), "the same id");
+    search_until(&a, "q=life", &["second life"]).await;
+    stop.cancel();
+    indexer.await.unwrap().expect("indexer stopped cleanly");
 }

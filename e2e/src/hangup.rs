@@ -31,12 +31,17 @@ pub struct HungUp {
     pub acked: Versions,
 }
 
-/// The `host:port` of an `http://host:port` base.
+/// The `ip:port` of an `http://ip[:port]` base (port 80 when none is given).
 fn address(base: &str) -> SocketAddr {
-    base.trim_start_matches("http://")
-        .trim_end_matches('/')
+    let authority = base.trim_start_matches("http://").trim_end_matches('/');
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    with_port
         .parse()
-        .unwrap_or_else(|e| panic!("{base} is not http://ip:port: {e}"))
+        .unwrap_or_else(|e| panic!("{base} is not http://ip[:port]: {e}"))
 }
 
 /// A raw HTTP/1.1 request with a JSON body (or none).
