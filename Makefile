@@ -64,12 +64,14 @@ unit:
 	cargo test --workspace --lib --bins --test seed --test generated --test documents --test prerequisites --test settings_read
 
 ## The long cluster scenarios (indexer 1 -> 3 -> 1, a minute of chaos with pods killed at 100+
-## writes/s); not part of `make test`. Its image holds release builds (the chaos asks for a write
-## rate the debug builds of `make image` do not reach on 2 cores). CHAOS_SECS (default 60).
+## writes/s) and the fault suite's long mode (more hang-ups, kill rounds, the rebuild Job killed
+## at each phase); not part of `make test`, which runs the suite's short mode. Its image holds
+## release builds (the chaos asks for a write rate the debug builds of `make image` do not reach
+## on 2 cores). CHAOS_SECS (default 60).
 e2e-full: up
 	cargo build --release -p api-server -p indexer -p operator
 	devstack/image target/release
-	cargo test -p e2e --features full --test cluster_full -- --nocapture
+	cargo test -p e2e --features full --test cluster_full --test faults -- --nocapture --test-threads 1
 
 ## Benchmarks against the rig (release build): indexer throughput vs the raw _bulk ceiling,
 ## freshness, peak RSS. BENCH_EVENTS (default 200000), BENCH_RATE, BENCH_STEADY_SECS tune it.

@@ -6,11 +6,13 @@
 //! document by document.
 //!
 //! The scenarios share one node and the rig's servers, so they run one at a time; each prints
-//! its figures (writes, pods killed, time to converge) on stderr.
+//! its figures (writes, time to converge) on stderr. Upgrades (of the operator, of the workers'
+//! image, to a bad image or spec) and pods killed under writes are classes of the fault suite
+//! (`e2e/tests/faults`).
 
 use std::time::{Duration, Instant};
 
-use e2e::cluster::{self, Install, Traffic, condition, force_delete, pod_ready, ready_with};
+use e2e::cluster::{self, Install, Traffic, condition, ready_with};
 use e2e::proxy::TcpProxy;
 use e2e::{kafka, rig::rig, wait};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -267,148 +269,6 @@ async fn installed_with_helm_it_becomes_ready_serves_through_its_service_and_run
     eprintln!(
         "cluster install: Ready after {ready_after:?} (install + pipeline {:?}); {writes} writes at {rate:.0}/s, {documents} documents equal in MongoDB and the index; deleted cleanly",
         started.elapsed()
-    );
-    install.remove().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_operator_upgrade_and_an_image_change_under_steady_writes_lose_nothing() {
-    let _serial = SERIAL.lock().await;
-    let install = Install::new("cluster-upgrade").await;
-    let pipeline = install
-        .ready_pipeline(
-            "chat",
-            rig().pod_endpoints().search_url,
-            json!({}),
-            (2, 2),
-            READY_WITHIN,
-        )
-        .await;
-    let base = pipeline.api_base(&install).await;
-    let traffic = Traffic::start(&base, 4, Duration::from_millis(20));
-    traffic.progresses(50, Duration::from_secs(60)).await;
-
-    // helm upgrade of the operator (a changed value rolls its pod).
-    let before: Vec<String> = install
-        .operator_pods()
-        .await
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
-    let t = Instant::now();
-    install.helm_upgrade(&install.image, &["logLevel=debug"]);
-    wait::until(
-        "the operator's pod replaced",
-        Duration::from_secs(120),
-        || async {
-            let pods = install.operator_pods().await;
-            (pods
-                .iter()
-                .all(|p| !before.contains(p.metadata.name.as_ref().unwrap()))
-                && pods.iter().any(pod_ready))
-            .then_some(())
-        },
-    )
-    .await;
-    let operator_upgraded = t.elapsed();
-    traffic.progresses(50, Duration::from_secs(60)).await;
-
-    // A new image for the workers: both Deployments roll, one surge pod at a time.
-    let t = Instant::now();
-    let next_image = install.image_next.clone();
-    install
-        .change_spec("chat", |spec| spec["image"] = json!(next_image))
-        .await;
-    let next = install.image_next.clone();
-    wait::until(
-        "every worker on the new image, Ready",
-        READY_WITHIN,
-        || async {
-            let mut pods = pipeline.pods(&install, "api").await;
-            pods.extend(pipeline.pods(&install, "indexer").await);
-            let all_new = pods.len() == 4
-                && pods.iter().all(|p| {
-                    p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(next.as_str())
-                        && pod_ready(p)
-                });
-            let mp = install
-                .api::<messagepipeline_crd::MessagePipeline>()
-                .get("chat")
-                .await
-                .ok()?;
-            (all_new && ready_with(&mp, 2, 2)).then_some(())
-        },
-    )
-    .await;
-    let image_rolled = t.elapsed();
-    traffic.progresses(50, Duration::from_secs(60)).await;
-    let (acked, writes, rate) = traffic.stop().await;
-    let documents = pipeline.verify(&acked, CONVERGE_WITHIN).await;
-    eprintln!(
-        "cluster upgrade: operator upgraded in {operator_upgraded:?}, workers rolled to the new image in {image_rolled:?}; {writes} writes at {rate:.0}/s, {documents} documents equal in MongoDB and the index"
-    );
-    install.remove().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pods_force_deleted_at_random_under_writes_the_operator_among_them_lose_nothing() {
-    let _serial = SERIAL.lock().await;
-    let install = Install::new("cluster-kill").await;
-    let pipeline = install
-        .ready_pipeline(
-            "chat",
-            rig().pod_endpoints().search_url,
-            json!({}),
-            (2, 2),
-            READY_WITHIN,
-        )
-        .await;
-    let base = pipeline.api_base(&install).await;
-    let traffic = Traffic::start(&base, 4, Duration::from_millis(20));
-    traffic.progresses(50, Duration::from_secs(60)).await;
-
-    // One round: an api-server, an indexer and the operator, each picked at random.
-    let mut killed = Vec::new();
-    for pods in [
-        pipeline.pods(&install, "api").await,
-        pipeline.pods(&install, "indexer").await,
-        install.operator_pods().await,
-    ] {
-        let victim = pods[fastrand::usize(0..pods.len())]
-            .metadata
-            .name
-            .clone()
-            .unwrap();
-        force_delete(&install, &victim).await;
-        killed.push(victim);
-    }
-    let t = Instant::now();
-    // The resource says so (a Lease expires, a Deployment is short), then recovers.
-    pipeline
-        .until(
-            &install,
-            "Ready=True again with replacements",
-            READY_WITHIN,
-            |mp| ready_with(mp, 2, 2),
-        )
-        .await;
-    wait::until("replacement pods ready", READY_WITHIN, || async {
-        let mut pods = pipeline.worker_pods(&install).await;
-        pods.extend(install.operator_pods().await);
-        (pods.len() == 5
-            && pods
-                .iter()
-                .all(|p| pod_ready(p) && !killed.contains(p.metadata.name.as_ref().unwrap())))
-        .then_some(())
-    })
-    .await;
-    let recovered = t.elapsed();
-    traffic.progresses(50, Duration::from_secs(60)).await;
-    let (acked, writes, rate) = traffic.stop().await;
-    let documents = pipeline.verify(&acked, CONVERGE_WITHIN).await;
-    eprintln!(
-        "cluster kill: {} pods force-deleted ({killed:?}), recovered in {recovered:?}; {writes} writes at {rate:.0}/s, {documents} documents equal in MongoDB and the index",
-        killed.len()
     );
     install.remove().await;
 }

@@ -1,5 +1,5 @@
-//! Bad images and bad specs during an upgrade, under writes. A new image (another name of the
-//! same one) rolls out: the pipeline says `RollingOut` until every replica runs it. An image no
+//! Upgrades, bad images and bad specs, under writes. The operator upgraded with helm. A new
+//! image for the workers (another name of the same one) rolls out: the pipeline says `RollingOut` until every replica runs it. An image no
 //! node has: `RollingOut`, then `RolloutStuck` past the progress deadline, while the old pods
 //! keep serving; set back, the rollout finishes. A spec the operator refuses (`InvalidSpec`):
 //! the running workers are left as they are and keep serving; set back, Ready again.
@@ -74,6 +74,26 @@ pub async fn run(world: &World) -> Figures {
         world.install.image_next.clone(),
     );
 
+    // The operator upgraded with helm (a changed value rolls its pod) while the workers serve.
+    let operators: Vec<String> = world
+        .install
+        .operator_pods()
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    tokio::task::block_in_place(|| world.install.helm_upgrade(&image, &["logLevel=debug"]));
+    crate::world::eventually("the operator's pod replaced", READY_WITHIN, || async {
+        let pods = world.install.operator_pods().await;
+        (pods
+            .iter()
+            .all(|p| !operators.contains(p.metadata.name.as_ref().unwrap()))
+            && pods.iter().any(e2e::cluster::pod_ready))
+        .then_some(())
+    })
+    .await;
+    traffic.progresses(50, Duration::from_secs(60)).await;
+
     // A good new image: not Ready until every replica runs it.
     let g = change(world, |s| s["image"] = json!(next)).await;
     let rolled = reasons_until(world, g, READY_WITHIN, |mp| ready_with(mp, 2, 2)).await;
@@ -100,13 +120,20 @@ pub async fn run(world: &World) -> Figures {
     reasons_until(world, g, READY_WITHIN, |mp| ready_with(mp, 2, 2)).await;
 
     // A spec the operator refuses: said, and the running workers are left alone.
-    let pods_before: Vec<String> = world
-        .chat
-        .worker_pods(&world.install)
-        .await
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
+    // The pods serving (a pod of the stuck rollout may still be terminating).
+    let serving = || async {
+        let mut names: Vec<String> = world
+            .chat
+            .worker_pods(&world.install)
+            .await
+            .iter()
+            .filter(|p| e2e::cluster::pod_ready(p))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = serving().await;
     let g = change(world, |s| s["indexer"]["tombstoneHorizonDays"] = json!(1)).await;
     let mp = until(
         world,
@@ -118,17 +145,7 @@ pub async fn run(world: &World) -> Figures {
     .await;
     assert_eq!(condition(&mp, "Ready"), Some("False"));
     traffic.progresses(50, Duration::from_secs(60)).await;
-    let mut pods_after: Vec<String> = world
-        .chat
-        .worker_pods(&world.install)
-        .await
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
-    pods_after.sort();
-    let mut before = pods_before.clone();
-    before.sort();
-    assert_eq!(pods_after, before, "a refused spec changes no worker");
+    assert_eq!(serving().await, before, "a refused spec changes no worker");
     let g = change(world, |s| s["indexer"]["tombstoneHorizonDays"] = json!(21)).await;
     reasons_until(world, g, READY_WITHIN, |mp| ready_with(mp, 2, 2)).await;
 
@@ -139,7 +156,7 @@ pub async fn run(world: &World) -> Figures {
         seconds: started.elapsed().as_secs_f64(),
         writes,
         faults: format!(
-            "a new image (Ready said {rolled:?}), an image no node has ({stuck:?}) and back, a refused spec (InvalidSpec, workers untouched) and back"
+            "the operator upgraded with helm; a new image (Ready said {rolled:?}), an image no node has ({stuck:?}) and back, a refused spec (InvalidSpec, workers untouched) and back"
         ),
         documents,
     }

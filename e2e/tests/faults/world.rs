@@ -43,6 +43,20 @@ impl World {
                 READY_WITHIN,
             )
             .await;
+        // The workers start once the topics and the index exist: none crashed on their way.
+        for pod in chat.worker_pods(&install).await {
+            let restarts: i32 = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |c| c.iter().map(|c| c.restart_count).sum());
+            assert_eq!(
+                restarts,
+                0,
+                "{} restarted at install",
+                pod.metadata.name.unwrap_or_default()
+            );
+        }
         let namespace = install.namespace("faults-bystander").await;
         let bystander = install
             .apply_pipeline_in(
