@@ -122,26 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             "the relay has not registered this process after 10 s; serving, writes wait for it"
         );
     }
-    let lease = tokio::spawn(hold_lease(Arc::clone(&state), shutdown.clone()));
-    let purge_task = tokio::spawn(purge_loop(
-        Arc::clone(&state),
-        config.tombstone_horizon_days,
-        (
-            Duration::from_secs(config.purge_interval_seconds.max(1)),
-            Duration::from_secs(config.purge_index_grace_seconds),
-        ),
-        shutdown.clone(),
-    ));
-
-    let metrics_listener = bind(config.metrics_addr).await?;
-    let scraped = tokio::spawn(
-        axum::serve(
-            metrics_listener,
-            crate::routes::metrics_router(Arc::clone(&state)),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
+    let beside = beside_the_api(&config, &state, &shutdown).await?;
     let served = serve(config.http_addr, Arc::clone(&state), &shutdown).await;
     // Requests are done; the writes they started may not be (a client that hung up does not
     // wait for its write). Once they are, every change is in the outbox, or in doubt there.
@@ -151,16 +132,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         );
     }
     relay_stop.cancel();
-    let _ = purge_task.await;
-    let _ = lease.await;
+    for task in beside {
+        let _ = task.await;
+    }
     let _ = probe.await;
-    let _ = scraped.await;
     match relay_task.await {
         Ok(Err(error)) => tracing::error!(%error, "relay stopped with an error"),
         Err(error) => tracing::error!(%error, "relay task failed"),
         Ok(Ok(())) => {}
     }
     served
+}
+
+/// What runs beside the API until `shutdown`: the worker Lease, the tombstone purge, and
+/// `/metrics` on its own port.
+async fn beside_the_api(
+    config: &Config,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    let lease = tokio::spawn(hold_lease(Arc::clone(state), shutdown.clone()));
+    let purge = tokio::spawn(purge_loop(
+        Arc::clone(state),
+        config.tombstone_horizon_days,
+        (
+            Duration::from_secs(config.purge_interval_seconds.max(1)),
+            Duration::from_secs(config.purge_index_grace_seconds),
+        ),
+        shutdown.clone(),
+    ));
+    let listener = bind(config.metrics_addr).await?;
+    let router = crate::routes::metrics_router(Arc::clone(state));
+    let stop = shutdown.clone();
+    let scraped = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "serving /metrics");
+        }
+    });
+    Ok(vec![lease, purge, scraped])
 }
 
 /// API keys from their file, unless authentication is turned off for a local demo (loudly).

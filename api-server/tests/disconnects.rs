@@ -6,38 +6,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Acked, KEY_A, Server, Setup, writer};
+use common::{KEY_A, Server, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_hang_up_mid_request_under_load_lose_no_change() {
     let setup = Setup::new("hangup").await;
     let server = Server::start(&setup).await;
-    let base = Arc::new(RwLock::new(vec![server.base.clone()]));
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..16)
-        .map(|_| {
-            tokio::spawn(writer(
-                base.clone(),
-                acked.clone(),
-                stop.clone(),
-                done.clone(),
-                Duration::ZERO,
-            ))
-        })
-        .collect();
+    let load = e2e::cluster::Traffic::start_as(&server.base, KEY_A, 16, Duration::ZERO);
     let started = Instant::now();
     let round =
         e2e::hangup::round(&server.base, KEY_A, 400, 50, Duration::from_millis(3), 32).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
+    let (_, writes, _) = load.stop().await;
     // Every message MongoDB holds on the topic at its version, within a minute.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (stored, published) = loop {
@@ -70,7 +51,7 @@ async fn clients_that_hang_up_mid_request_under_load_lose_no_change() {
         round.creates,
         round.patches,
         round.deletes,
-        done.load(Ordering::Relaxed),
+        writes,
         round.retried,
         round.replayed,
         published.len(),

@@ -201,27 +201,17 @@ async fn an_unreachable_search_engine_is_503_and_writes_go_on() {
 /// message was deleted); after, the new message is created and found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_used_again_after_the_purge_makes_a_message_that_search_finds() {
-    use pipeline_contract::install::{SearchEndpoint, install};
-    use pipeline_contract::search::{IndexLayout, IndexSettings};
     let mut setup = Setup::new("search-reuse").await;
     e2e::kafka::create_topic(&format!("{}.dlq", setup.topic), 1).await;
     // The engine forgets a deleted version after 1 s here (60 s by default).
-    let layout = IndexLayout::new(unique("search-reuse")).unwrap();
-    let settings = IndexSettings {
+    let settings = pipeline_contract::search::IndexSettings {
         replicas: 0,
         gc_deletes: Some("1s".into()),
-        ..IndexSettings::default()
+        ..Default::default()
     };
-    install(
-        &reqwest::Client::new(),
-        &SearchEndpoint::new(rig().search_url()),
-        &layout,
-        &settings,
-    )
-    .await
-    .unwrap();
-    let alias = layout.alias().to_owned();
-    setup.search = Some((rig().search_url().to_owned(), alias.clone()));
+    let alias = setup
+        .with_search_index_settings("search-reuse", settings)
+        .await;
     let group = unique("search-reuse-indexer");
     let (stop, indexer) = start_indexer(&setup, &alias, &group, &[]);
     // The api-server purges every second whatever is deleted (a horizon of 0 days).

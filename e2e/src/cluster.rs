@@ -594,6 +594,11 @@ pub struct Traffic {
 impl Traffic {
     /// `writers` concurrent clients of `base`, each pausing `pause` between requests.
     pub fn start(base: &str, writers: usize, pause: Duration) -> Self {
+        Self::start_as(base, KEY, writers, pause)
+    }
+
+    /// [`Traffic::start`] with the API key `key`.
+    pub fn start_as(base: &str, key: &str, writers: usize, pause: Duration) -> Self {
         let bases = Arc::new(RwLock::new(vec![base.to_owned()]));
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
@@ -602,7 +607,7 @@ impl Traffic {
             .map(|_| {
                 tokio::spawn(writer(
                     bases.clone(),
-                    KEY.to_owned(),
+                    key.to_owned(),
                     acked.clone(),
                     stop.clone(),
                     done.clone(),

@@ -58,13 +58,25 @@ impl Setup {
     /// Installs a fresh index (one shard, no replicas) in the rig's search engine and points the
     /// api-server at its alias; returns the alias.
     pub async fn with_search_index(&mut self, prefix: &str) -> String {
+        self.with_search_index_settings(
+            prefix,
+            pipeline_contract::search::IndexSettings {
+                replicas: 0,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Setup::with_search_index`] with `settings`.
+    pub async fn with_search_index_settings(
+        &mut self,
+        prefix: &str,
+        settings: pipeline_contract::search::IndexSettings,
+    ) -> String {
         use pipeline_contract::install::{SearchEndpoint, install};
-        use pipeline_contract::search::{IndexLayout, IndexSettings};
+        use pipeline_contract::search::IndexLayout;
         let layout = IndexLayout::new(unique(prefix)).unwrap();
-        let settings = IndexSettings {
-            replicas: 0,
-            ..IndexSettings::default()
-        };
         install(
             &reqwest::Client::new(),
             &SearchEndpoint::new(rig().search_url()),
