@@ -1,7 +1,9 @@
 //! The status, sampled every second the whole suite long, against itself and against the world.
 //!
 //! At every sample, for each watched pipeline:
-//! - every condition carries the `observedGeneration` of the status (strict);
+//! - every condition carries the `observedGeneration` of the status, except that while `Ready`
+//!   refuses the spec (`InvalidSpec`, `ResourceConflict`, `ClaimUndecided`) the others may carry
+//!   an older one, the generation they describe (strict);
 //! - `Ready=True` only with `TopicsReady`, `IndexTemplateReady`, `ApiServerAvailable` and
 //!   `IndexerAvailable` True and `IndexerHealthy` not False (strict);
 //! - `Ready=True` for the current generation only while both worker Deployments run it: their
@@ -26,6 +28,8 @@ use messagepipeline_crd::MessagePipeline;
 use crate::world::World;
 
 const EVERY: Duration = Duration::from_secs(1);
+/// `Ready`'s reasons for a spec the operator did not act on.
+const REFUSALS: [&str; 3] = ["InvalidSpec", "ResourceConflict", "ClaimUndecided"];
 /// How long the status may trail a Deployment's change.
 const KUBE_GRACE: Duration = Duration::from_secs(15);
 /// How long it may trail a topic or alias gone behind the operator's back.
@@ -114,8 +118,14 @@ async fn check(w: &Watched, report: &mut Report, since: &mut Since) {
     let get = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
     let is = |t: &str, s: &str| get(t).is_some_and(|c| c.status == s);
     let mut strict = Vec::new();
+    // A refused spec is not acted on: `Ready` says so at the new generation, and the other
+    // conditions still describe the generation last acted on (and say which).
+    let refused =
+        get("Ready").is_some_and(|c| c.status == "False" && REFUSALS.contains(&c.reason.as_str()));
     for c in &status.conditions {
-        if c.observed_generation != status.observed_generation {
+        let stale_but_said =
+            refused && c.type_ != "Ready" && c.observed_generation < status.observed_generation;
+        if c.observed_generation != status.observed_generation && !stale_but_said {
             strict.push(format!(
                 "{} has observedGeneration {:?}, the status {:?}",
                 c.type_, c.observed_generation, status.observed_generation
