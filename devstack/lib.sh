@@ -95,6 +95,13 @@ export MP_RIG_BRIDGE MP_RIG_ADDRESS MP_RIG_SERVICE_CIDR
 SERVICES=(kafka ferretdb ferretdb_secure opensearch opensearch_secure opensearch3 jaeger kube node)
 # Client tools (see "Tools" above).
 TOOLS=(helm schemathesis benthos)
+# Profiles: what a command needs of the rig (`devstack/up --profile NAME`). `demo` is what
+# `make demo` uses: one Kafka, FerretDB, OpenSearch 2.19, the control plane, the node and helm;
+# the secured endpoints, OpenSearch 3, Jaeger, schemathesis and Benthos are for the tests and the
+# benchmarks, built and started by `make up` / `make test` when first needed. `test` (the
+# default) is everything.
+PROFILE_DEMO_SERVICES=(kafka ferretdb opensearch kube node)
+PROFILE_DEMO_TOOLS=(helm)
 
 mp_log() { printf 'devstack: %s\n' "$*" >&2; }
 mp_die() {
@@ -258,11 +265,17 @@ mp_lock() {
   flock 9
 }
 
-# Selected services: the arguments (validated) or all of SERVICES.
+# Selected services: the arguments (validated), a profile's (`--profile NAME`), or all of
+# SERVICES.
 mp_select_services() {
   local s known
   if (($# == 0)); then
     printf '%s\n' "${SERVICES[@]}"
+    return 0
+  fi
+  if [[ $1 == --profile ]]; then
+    (($# == 2)) || mp_die "usage: --profile NAME, alone (profiles: demo, test)"
+    _mp_profile "$2" SERVICES
     return 0
   fi
   for s in "$@"; do
@@ -272,6 +285,26 @@ mp_select_services() {
     mp_die "unknown service '$s' (known: ${SERVICES[*]})"
   done
   printf '%s\n' "$@"
+}
+
+# The tools to install: a profile's with `--profile NAME`, else all of TOOLS.
+mp_select_tools() {
+  if [[ ${1:-} == --profile ]]; then
+    _mp_profile "$2" TOOLS
+  else
+    printf '%s\n' "${TOOLS[@]}"
+  fi
+}
+
+# _mp_profile NAME SERVICES|TOOLS: print that list of profile NAME.
+_mp_profile() {
+  case $1:$2 in
+    demo:SERVICES) printf '%s\n' "${PROFILE_DEMO_SERVICES[@]}" ;;
+    demo:TOOLS) printf '%s\n' "${PROFILE_DEMO_TOOLS[@]}" ;;
+    test:SERVICES) printf '%s\n' "${SERVICES[@]}" ;;
+    test:TOOLS) printf '%s\n' "${TOOLS[@]}" ;;
+    *) mp_die "unknown profile '$1' (profiles: demo, test)" ;;
+  esac
 }
 
 # --- the rig's CA ------------------------------------------------------------------------------
