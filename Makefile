@@ -5,14 +5,27 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 MP_CACHE_DIR ?= $(HOME)/.cache/message-pipeline
 export MP_CACHE_DIR
+# Where cargo builds (CARGO_TARGET_DIR when set, as .ci/run does).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: deps up down status image test test-opensearch3 unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator bench-peers demo
+.PHONY: deps up down status image test test-pods test-rest test-opensearch3 demo-rig demo-bins unit e2e-full check lint fmt bench bench-rebuild bench-api bench-fairness bench-e2e bench-operator bench-peers demo
 
 ## The whole pipeline on the rig's node: the operator installed with its chart, a MessagePipeline
 ## whose workers run as pods, messages through the api-server's Service, and `kubectl get mp -o
 ## wide` with every condition (e2e/demo.sh says what it shows).
-demo: image
+## It takes only what it needs: the rig's demo profile (Kafka, FerretDB, OpenSearch 2.19, the
+## control plane, the node, helm) and, beside it, a build of the three binaries the image ships;
+## `make up` and `make test` build and start the rest when first run.
+demo: deps
+	$(MAKE) --no-print-directory -j2 demo-rig demo-bins
+	devstack/image $(TARGET_DIR)/debug
 	e2e/demo.sh
+
+demo-rig:
+	devstack/up --profile demo
+
+demo-bins:
+	cargo build -p api-server -p indexer -p operator --bins
 
 ## The Debian packages of devstack/packages that are missing (apt-get, as root), and a check of
 ## the toolchains the machine brings (Go >= 1.24, cargo). Quick when everything is there.
@@ -36,13 +49,25 @@ status:
 ## binaries the tests build) imported into the rig's node; its name goes to run/image.env.
 image: up
 	cargo test --workspace --no-run
-	devstack/image target/debug
+	devstack/image $(TARGET_DIR)/debug
 
 ## The test command: rig up, formatting, clippy with warnings denied, the worker image on the
-## rig's node, every test of the workspace (on OpenSearch 2.19), then the search engine's tests
-## again on OpenSearch 3.
+## rig's node, then every test of the workspace (on OpenSearch 2.19) in the lanes of
+## e2e/test-lanes: those that stop a service of the rig alone, then the pods' lane beside the
+## rest, which ends with the search engine's tests again on OpenSearch 3. Each lane's output is
+## printed whole when it ends.
 test: up check image
-	cargo test --workspace
+	cargo test --workspace $$(e2e/test-lanes alone)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-pods test-rest
+
+## The lane of the tests whose workers run as pods on the rig's node (after make image).
+test-pods:
+	cargo test --workspace $$(e2e/test-lanes pods)
+
+## Every test no other lane names, then the OpenSearch 3 pass.
+test-rest:
+	cargo test --workspace $$(e2e/test-lanes rest)
+	cargo test --workspace --doc
 	$(MAKE) --no-print-directory test-opensearch3
 
 ## The tests of everything that talks to the search engine, again on the rig's OpenSearch 3 (the
@@ -55,7 +80,8 @@ test-opensearch3: up
 	cargo test -p e2e --test search_smoke; \
 	cargo test -p indexer --tests; \
 	cargo test -p api-server --test search; \
-	cargo test -p operator --test reconcile
+	cargo test -p operator --test reconcile; \
+	echo "search engine tests on OpenSearch 3: done"
 
 ## Every test that needs no rig: the unit tests of each crate, and the checks of the repository
 ## itself (the committed CRD, the seed events, document references, the prerequisites list).
@@ -70,7 +96,7 @@ unit:
 ## on 2 cores). CHAOS_SECS (default 60).
 e2e-full: up
 	cargo build --release -p api-server -p indexer -p operator
-	devstack/image target/release
+	devstack/image $(TARGET_DIR)/release
 	cargo test -p e2e --features full --test cluster_full --test faults -- --nocapture --test-threads 1
 
 ## Benchmarks against the rig (release build): indexer throughput vs the raw _bulk ceiling,
