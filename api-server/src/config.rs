@@ -37,7 +37,7 @@ pub struct Config {
 
     /// Async worker threads; 0 (the default) means one per CPU the process may use (cgroup
     /// quotas included). Where the server shares few cores with busy neighbours, 1 avoids
-    /// waking threads back and forth and serves more (see the README's benchmark).
+    /// waking threads back and forth and serves more (see docs/benchmarks.md).
     #[arg(long, env = "API_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
@@ -48,7 +48,7 @@ pub struct Config {
 
     /// `insert_many` commands in flight at once; creates arriving meanwhile wait for a free one
     /// and go together. No timer: a create that finds one free goes at once. One served the
-    /// most on the rig (README, `make bench-api`: 1.72 of raw `insert_one`, 2: 1.59, 4: 1.40).
+    /// most on the rig (docs/benchmarks.md, `make bench-api`: 1.72 of raw `insert_one`, 2: 1.59, 4: 1.40).
     #[arg(long, env = "API_INSERT_BATCHES_IN_FLIGHT", default_value_t = NonZeroUsize::new(1).unwrap())]
     pub insert_batches_in_flight: NonZeroUsize,
 

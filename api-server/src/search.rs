@@ -7,7 +7,7 @@
 //! then creation time, then id), wrapped in an opaque cursor.
 //!
 //! Search reads the index the indexer maintains, so it lags writes by the pipeline's freshness
-//! (typically well under a second on the rig; see the README): a message just created may not
+//! (typically well under a second on the rig; see docs/benchmarks.md): a message just created may not
 //! be found yet, and one just deleted may still be found until its tombstone is indexed.
 
 use std::collections::HashSet;
