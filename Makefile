@@ -51,12 +51,15 @@ image: up
 	cargo test --workspace --no-run
 	devstack/image $(TARGET_DIR)/debug
 
-## The test command: rig up, formatting, clippy with warnings denied, the worker image on the
+## The test command: the rig up beside formatting and clippy with warnings denied (the rig's
+## builds and the Rust build share the cores better than either alone), the worker image on the
 ## rig's node, then every test of the workspace (on OpenSearch 2.19) in the lanes of
 ## e2e/test-lanes: those that stop a service of the rig alone, then the pods' lane beside the
 ## rest, which ends with the search engine's tests again on OpenSearch 3. Each lane's output is
 ## printed whole when it ends.
-test: up check image
+test: deps
+	$(MAKE) --no-print-directory -j2 up check
+	$(MAKE) --no-print-directory image
 	cargo test --workspace $$(e2e/test-lanes alone)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-pods test-rest
 
