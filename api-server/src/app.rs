@@ -269,11 +269,7 @@ async fn open_store(
 ) -> Result<Option<Store>, RunError> {
     let m = &config.mongodb;
     let endpoint = m.endpoint();
-    let attempt = || async {
-        let store = Store::connect(m).await?;
-        store.ensure_indexes().await?;
-        Ok::<_, StoreError>(store)
-    };
+    let attempt = || Store::open(m);
     let mut lease: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
     let result = loop {
         let error = match attempt().await {

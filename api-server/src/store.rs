@@ -14,6 +14,8 @@
 //! (`pipeline_contract::document`), which the indexer's audit and rebuild read too; the API's view
 //! of a live message ([`Message`]) is this crate's.
 
+use std::time::Duration;
+
 use futures::TryStreamExt;
 use mongodb::bson::{self, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
@@ -146,6 +148,34 @@ impl Store {
             &mongodb.mongodb_database,
             &mongodb.mongodb_collection,
         ))
+    }
+
+    /// [`Store::connect`] and [`Store::ensure_indexes`]: what a process does before it serves.
+    ///
+    /// Replicas starting together on a new database (a pipeline's first rollout) all find the
+    /// indexes missing and all create them; on FerretDB 1.24 every one but the first then asks for
+    /// an index that exists, and the server drops its connection. So a failed attempt looks again
+    /// (the indexes are then listed, and nothing is asked) a few times before the error stands; a
+    /// refusal (credentials, TLS, permissions) stands at once.
+    pub async fn open(mongodb: &MongoArgs) -> Result<Self, StoreError> {
+        const ATTEMPTS: u32 = 5;
+        let store = Self::connect(mongodb).await?;
+        let mut attempt = 1;
+        loop {
+            match store.ensure_indexes().await {
+                Ok(()) => return Ok(store),
+                Err(error)
+                    if attempt < ATTEMPTS
+                        && error.refusal(&mongodb.endpoint()).is_none()
+                        && matches!(error, StoreError::Mongo(_)) =>
+                {
+                    tracing::warn!(%error, attempt, "making the collection's indexes; looking again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     pub fn new(client: &Client, database: &str, collection: &str) -> Self {

@@ -805,3 +805,27 @@ async fn a_flood_of_ready_calls_costs_mongodb_one_ping_a_second_and_tenants_are_
     );
     assert_eq!(setup.stored().await.len(), 50, "every tenant create served");
 }
+
+/// Replicas start together on a database no one used yet (a new pipeline's first rollout): each
+/// makes the messages collection's indexes at once. None may fail on the other's: a failure there
+/// ends the process, and its pod restarts at install (seen once on FerretDB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_opening_a_new_database_together_all_open_it() {
+    use api_server::store::Store;
+    use pipeline_contract::mongodb_client::MongoArgs;
+    for round in 0..10 {
+        let args = MongoArgs {
+            mongodb_uri: e2e::rig::rig().mongodb_uri().to_owned(),
+            mongodb_ca_file: None,
+            mongodb_database: e2e::unique("api_open_together").replace('-', "_"),
+            mongodb_collection: "messages".to_owned(),
+        };
+        let open = || async { Store::open(&args).await };
+        let (a, b, c) = tokio::join!(open(), open(), open());
+        for (replica, opened) in [a, b, c].into_iter().enumerate() {
+            if let Err(error) = opened {
+                panic!("round {round}: replica {replica} failed to open the store: {error}");
+            }
+        }
+    }
+}
