@@ -154,9 +154,10 @@ impl Store {
     ///
     /// Replicas starting together on a new database (a pipeline's first rollout) all find the
     /// indexes missing and all create them; on FerretDB 1.24 every one but the first then asks for
-    /// an index that exists, and the server drops its connection. So a failed attempt looks again
-    /// (the indexes are then listed, and nothing is asked) a few times before the error stands; a
-    /// refusal (credentials, TLS, permissions) stands at once.
+    /// an index that exists, and the server drops its connection. So an attempt whose connection
+    /// dropped looks again (the indexes are then listed, and nothing is asked) a few times before
+    /// the error stands; any other error, a refusal (credentials, TLS, permissions) included,
+    /// stands at once.
     pub async fn open(mongodb: &MongoArgs) -> Result<Self, StoreError> {
         const ATTEMPTS: u32 = 5;
         let store = Self::connect(mongodb).await?;
@@ -164,10 +165,12 @@ impl Store {
         loop {
             match store.ensure_indexes().await {
                 Ok(()) => return Ok(store),
-                Err(error)
+                // Only a dropped connection: any other error (an unreachable server after the
+                // driver's own server selection, a bad request) stands at once.
+                Err(StoreError::Mongo(error))
                     if attempt < ATTEMPTS
-                        && error.refusal(&mongodb.endpoint()).is_none()
-                        && matches!(error, StoreError::Mongo(_)) =>
+                        && matches!(error.kind.as_ref(), ErrorKind::Io(_))
+                        && mongodb_client::refusal(&error, &mongodb.endpoint()).is_none() =>
                 {
                     tracing::warn!(%error, attempt, "making the collection's indexes; looking again");
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
